@@ -1,0 +1,116 @@
+"""Settings for the test suite.
+
+The database is SQLite (a file, so a worker process can share it) unless ``DATABASE_URL`` names
+another.  The broker is a private Redis started on a free port the first time these settings
+are imported; its URL is exported in ``USERTASKS_TEST_REDIS_URL`` so worker processes started
+by the tests use the same one.
+"""
+
+import atexit
+import os
+import tempfile
+
+import dj_database_url
+
+BASE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if not os.environ.get("USERTASKS_TEST_REDIS_URL"):
+    from usertasks.devredis import RedisServer
+
+    _redis = RedisServer().start()
+    atexit.register(_redis.stop)
+    os.environ["USERTASKS_TEST_REDIS_URL"] = _redis.url
+REDIS_URL = os.environ["USERTASKS_TEST_REDIS_URL"]
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+_tmp = os.environ.setdefault("USERTASKS_TEST_TMP", tempfile.mkdtemp(prefix="usertasks-tests-"))
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("USERTASKS_TEST_DB_NAME") or None}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.path.join(_tmp, "main.sqlite3"),
+            "OPTIONS": {"timeout": 30},
+            "TEST": {"NAME": os.path.join(_tmp, "test.sqlite3")},
+        }
+    }
+if os.environ.get("USERTASKS_TEST_DB_NAME"):
+    # A worker process started by the tests: talk to the test database directly.
+    DATABASES["default"]["NAME"] = os.environ["USERTASKS_TEST_DB_NAME"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_dramatiq",
+    "usertasks",
+    "tests",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+STATIC_URL = "/static/"
+MEDIA_ROOT = os.path.join(_tmp, "media")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+DRAMATIQ_BROKER = {
+    "BROKER": "dramatiq.brokers.redis.RedisBroker",
+    "OPTIONS": {"url": REDIS_URL, "heartbeat_timeout": 4000, "dead_message_ttl": 600000},
+    "MIDDLEWARE": [
+        "dramatiq.middleware.AgeLimit",
+        "dramatiq.middleware.TimeLimit",
+        "dramatiq.middleware.Callbacks",
+        "dramatiq.middleware.Pipelines",
+        "dramatiq.middleware.Retries",
+        "django_dramatiq.middleware.DbConnectionsMiddleware",
+    ],
+}
+DRAMATIQ_TASKS_DATABASE = "default"
+DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
+
+USERTASKS = {"BASE_URL": "http://testserver", "PROGRESS_INTERVAL": 0.1}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"usertasks": {"handlers": ["console"], "level": "WARNING"}},
+}

@@ -1,0 +1,22 @@
+"""usertasks: user-triggered long-running tasks for Django, on Dramatiq.
+
+This module stays light: it imports no Django model, so it can be imported from settings,
+actor modules and worker bootstrap code alike.
+"""
+
+from .actors import UserTaskActor, user_task
+from .context import TaskContext, current_task
+from .exceptions import Aborted, ArgumentsNotSerializable, EnqueueError, UserTasksError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aborted",
+    "ArgumentsNotSerializable",
+    "EnqueueError",
+    "TaskContext",
+    "UserTaskActor",
+    "UserTasksError",
+    "current_task",
+    "user_task",
+]

@@ -1,0 +1,160 @@
+"""``@user_task``: a Dramatiq actor whose runs are tracked in ``UserTaskStatus`` rows."""
+
+import functools
+import inspect
+import logging
+import string
+from datetime import timedelta
+
+import dramatiq
+from dramatiq import Actor
+
+from .context import TaskContext, _clip, current_task
+from .exceptions import Aborted, ArgumentsNotSerializable, EnqueueError
+
+logger = logging.getLogger("usertasks")
+
+__all__ = ["UserTaskActor", "user_task"]
+
+#: Message option carrying the primary key of the status row.
+STATUS_OPTION = "usertask_id"
+
+_NOT_GIVEN = object()
+
+
+class UserTaskActor(Actor):
+    """A Dramatiq actor with :meth:`send_for`.  Created by :func:`user_task`."""
+
+    #: usertasks options (``name``, ``total_steps``, ``unique``, ``notify``, ``abort_grace``);
+    #: set by :func:`user_task`.
+    usertask_options = {}
+    _warned_untracked = False
+
+    # -- naming -------------------------------------------------------------------------------
+
+    def bind_arguments(self, args, kwargs):
+        """The call's arguments by parameter name (the ``task`` parameter excluded)."""
+        sig = self._user_signature
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.actor_name}: {exc}") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def task_name(self, args=(), kwargs=None):
+        """The row's ``name``: the ``name`` option formatted over the arguments."""
+        template = self.usertask_options.get("name")
+        arguments = self.bind_arguments(args, kwargs or {})
+        if template is None:
+            return self.actor_name
+        if callable(template):
+            return _clip(template(**arguments), 255)
+        try:
+            return _clip(_Formatter().vformat(template, tuple(args), arguments), 255)
+        except (KeyError, IndexError, AttributeError, ValueError) as exc:
+            raise ValueError(f"{self.actor_name}: cannot format task name {template!r}: {exc!r}") from None
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send_for(self, user, *args, **kwargs):
+        """Start this task for ``user``; returns its :class:`~usertasks.models.UserTaskStatus`.
+
+        The row is written in the caller's transaction and the message is sent when that
+        transaction commits (at once outside a transaction)."""
+        return self.send_for_with_options(user, args=args, kwargs=kwargs)
+
+    def send_for_with_options(self, user, *, args=(), kwargs=None, delay=None, parent=None, **options):
+        """:meth:`send_for` with Dramatiq message options (``delay`` in milliseconds,
+        ``max_retries``, ...)."""
+        from .sending import prepare, send_prepared
+
+        prepared = prepare(self, user, args, kwargs or {}, delay=delay, parent=parent, options=options)
+        return send_prepared([prepared])[0]
+
+    def send_many_for(self, user, calls, *, delay=None):
+        """Start one task per item of ``calls`` (a tuple of positional arguments or a dict of
+        keyword arguments each) in one transaction: one bulk INSERT, then the messages in
+        pipelined batches.  Returns the status rows."""
+        from .sending import prepare, send_prepared
+
+        prepared = []
+        for item in calls:
+            args, kwargs = (item, {}) if isinstance(item, (tuple, list)) else ((), dict(item))
+            prepared.append(prepare(self, user, tuple(args), kwargs, delay=delay))
+        return send_prepared(prepared)
+
+    def send_with_options(self, *, args=(), kwargs=None, delay=None, **options):
+        if STATUS_OPTION not in options and not type(self)._warned_untracked:
+            type(self)._warned_untracked = True
+            logger.warning(
+                "%s was sent without a user (.send()): it runs untracked, with no status row. "
+                "Use .send_for(user, ...) to track it.",
+                self.actor_name,
+            )
+        return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+
+
+class _Formatter(string.Formatter):
+    def get_value(self, key, args, kwargs):
+        if isinstance(key, int):
+            return args[key]
+        return kwargs[key]
+
+
+def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT_GIVEN, abort_grace=None,
+              actor_class=UserTaskActor, actor_name=None, queue_name="default", priority=0, broker=None,
+              **options):
+    """Declare a user task.
+
+    The decorated function takes the :class:`~usertasks.context.TaskContext` of the run as its
+    first argument, then the arguments it was sent with.  Returns a Dramatiq actor with an extra
+    :meth:`~UserTaskActor.send_for`.  Other keyword arguments are Dramatiq actor options
+    (``max_retries``, ``time_limit``, ``min_backoff``, ...).
+    """
+
+    def decorator(func):
+        sig = inspect.signature(func)
+        params = list(sig.parameters.values())
+        if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+            raise TypeError(f"{func.__qualname__}: a user task takes the task context as its first parameter")
+        user_sig = sig.replace(parameters=params[1:])
+
+        @functools.wraps(func)
+        def run(*args, **kwargs):
+            ctx = current_task()
+            if ctx is None or ctx.actor_name != actor.actor_name:
+                ctx = TaskContext(status_id=None, message_id=None, actor_name=actor.actor_name)
+            return func(ctx, *args, **kwargs)
+
+        broker_ = broker or dramatiq.get_broker()
+        opts = dict(options)
+        # An aborted task is never retried: Aborted joins the actor's ``throws``.
+        if "throws" in broker_.actor_options:
+            throws = opts.get("throws") or ()
+            if isinstance(throws, type):
+                throws = (throws,)
+            opts["throws"] = tuple(throws) + (Aborted,)
+        actor = dramatiq.actor(
+            run, actor_class=actor_class, actor_name=actor_name or func.__name__, queue_name=queue_name,
+            priority=priority, broker=broker_, **opts,
+        )
+        actor._user_signature = user_sig
+        actor.usertask_options = {
+            "name": name,
+            "total_steps": total_steps,
+            "unique": unique,
+            "notify": None if notify is _NOT_GIVEN else notify,
+            "abort_grace": abort_grace,
+        }
+        return actor
+
+    if fn is not None:
+        return decorator(fn)
+    return decorator
+
+
+def _delay_eta(delay):
+    from django.utils import timezone
+
+    return timezone.now() + timedelta(milliseconds=delay) if delay else None

@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class UserTasksConfig(AppConfig):
+    name = "usertasks"
+    label = "usertasks"
+    verbose_name = _("User tasks")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from . import checks  # noqa: F401  (registers the system checks)
+        from .broker import install_middleware
+
+        install_middleware()

@@ -1,0 +1,82 @@
+"""System checks.  Ids are stable; each is documented in ``docs/settings.md``."""
+
+from django.conf import settings
+from django.core import checks
+
+from .conf import DEFAULTS
+
+
+@checks.register("usertasks")
+def check_broker(app_configs=None, **kwargs):
+    from .broker import configured_broker, middleware_problems
+
+    broker = configured_broker()
+    if broker is None:
+        return [checks.Error(
+            "No Dramatiq broker is configured.",
+            hint="Add 'django_dramatiq' before 'usertasks' in INSTALLED_APPS and set DRAMATIQ_BROKER.",
+            id="usertasks.E001",
+        )]
+    missing, misplaced = middleware_problems(broker)
+    if missing:
+        return [checks.Error(
+            f"The Dramatiq broker {type(broker).__name__} lacks usertasks' tracking middleware.",
+            hint="Let the usertasks app install it (keep 'usertasks' in INSTALLED_APPS after "
+            "'django_dramatiq'), or call usertasks.broker.install_middleware(broker).",
+            id="usertasks.E002",
+        )]
+    if misplaced:
+        return [checks.Error(
+            "usertasks' tracking middleware comes after Retries, so it cannot see retry decisions.",
+            hint="Put usertasks.middleware.UserTaskTracking before dramatiq.middleware.Retries.",
+            id="usertasks.E003",
+        )]
+    return []
+
+
+@checks.register("usertasks")
+def check_settings(app_configs=None, **kwargs):
+    errors = []
+    value = getattr(settings, "USERTASKS", None)
+    if value is None:
+        return errors
+    if not isinstance(value, dict):
+        return [checks.Error("USERTASKS must be a dict.", id="usertasks.E004")]
+    unknown = sorted(set(value) - set(DEFAULTS))
+    if unknown:
+        errors.append(checks.Error(
+            f"Unknown USERTASKS key(s): {', '.join(unknown)}.",
+            hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+            id="usertasks.E005",
+        ))
+    interval = value.get("PROGRESS_INTERVAL", DEFAULTS["PROGRESS_INTERVAL"])
+    if not isinstance(interval, (int, float)) or not 0 < interval <= 0.5:
+        errors.append(checks.Error(
+            "USERTASKS['PROGRESS_INTERVAL'] must be a number of seconds in (0, 0.5].",
+            hint="Stored progress is promised to be at most 0.5 s behind.",
+            id="usertasks.E006",
+        ))
+    storage = value.get("ARTIFACT_STORAGE", DEFAULTS["ARTIFACT_STORAGE"])
+    if isinstance(storage, str) and "." not in storage:
+        aliases = getattr(settings, "STORAGES", {}) or {}
+        if storage not in aliases and storage != "default":
+            errors.append(checks.Error(
+                f"USERTASKS['ARTIFACT_STORAGE'] names {storage!r}, which is not in STORAGES.",
+                id="usertasks.E007",
+            ))
+    return errors
+
+
+@checks.register("usertasks", checks.Tags.database)
+def check_sqlite(app_configs=None, databases=None, **kwargs):
+    """Warn when SQLite is used without a busy timeout (workers would see 'database is locked')."""
+    warnings = []
+    for alias in databases or ():
+        conf = settings.DATABASES.get(alias, {})
+        if "sqlite" in conf.get("ENGINE", "") and not (conf.get("OPTIONS") or {}).get("timeout"):
+            warnings.append(checks.Warning(
+                f"SQLite database {alias!r} has no OPTIONS['timeout'].",
+                hint="Set OPTIONS = {'timeout': 20, 'transaction_mode': 'IMMEDIATE'} and WAL mode; see docs/deployment.md.",
+                id="usertasks.W001",
+            ))
+    return warnings

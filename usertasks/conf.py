@@ -1,0 +1,72 @@
+"""The ``USERTASKS`` settings dict, read at access time.
+
+Every key is documented in ``docs/settings.md``.  Read a value as an attribute of
+:data:`app_settings`; nothing is cached, so ``override_settings`` works in tests::
+
+    from usertasks.conf import app_settings
+    app_settings.MAX_AGE
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+
+DEFAULTS = {
+    # Finished tasks older than this (counted from when they finished) are purged.
+    "MAX_AGE": timedelta(days=30),
+    # Alias in STORAGES (or a dotted path to a Storage class) that holds artifact files.
+    "ARTIFACT_STORAGE": "default",
+    # Seconds between two progress writes of a running task; the stored progress is never
+    # further behind than this plus one write.
+    "PROGRESS_INTERVAL": 0.25,
+    # Seconds between two heartbeats of a running task.
+    "HEARTBEAT_INTERVAL": 10.0,
+    # Default for the ``notify`` task option.
+    "NOTIFY": True,
+    # Default for the ``abort_grace`` task option (seconds from a cancel to a forced stop).
+    "ABORT_GRACE": 10.0,
+    # Abort flag store: a dotted path, or None to pick Redis when the broker is a RedisBroker
+    # and the database otherwise.
+    "ABORT_BACKEND": None,
+    # Redis URL for the abort flags when the broker is not a RedisBroker.
+    "REDIS_URL": None,
+    # Maximum number of status changes written in one transaction.
+    "WRITE_BATCH_SIZE": 500,
+    # Longest message kept on a row (longer ones are cut with an ellipsis).
+    "MESSAGE_MAX_LENGTH": 500,
+    # Absolute base of links in emails, e.g. "https://lms.example.com".
+    "BASE_URL": None,
+    # Template the pages extend.
+    "BASE_TEMPLATE": "usertasks/base.html",
+    # Dotted path of the access policy class.
+    "PERMISSIONS": "usertasks.permissions.OwnerOrSuperuser",
+    # Seconds a task may stay In Progress without a heartbeat before the reaper fails it.
+    "STALE_AFTER": 300.0,
+    # Seconds a task may stay Pending past its due time before the reaper checks the broker.
+    "PENDING_TIMEOUT": 3600.0,
+    # Expiry of presigned artifact links, in seconds.
+    "ARTIFACT_URL_EXPIRY": 300,
+    # Rows deleted per transaction by the purge.
+    "PURGE_BATCH_SIZE": 500,
+    # Dashboard page size.
+    "PAGE_SIZE": 25,
+}
+
+
+class AppSettings:
+    """Attribute access to ``settings.USERTASKS`` with defaults, evaluated on each access."""
+
+    def __getattr__(self, name):
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown usertasks setting: {name!r}")
+        user = getattr(settings, "USERTASKS", None) or {}
+        value = user.get(name, DEFAULTS[name])
+        if name == "MAX_AGE" and not isinstance(value, timedelta):
+            value = timedelta(seconds=value)
+        return value
+
+    def keys(self):
+        return DEFAULTS.keys()
+
+
+app_settings = AppSettings()

@@ -1,0 +1,141 @@
+"""The object a user task receives as its first argument.
+
+``step()`` touches only memory: a per-process writer thread (``usertasks.writer``) stores the
+progress of every running task at most ``PROGRESS_INTERVAL`` seconds later, and the final
+values exactly when the task ends.
+"""
+
+import os
+import socket
+import threading
+import time
+import uuid
+from contextvars import ContextVar
+
+from .exceptions import Aborted
+
+_current = ContextVar("usertasks_current_task", default=None)
+
+_HOST = socket.gethostname()
+
+
+def current_task():
+    """The :class:`TaskContext` of the user task running in this thread, or ``None``."""
+    return _current.get()
+
+
+def _clip(text, limit):
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+class TaskContext:
+    """Progress, cancel and artifacts of one run (one attempt) of a user task.
+
+    Attributes:
+      status_id: primary key of the :class:`~usertasks.models.UserTaskStatus` row, ``None`` when
+        the task was sent without a user (untracked).
+      message_id: the Dramatiq message id (``status.task_id``).
+      attempt: 1 for the first run, 2 after one retry, ...
+    """
+
+    def __init__(self, *, status_id, message_id, actor_name, attempt=1, total_steps=None, options=None):
+        self.status_id = status_id
+        self.message_id = message_id
+        self.actor_name = actor_name
+        self.attempt = attempt
+        self.options = options or {}
+        self.thread_id = threading.get_ident()
+        self.worker = f"{_HOST}:{os.getpid()}:{threading.current_thread().name}:{uuid.uuid4().hex[:8]}"
+        self.started_at = time.time()
+        self.completed = 0
+        self.total = None if total_steps is None else int(total_steps)
+        self.message = None
+        self.dirty = False
+        self._abort = False
+        self.cancel_seen_at = None
+        self.forced = False
+        self._status = None
+
+    @property
+    def tracked(self):
+        return self.status_id is not None
+
+    # -- progress -----------------------------------------------------------------------------
+
+    def set_total_steps(self, n):
+        """Set how many steps the task will take (the 100 % mark)."""
+        n = int(n)
+        if n < 0:
+            raise ValueError("total_steps must be >= 0")
+        self.total = n
+        self.dirty = True
+
+    def step(self, n=1, message=None):
+        """Count ``n`` more steps done, optionally with a new message; raises
+        :class:`~usertasks.Aborted` once a cancel has been requested.  Costs no I/O."""
+        self.completed += n
+        if message is not None:
+            self.message = message
+        self.dirty = True
+        if self._abort:
+            raise Aborted()
+
+    def set_message(self, text):
+        """Show ``text`` as the task's current activity."""
+        self.message = "" if text is None else str(text)
+        self.dirty = True
+
+    def snapshot(self):
+        """``(completed, total, message)`` as it should be stored; clears the dirty mark."""
+        from .conf import app_settings
+
+        self.dirty = False
+        message = None if self.message is None else _clip(self.message, app_settings.MESSAGE_MAX_LENGTH)
+        return self.completed, self.total, message
+
+    # -- cancel -------------------------------------------------------------------------------
+
+    @property
+    def abort_requested(self):
+        """``True`` once someone asked to cancel this task."""
+        return self._abort
+
+    def check_abort(self):
+        """Raise :class:`~usertasks.Aborted` if a cancel has been requested."""
+        if self._abort:
+            raise Aborted()
+
+    def request_abort(self):
+        """Mark this run as canceled (called by the abort poller)."""
+        if not self._abort:
+            self._abort = True
+            self.cancel_seen_at = time.monotonic()
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def add_artifact(self, name, *, file=None, url=None, text=None):
+        """Attach an output to the task: exactly one of a ``File`` (stored in the artifact
+        storage), a ``url`` or a ``text``.  Returns the :class:`~usertasks.models.UserTaskArtifact`;
+        ``None`` for an untracked task."""
+        given = [v is not None for v in (file, url, text)]
+        if sum(given) != 1:
+            raise ValueError("add_artifact() takes exactly one of file=, url= or text=")
+        if not self.tracked:
+            return None
+        from .artifacts import create_artifact
+
+        return create_artifact(self.status_id, name, file=file, url=url, text=text)
+
+    @property
+    def status(self):
+        """The :class:`~usertasks.models.UserTaskStatus` row (read from the database once per run;
+        call ``status.refresh_from_db()`` for fresh values).  ``None`` when untracked."""
+        if self._status is None and self.tracked:
+            from .models import UserTaskStatus
+
+            self._status = UserTaskStatus.objects.get(pk=self.status_id)
+        return self._status
+
+    def __repr__(self):
+        return f"<TaskContext {self.actor_name} status={self.status_id} {self.completed}/{self.total}>"

@@ -1,0 +1,31 @@
+"""Errors raised by usertasks.  Every one derives from :class:`UserTasksError`."""
+
+
+class UserTasksError(Exception):
+    """A usertasks operation failed."""
+
+    def __init__(self, message=None):
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class Aborted(UserTasksError):
+    """The task was canceled."""
+
+    # Raised inside a task by ``step()`` / ``check_abort()`` once a cancel is requested; the
+    # worker ends the task Canceled and never retries it.
+
+
+class ArgumentsNotSerializable(UserTasksError, TypeError):
+    """The task arguments cannot be encoded into a message."""
+
+
+class EnqueueError(UserTasksError):
+    """The task message could not be handed to the broker."""
+
+
+class ConfigurationError(UserTasksError):
+    """usertasks is not configured correctly."""
+
+
+class AbortBackendError(UserTasksError):
+    """The abort flag store is unreachable."""

@@ -1,0 +1,164 @@
+"""Records every run of a user task in its status row, from Dramatiq's own hooks.
+
+It must sit *before* ``Retries`` in the broker's middleware list: ``after_*`` hooks run in
+reverse order, so it then sees the retry decision (``message.failed``) that ``Retries`` made.
+The final state is stored (and committed) inside ``after_process_message``, before the worker
+hands the message back to its consumer for acknowledgement.
+"""
+
+import logging
+import traceback
+
+from dramatiq.middleware import Middleware, Retries, TimeLimitExceeded
+
+from ..actors import STATUS_OPTION, UserTaskActor
+from ..context import TaskContext, _clip, _current
+from ..exceptions import Aborted
+from ..states import State
+
+logger = logging.getLogger("usertasks.middleware")
+
+FINAL = (State.SUCCEEDED, State.FAILED, State.CANCELED)
+
+
+class UserTaskTracking(Middleware):
+    """Start, retry, success, failure and cancel of user tasks, written through the
+    per-process writer (``usertasks.writer``)."""
+
+    def before_process_message(self, broker, message):
+        try:
+            actor = broker.get_actor(message.actor_name)
+        except Exception:
+            return
+        if not isinstance(actor, UserTaskActor):
+            return
+        from ..models import EventKind, UserTaskEvent
+        from ..writer import Op, get_writer
+
+        status_id = message.options.get(STATUS_OPTION)
+        ctx = TaskContext(
+            status_id=status_id,
+            message_id=message.message_id,
+            actor_name=actor.actor_name,
+            attempt=message.options.get("retries", 0) + 1,
+            options=actor.usertask_options,
+        )
+        _current.set(ctx)
+        if status_id is None:
+            return
+        writer = get_writer()
+        writer.register(ctx)
+        event = UserTaskEvent(status_id=status_id, kind=EventKind.STARTED, attempt=ctx.attempt, detail=ctx.worker)
+        writer.submit(Op("start", ctx, events=[event]))
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        ctx = _current.get()
+        if ctx is None or ctx.message_id != message.message_id:
+            return
+        _current.set(None)
+        if not ctx.tracked:
+            return
+        from ..writer import get_writer
+
+        writer = get_writer()
+        writer.unregister(ctx)
+        state, kind, fields, detail = self.outcome(broker, message, ctx, exception)
+        if state == State.CANCELED:
+            # Canceled is an outcome, not an error: acknowledge, do not dead-letter.
+            message.failed = False
+        self.end(ctx, state, kind, fields, detail)
+
+    def after_skip_message(self, broker, message):
+        ctx = _current.get()
+        if ctx is not None and ctx.message_id == message.message_id:
+            _current.set(None)
+            if ctx.tracked:
+                from ..writer import get_writer
+
+                get_writer().unregister(ctx)
+        status_id = message.options.get(STATUS_OPTION)
+        if status_id is not None and message.failed:
+            # Failed before it could run (AgeLimit): fail the row unless it is already final.
+            from ..models import EventKind, UserTaskEvent
+            from ..states import ACTIVE_STATES
+            from ..writer import Op, get_writer
+
+            text = "The task expired before it could run."
+            event = UserTaskEvent(status_id=status_id, kind=EventKind.FAILED, detail=text)
+            op = Op("update", fields={
+                "_where": {"pk": status_id, "state__in": ACTIVE_STATES},
+                "state": State.FAILED, "error": text, "unique_key": None, "finished": event.created,
+            }, events=[event])
+            get_writer().submit(op).wait()
+
+    def after_worker_shutdown(self, broker, worker):
+        from ..writer import stop_writer
+
+        stop_writer()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def outcome(broker, message, ctx, exception):
+        """``(state, event kind, row fields, event detail)`` for how this run ended."""
+        from ..models import EventKind
+
+        if exception is None:
+            return State.SUCCEEDED, EventKind.SUCCEEDED, {"state": State.SUCCEEDED}, ""
+        if isinstance(exception, Aborted) or getattr(ctx, "forced", False):
+            detail = "Stopped by force after the grace period." if ctx.forced else ""
+            return State.CANCELED, EventKind.CANCELED, {"state": State.CANCELED}, detail
+        if isinstance(exception, TimeLimitExceeded):
+            limit = message.options.get("time_limit") or broker.get_actor(message.actor_name).options.get("time_limit")
+            text = _timed_out_text(limit)
+        else:
+            text = str(exception) or type(exception).__name__
+        fields = {
+            "error": _clip(text, 4000),
+            "error_class": _clip(f"{type(exception).__module__}.{type(exception).__qualname__}", 255),
+            "traceback": "".join(traceback.format_exception(type(exception), exception, exception.__traceback__)),
+        }
+        retried = not message.failed and any(isinstance(m, Retries) for m in broker.middleware)
+        if retried:
+            fields["state"] = State.RETRYING
+            return State.RETRYING, EventKind.RETRYING, fields, text
+        fields["state"] = State.FAILED
+        kind = EventKind.TIMED_OUT if isinstance(exception, TimeLimitExceeded) else EventKind.FAILED
+        return State.FAILED, kind, fields, text
+
+    @staticmethod
+    def end(ctx, state, kind, fields, detail=""):
+        """Store how the run ended and wait until it is committed."""
+        from ..models import UserTaskEvent
+        from ..writer import Op, get_writer
+
+        event = UserTaskEvent(status_id=ctx.status_id, kind=kind, attempt=ctx.attempt, detail=_clip(detail, 4000))
+        op = get_writer().submit(Op("end", ctx, fields=fields, events=[event]))
+        op.wait()
+        if op.applied and state in FINAL:
+            _finished(ctx, state)
+        return op.applied
+
+
+def _timed_out_text(limit_ms):
+    if not limit_ms:
+        return "The task timed out."
+    seconds = limit_ms / 1000
+    if seconds < 120:
+        return f"The task timed out after {seconds:g} seconds."
+    return f"The task timed out after {seconds / 60:g} minutes."
+
+
+def _finished(ctx, state):
+    from ..models import UserTaskStatus
+    from ..signals import task_finished
+
+    if not task_finished.receivers:
+        return
+    try:
+        status = UserTaskStatus.objects.get(pk=ctx.status_id)
+    except UserTaskStatus.DoesNotExist:
+        return
+    for receiver, response in task_finished.send_robust(sender=UserTaskStatus, status=status, state=state):
+        if isinstance(response, Exception):
+            logger.error("usertasks: task_finished receiver %r failed: %r", receiver, response)

@@ -1,0 +1,326 @@
+"""Task status rows, their artifacts and their event history.
+
+Field names include those of django-user-tasks (``uuid, user, task_id, parent, is_container,
+task_class, name, state, completed_steps, total_steps, attempts, created, modified``) so one
+table serves Dramatiq tasks and tasks started through the Celery compatibility layer.
+"""
+
+import os
+import uuid as uuid_lib
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.files.storage import Storage
+from django.db import models, transaction
+from django.db.models import F, Q
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import get_valid_filename
+from django.utils.translation import gettext_lazy as _
+
+from .states import ACTIVE_STATES, FINAL_STATES, State
+
+__all__ = ["State", "UserTaskStatus", "UserTaskArtifact", "UserTaskEvent", "artifact_storage"]
+
+
+class UserTaskStatusQuerySet(models.QuerySet):
+    def for_user(self, user):
+        """Tasks ``user`` started (top-level ones: fan-out children are hidden)."""
+        return self.filter(user=user, parent__isnull=True)
+
+    def active(self):
+        return self.filter(state__in=ACTIVE_STATES)
+
+    def finished(self):
+        return self.filter(state__in=FINAL_STATES)
+
+    def stale(self, now=None):
+        """In Progress tasks whose worker has not reported within ``STALE_AFTER``."""
+        from .conf import app_settings
+
+        now = now or timezone.now()
+        cutoff = now - timedelta(seconds=app_settings.STALE_AFTER)
+        return self.filter(state=State.IN_PROGRESS).filter(
+            Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True, modified__lt=cutoff)
+        )
+
+    def expired(self, now=None):
+        """Finished tasks older than ``MAX_AGE`` counted from when they finished."""
+        from .conf import app_settings
+
+        now = now or timezone.now()
+        return self.finished().filter(finished__lt=now - app_settings.MAX_AGE)
+
+
+class UserTaskStatus(models.Model):
+    """One user-visible task: its state, progress, outcome and who asked for it."""
+
+    State = State
+
+    id = models.BigAutoField(primary_key=True)
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False, verbose_name=_("UUID"))
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", verbose_name=_("user")
+    )
+    task_id = models.CharField(
+        max_length=128, unique=True, verbose_name=_("task ID"),
+        help_text=_("Message id of the Dramatiq message (or Celery task id)."),
+    )
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children",
+        verbose_name=_("parent"),
+    )
+    is_container = models.BooleanField(default=False, verbose_name=_("container"))
+    task_class = models.CharField(
+        max_length=128, verbose_name=_("task class"), help_text=_("Actor name or Celery task class path.")
+    )
+    name = models.CharField(max_length=255, verbose_name=_("name"))
+    state = models.CharField(max_length=128, choices=State.choices, default=State.PENDING, verbose_name=_("state"))
+    completed_steps = models.PositiveBigIntegerField(default=0, verbose_name=_("completed steps"))
+    total_steps = models.PositiveBigIntegerField(default=0, verbose_name=_("total steps"))
+    attempts = models.PositiveIntegerField(default=0, verbose_name=_("attempts"))
+    message = models.CharField(max_length=1000, blank=True, default="", verbose_name=_("message"))
+    backend = models.CharField(max_length=16, default="dramatiq", verbose_name=_("backend"))
+    queue_name = models.CharField(max_length=128, blank=True, default="", verbose_name=_("queue"))
+
+    # Outcome: ``error`` is shown to the user, ``traceback`` only to staff.
+    error = models.TextField(blank=True, default="", verbose_name=_("error"))
+    error_class = models.CharField(max_length=255, blank=True, default="", verbose_name=_("error class"))
+    traceback = models.TextField(blank=True, default="", verbose_name=_("traceback"))
+
+    created = models.DateTimeField(default=timezone.now, editable=False, verbose_name=_("created"))
+    modified = models.DateTimeField(auto_now=True, verbose_name=_("modified"))
+    eta = models.DateTimeField(null=True, blank=True, verbose_name=_("due"), help_text=_("When a delayed task is due."))
+    started = models.DateTimeField(null=True, blank=True, verbose_name=_("started"))
+    finished = models.DateTimeField(null=True, blank=True, verbose_name=_("finished"))
+
+    # Which worker runs the current attempt, and when it last reported.
+    worker = models.CharField(max_length=255, blank=True, default="", verbose_name=_("worker"))
+    heartbeat = models.DateTimeField(null=True, blank=True, verbose_name=_("heartbeat"))
+
+    # Cancel bookkeeping.
+    cancel_requested = models.DateTimeField(null=True, blank=True, verbose_name=_("cancel requested"))
+    canceled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        verbose_name=_("canceled by"),
+    )
+
+    # Dedupe: set while the task is active, cleared once it is final.  A unique constraint (NULLs
+    # do not collide) makes the database the arbiter between concurrent identical requests.
+    unique_key = models.CharField(max_length=255, null=True, blank=True, unique=True, verbose_name=_("unique key"))
+
+    # Fan-out / pipeline aggregate counters (containers only).
+    children_total = models.PositiveBigIntegerField(default=0)
+    children_succeeded = models.PositiveBigIntegerField(default=0)
+    children_failed = models.PositiveBigIntegerField(default=0)
+    children_canceled = models.PositiveBigIntegerField(default=0)
+    children_skipped = models.PositiveBigIntegerField(default=0)
+    children_retried = models.PositiveBigIntegerField(default=0)
+
+    # Per-task options (notify, abort_grace, fan-out policy and callback, ...).
+    options = models.JSONField(default=dict, blank=True, verbose_name=_("options"))
+
+    objects = UserTaskStatusQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("user task status")
+        verbose_name_plural = _("user task statuses")
+        ordering = ("-created", "-id")
+        indexes = [
+            models.Index(fields=["user", "-created"], name="usertasks_user_created"),
+            models.Index(
+                fields=["state", "modified"], name="usertasks_active",
+                condition=Q(state__in=["Pending", "In Progress", "Retrying"]),
+            ),
+            models.Index(fields=["state", "finished"], name="usertasks_finished"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.state})"
+
+    def get_absolute_url(self):
+        return reverse("usertasks:status", args=[self.uuid])
+
+    # -- derived values -----------------------------------------------------------------------
+
+    @property
+    def is_active(self):
+        return self.state in ACTIVE_STATES
+
+    @property
+    def is_final(self):
+        return self.state in FINAL_STATES
+
+    @property
+    def state_text(self):
+        return State(self.state).label
+
+    @property
+    def percent(self):
+        """Progress in percent (0-100), or ``None`` when the total is unknown."""
+        if self.state == State.SUCCEEDED:
+            return 100.0
+        if not self.total_steps:
+            return None
+        return min(100.0, 100.0 * self.completed_steps / self.total_steps)
+
+    @property
+    def elapsed(self):
+        if not self.started:
+            return None
+        return (self.finished or timezone.now()) - self.started
+
+    @property
+    def eta_remaining(self):
+        """Estimated time left, extrapolated from the rate so far; ``None`` when unknown."""
+        if self.state != State.IN_PROGRESS or not self.started or not self.total_steps:
+            return None
+        done = self.completed_steps
+        if done <= 0:
+            return None
+        elapsed = (timezone.now() - self.started).total_seconds()
+        remaining = max(0, self.total_steps - done)
+        return timedelta(seconds=elapsed * remaining / done)
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def cancel(self, by=None):
+        """Cancel this task; returns ``True`` when the cancel took effect, ``False`` when the
+        task had already finished.  See ``docs/cancel.md``."""
+        from .cancel import cancel_task
+
+        return cancel_task(self, by=by)
+
+    def refresh(self):
+        self.refresh_from_db()
+        return self
+
+
+def artifact_upload_to(instance, filename):
+    """``usertasks/<task uuid>/<artifact uuid>/<safe file name>``: no path from the task survives."""
+    base = get_valid_filename(os.path.basename(filename.replace("\\", "/"))) or "artifact"
+    return f"usertasks/{instance.status.uuid}/{instance.uuid}/{base}"
+
+
+class ArtifactStorage(Storage):
+    """Delegates to the storage named by ``USERTASKS["ARTIFACT_STORAGE"]``, resolved on each call."""
+
+    @staticmethod
+    def resolve():
+        from django.core.files.storage import storages
+        from django.utils.module_loading import import_string
+
+        from .conf import app_settings
+
+        name = app_settings.ARTIFACT_STORAGE
+        if "." in name:
+            return import_string(name)()
+        return storages[name]
+
+    def deconstruct(self):
+        return ("usertasks.models.ArtifactStorage", (), {})
+
+    def __eq__(self, other):
+        return isinstance(other, ArtifactStorage)
+
+    def __hash__(self):
+        return hash(ArtifactStorage)
+
+
+def _delegate(name):
+    def method(self, *args, **kwargs):
+        return getattr(self.resolve(), name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in (
+    "open", "save", "get_valid_name", "get_alternative_name", "get_available_name", "generate_filename",
+    "path", "delete", "exists", "listdir", "size", "url", "get_accessed_time", "get_created_time",
+    "get_modified_time",
+):
+    setattr(ArtifactStorage, _name, _delegate(_name))
+
+
+def artifact_storage():
+    return ArtifactStorage()
+
+
+class UserTaskArtifact(models.Model):
+    """An output of a task: a stored file, a URL or a text."""
+
+    id = models.BigAutoField(primary_key=True)
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False, verbose_name=_("UUID"))
+    status = models.ForeignKey(UserTaskStatus, on_delete=models.CASCADE, related_name="artifacts", verbose_name=_("task"))
+    name = models.CharField(max_length=255, blank=True, default="", verbose_name=_("name"))
+    file = models.FileField(upload_to=artifact_upload_to, storage=artifact_storage, max_length=512, blank=True, verbose_name=_("file"))
+    url = models.URLField(max_length=2048, blank=True, default="", verbose_name=_("URL"))
+    text = models.TextField(blank=True, default="", verbose_name=_("text"))
+    created = models.DateTimeField(default=timezone.now, editable=False, verbose_name=_("created"))
+    modified = models.DateTimeField(auto_now=True, verbose_name=_("modified"))
+
+    class Meta:
+        verbose_name = _("user task artifact")
+        verbose_name_plural = _("user task artifacts")
+        ordering = ("created", "id")
+
+    def __str__(self):
+        return self.name or str(self.uuid)
+
+    @property
+    def kind(self):
+        if self.file:
+            return "file"
+        if self.url:
+            return "url"
+        return "text"
+
+    def get_absolute_url(self):
+        return reverse("usertasks:artifact", args=[self.uuid])
+
+
+class EventKind(models.TextChoices):
+    ENQUEUED = "enqueued", _("Enqueued")
+    STARTED = "started", _("Started")
+    RETRYING = "retrying", _("Retrying")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+    CANCEL_REQUESTED = "cancel_requested", _("Cancel requested")
+    CANCELED = "canceled", _("Canceled")
+    TIMED_OUT = "timed_out", _("Timed out")
+    REQUEUED = "requeued", _("Requeued")
+    WORKER_LOST = "worker_lost", _("Worker lost")
+    NEVER_STARTED = "never_started", _("Never started")
+    SKIPPED = "skipped", _("Skipped")
+    NOTE = "note", _("Note")
+
+
+class UserTaskEvent(models.Model):
+    """One entry of a task's append-only history."""
+
+    Kind = EventKind
+
+    id = models.BigAutoField(primary_key=True)
+    status = models.ForeignKey(UserTaskStatus, on_delete=models.CASCADE, related_name="events", verbose_name=_("task"))
+    kind = models.CharField(max_length=32, choices=EventKind.choices, verbose_name=_("kind"))
+    created = models.DateTimeField(default=timezone.now, verbose_name=_("time"))
+    attempt = models.PositiveIntegerField(default=0, verbose_name=_("attempt"))
+    detail = models.TextField(blank=True, default="", verbose_name=_("detail"))
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        verbose_name=_("by"),
+    )
+
+    class Meta:
+        verbose_name = _("user task event")
+        verbose_name_plural = _("user task events")
+        ordering = ("created", "id")
+
+    def __str__(self):
+        return f"{self.get_kind_display()} @ {self.created:%Y-%m-%d %H:%M:%S}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError("Task events are append-only.")
+        super().save(*args, **kwargs)

@@ -1,0 +1,192 @@
+"""Writing status rows and sending their messages once the caller's transaction commits."""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import dramatiq
+from django.db import IntegrityError, router, transaction
+from django.utils import timezone
+
+from .actors import STATUS_OPTION
+from .context import _clip
+from .exceptions import ArgumentsNotSerializable, EnqueueError
+
+logger = logging.getLogger("usertasks")
+
+
+@dataclass
+class Prepared:
+    actor: object
+    user: object
+    name: str
+    message: object
+    delay: int = None
+    total_steps: int = 0
+    parent: object = None
+    unique_key: str = None
+    row_options: dict = field(default_factory=dict)
+
+
+def _check_user(user):
+    if user is None or not getattr(user, "is_authenticated", False) or getattr(user, "pk", None) is None:
+        raise ValueError("send_for() needs a saved, authenticated user; use .send() for an untracked run")
+
+
+def unique_key(actor, user, args, kwargs):
+    """The dedupe key of a call, or ``None`` when the task is not unique."""
+    unique = actor.usertask_options.get("unique")
+    if not unique:
+        return None
+    if callable(unique):
+        key = unique(user, *args, **kwargs)
+        if key is None:
+            return None
+        raw = f"{actor.actor_name}:{key}"
+    else:
+        arguments = actor.bind_arguments(args, kwargs)
+        canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=repr)
+        raw = f"{actor.actor_name}:{user.pk}:{canonical}"
+    if len(raw) <= 255:
+        return raw
+    return raw[:190] + ":" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def prepare(actor, user, args, kwargs, *, delay=None, parent=None, options=None):
+    """Check everything that can be checked before a write: user, arguments, name, encoding."""
+    _check_user(user)
+    args = tuple(args)
+    name = actor.task_name(args, kwargs)
+    message = actor.message_with_options(args=args, kwargs=kwargs, **(options or {}))
+    try:
+        dramatiq.get_encoder().encode(message.asdict())
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ArgumentsNotSerializable(
+            f"Arguments of {actor.actor_name} cannot be serialised into a message: {exc}"
+        ) from exc
+    total = actor.usertask_options.get("total_steps") or 0
+    if callable(total):
+        total = total(**actor.bind_arguments(args, kwargs))
+    row_options = {}
+    for key in ("notify", "abort_grace"):
+        value = actor.usertask_options.get(key)
+        if value is not None:
+            row_options[key] = value
+    return Prepared(
+        actor=actor, user=user, name=name, message=message, delay=delay, total_steps=int(total or 0),
+        parent=parent, unique_key=unique_key(actor, user, args, kwargs), row_options=row_options,
+    )
+
+
+def _row(p, now):
+    from .models import UserTaskStatus
+
+    return UserTaskStatus(
+        user=p.user,
+        task_id=p.message.message_id,
+        parent=p.parent,
+        task_class=p.actor.actor_name,
+        name=p.name,
+        queue_name=p.actor.queue_name,
+        total_steps=p.total_steps,
+        unique_key=p.unique_key,
+        options=p.row_options,
+        created=now,
+        modified=now,
+        eta=now + timedelta(milliseconds=p.delay) if p.delay else None,
+    )
+
+
+def _event(row, now):
+    from .models import EventKind, UserTaskEvent
+
+    detail = f"due {row.eta.isoformat()}" if row.eta else ""
+    return UserTaskEvent(status=row, kind=EventKind.ENQUEUED, created=now, detail=detail)
+
+
+def send_prepared(prepared):
+    """Insert the rows (one INSERT for one task, a bulk INSERT for many) in the caller's
+    transaction and register the enqueue on commit.  Returns the rows, in order; a unique
+    task identical to an active one returns that one instead (nothing is sent for it)."""
+    from .models import UserTaskEvent, UserTaskStatus
+
+    db = router.db_for_write(UserTaskStatus)
+    now = timezone.now()
+    rows, to_send = [], []
+    with transaction.atomic(using=db):
+        if len(prepared) == 1 or any(p.unique_key for p in prepared):
+            for p in prepared:
+                row, created = _insert_one(p, now, db)
+                rows.append(row)
+                if created:
+                    to_send.append((p, row))
+        else:
+            new = [_row(p, now) for p in prepared]
+            UserTaskStatus.objects.using(db).bulk_create(new)
+            if any(r.pk is None for r in new):  # backends that do not return ids from bulk inserts
+                ids = dict(
+                    UserTaskStatus.objects.using(db)
+                    .filter(task_id__in=[r.task_id for r in new])
+                    .values_list("task_id", "pk")
+                )
+                for r in new:
+                    r.pk = r.id = ids[r.task_id]
+            UserTaskEvent.objects.using(db).bulk_create([_event(r, now) for r in new])
+            rows = new
+            to_send = list(zip(prepared, new))
+        if to_send:
+            transaction.on_commit(lambda: enqueue(to_send, db), using=db)
+    return rows
+
+
+def _insert_one(p, now, db):
+    from .models import UserTaskEvent, UserTaskStatus
+
+    manager = UserTaskStatus.objects.using(db)
+    for _ in range(10):
+        row = _row(p, now)
+        try:
+            with transaction.atomic(using=db):
+                row.save(force_insert=True, using=db)
+        except IntegrityError:
+            if not p.unique_key:
+                raise
+            existing = manager.filter(unique_key=p.unique_key)
+            if transaction.get_connection(db).vendor == "mysql":
+                existing = existing.select_for_update()
+            existing = existing.first()
+            if existing is not None:
+                return existing, False
+            continue  # the other task ended in between: try again
+        UserTaskEvent.objects.using(db).bulk_create([_event(row, now)])
+        return row, True
+    raise IntegrityError(f"could not insert unique task {p.unique_key!r}")
+
+
+def enqueue(pairs, db):
+    """Send the messages of freshly committed rows.  A broker failure fails the rows that were
+    not sent (so no page waits for ever) and raises :class:`EnqueueError`."""
+    from .models import EventKind, UserTaskEvent, UserTaskStatus
+    from .states import State
+
+    broker = pairs[0][0].actor.broker
+    for i, (p, row) in enumerate(pairs):
+        message = p.message.copy(options={STATUS_OPTION: row.pk})
+        try:
+            broker.enqueue(message, delay=p.delay)
+        except Exception as exc:
+            failed = [r.pk for _, r in pairs[i:]]
+            now = timezone.now()
+            text = _clip(f"The task could not be queued: {exc}", 2000)
+            n = UserTaskStatus.objects.using(db).filter(pk__in=failed, state=State.PENDING).update(
+                state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now, modified=now,
+                unique_key=None,
+            )
+            if n:
+                UserTaskEvent.objects.using(db).bulk_create(
+                    [UserTaskEvent(status_id=pk, kind=EventKind.FAILED, detail=text, created=now) for pk in failed]
+                )
+            logger.error("usertasks: could not enqueue %s (%d task(s) failed): %s", p.actor.actor_name, len(failed), exc)
+            raise EnqueueError(f"Could not send {p.actor.actor_name} to the broker: {exc}") from exc

@@ -1,0 +1,31 @@
+"""Task states (the OEP-3 strings) and the transitions allowed between them."""
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class State(models.TextChoices):
+    PENDING = "Pending", _("Pending")
+    IN_PROGRESS = "In Progress", _("In Progress")
+    RETRYING = "Retrying", _("Retrying")
+    SUCCEEDED = "Succeeded", _("Succeeded")
+    FAILED = "Failed", _("Failed")
+    CANCELED = "Canceled", _("Canceled")
+
+
+#: States a task can still leave.
+ACTIVE_STATES = (State.PENDING, State.IN_PROGRESS, State.RETRYING)
+#: States a task never leaves.
+FINAL_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELED)
+
+#: For each target state, the states it may be entered from.  Every state change is a
+#: conditional UPDATE over this table, so a late or repeated hook is a no-op and of two racing
+#: changes only one wins.
+ALLOWED_FROM = {
+    State.PENDING: (State.IN_PROGRESS, State.RETRYING),  # requeued (worker shutdown)
+    State.IN_PROGRESS: (State.PENDING, State.RETRYING),
+    State.RETRYING: (State.IN_PROGRESS,),
+    State.SUCCEEDED: ACTIVE_STATES,
+    State.FAILED: ACTIVE_STATES,
+    State.CANCELED: ACTIVE_STATES,
+}
