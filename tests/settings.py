@@ -32,7 +32,8 @@ _tmp = os.environ.setdefault("USERTASKS_TEST_TMP", tempfile.mkdtemp(prefix="user
 
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
-    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("USERTASKS_TEST_DB_NAME") or None}
+    # USERTASKS_TEST_DB_SUFFIX lets several suites share one server without colliding.
+    DATABASES["default"]["TEST"] = {"NAME": "test_usertasks" + os.environ.get("USERTASKS_TEST_DB_SUFFIX", "")}
 else:
     DATABASES = {
         "default": {

@@ -1,0 +1,39 @@
+# usertasks developer commands.  Every target creates the virtualenv it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-sqlite test-postgres bench lint clean
+
+$(STAMP): setup.py requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e . -r requirements-test.txt
+	touch $(STAMP)
+
+## demo: SQLite + a private Redis + a worker + runserver, with sample tasks
+demo: $(STAMP)
+	$(BIN)/python demo/run.py
+
+## test: the suite on SQLite, then on PostgreSQL when DATABASE_URL is set
+test: $(STAMP)
+	$(BIN)/python -m pytest
+	@if [ -n "$$DATABASE_URL" ]; then \
+		echo "== again on $$DATABASE_URL"; \
+		$(BIN)/python -m pytest; \
+	fi
+
+test-sqlite: $(STAMP)
+	env -u DATABASE_URL $(BIN)/python -m pytest
+
+test-postgres: $(STAMP)
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} $(BIN)/python -m pytest
+
+## bench: benchmarks (not tests); results go to bench/results and docs/benchmarks.md
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
