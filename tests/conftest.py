@@ -9,6 +9,11 @@ import redis as redis_lib
 from django.db import connection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every tests/tasks*.py module holds actors; worker processes load them all.
+TASK_MODULES = tuple(
+    "tests." + name[:-3] for name in sorted(os.listdir(os.path.join(ROOT, "tests")))
+    if name.startswith("tasks") and name.endswith(".py")
+)
 
 
 @pytest.fixture
@@ -34,7 +39,7 @@ def other_user(django_user_model):
 class Worker:
     """A real ``dramatiq`` worker process on the test Redis and the test database."""
 
-    def __init__(self, processes=1, threads=4, modules=("tests.tasks",), extra_env=None):
+    def __init__(self, processes=1, threads=4, modules=TASK_MODULES, extra_env=None):
         self.processes = processes
         self.threads = threads
         self.modules = modules
