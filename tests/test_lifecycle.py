@@ -22,3 +22,116 @@ def test_success_path(worker, user, redis):
     assert redis.get("side-effect:count:a") == b"1"
     kinds = list(status.events.values_list("kind", flat=True))
     assert kinds == [EventKind.ENQUEUED, EventKind.STARTED, EventKind.SUCCEEDED]
+
+
+def test_in_progress_is_visible_while_running(worker, user, redis):
+    from . import tasks_core
+
+    status = tasks_core.step_then_sleep.send_for(user, 1, 1.5, label="visible")
+    from .conftest import wait_for
+
+    def running():
+        status.refresh_from_db()
+        return status.state == State.IN_PROGRESS
+
+    wait_for(running, 30, message="task to be In Progress")
+    assert status.started is not None and status.finished is None
+    assert status.worker  # the run's token
+    assert status.attempts == 1
+    wait_final(status)
+    assert status.state == State.SUCCEEDED
+    assert status.worker  # kept: it names the worker that finished it
+
+
+def test_failure_keeps_user_error_apart_from_traceback(worker, user, redis):
+    status = tasks.fail.send_for(user, label="x")
+    wait_final(status)
+    assert status.state == State.FAILED
+    assert status.error == "Bad input: x"
+    assert status.error_class == "builtins.ValueError"
+    assert "Traceback (most recent call last)" in status.traceback
+    assert "ValueError: Bad input: x" in status.traceback
+    assert "Traceback" not in status.error
+    assert status.attempts == 1
+    assert status.message == "about to fail"
+    assert status.finished is not None
+    assert status.percent is None
+    events = list(status.events.values_list("kind", "attempt", "detail"))
+    assert [e[0] for e in events] == [EventKind.ENQUEUED, EventKind.STARTED, EventKind.FAILED]
+    assert events[2][1:] == (1, "Bad input: x")
+
+
+def test_retrying_then_succeeded(worker, user, redis):
+    status = tasks.flaky.send_for(user, 2, label="r2")
+    wait_final(status)
+    assert status.state == State.SUCCEEDED
+    assert status.attempts == 3
+    assert redis.get("flaky:r2") == b"3"
+    assert redis.get("side-effect:flaky:r2") == b"1"
+    events = list(status.events.values_list("kind", "attempt"))
+    assert events == [
+        (EventKind.ENQUEUED, 0),
+        (EventKind.STARTED, 1),
+        (EventKind.RETRYING, 1),
+        (EventKind.STARTED, 2),
+        (EventKind.RETRYING, 2),
+        (EventKind.STARTED, 3),
+        (EventKind.SUCCEEDED, 3),
+    ]
+    retry_details = list(status.events.filter(kind=EventKind.RETRYING).values_list("detail", flat=True))
+    assert retry_details == ["attempt 1 failed", "attempt 2 failed"]
+    # The error of a retried attempt is not left behind on a task that succeeded in the end.
+    assert status.error == "" and status.traceback == ""
+
+
+def test_retrying_state_is_stored_between_attempts(worker, user, redis):
+    # A long backoff leaves the row Retrying long enough to see it.
+    status = tasks.flaky.send_for_with_options(user, args=(1,), kwargs={"label": "slow"}, min_backoff=2000,
+                                               max_backoff=2000)
+    from .conftest import wait_for
+
+    def retrying():
+        status.refresh_from_db()
+        return status.state == State.RETRYING
+
+    wait_for(retrying, 30, message="task to be Retrying")
+    assert status.attempts == 1
+    assert status.error == "attempt 1 failed"
+    assert status.error_class == "builtins.RuntimeError"
+    assert status.finished is None
+    wait_final(status)
+    assert status.state == State.SUCCEEDED
+    assert status.attempts == 2
+
+
+def test_retries_exhausted_fails(worker, user, redis):
+    from . import tasks_core
+
+    status = tasks_core.always_fails.send_for(user, label="ex")
+    wait_final(status)
+    assert status.state == State.FAILED
+    assert status.attempts == 3
+    assert redis.get("flaky:always:ex") == b"3"
+    assert status.error == "'attempt 3'"  # str() of a KeyError
+    assert status.error_class == "builtins.KeyError"
+    kinds = list(status.events.values_list("kind", flat=True))
+    assert kinds == [
+        EventKind.ENQUEUED,
+        EventKind.STARTED, EventKind.RETRYING,
+        EventKind.STARTED, EventKind.RETRYING,
+        EventKind.STARTED, EventKind.FAILED,
+    ]
+
+
+def test_message_whose_row_is_missing_runs_untracked(worker, user, redis):
+    from usertasks.actors import STATUS_OPTION
+
+    from .conftest import wait_for
+
+    tasks.noop.send_with_options(kwargs={"label": "ghost"}, **{STATUS_OPTION: 987654321})
+    wait_for(lambda: redis.get("side-effect:noop:ghost") == b"1", 30, message="the body to run")
+    assert not UserTaskStatus.objects.exists()
+    # The worker is still healthy afterwards.
+    status = tasks.noop.send_for(user, label="after")
+    wait_final(status)
+    assert status.state == State.SUCCEEDED

@@ -85,8 +85,8 @@ class UserTaskActor(Actor):
         return send_prepared(prepared)
 
     def send_with_options(self, *, args=(), kwargs=None, delay=None, **options):
-        if STATUS_OPTION not in options and not type(self)._warned_untracked:
-            type(self)._warned_untracked = True
+        if STATUS_OPTION not in options and not self._warned_untracked:
+            self._warned_untracked = True  # once per actor (an instance attribute)
             logger.warning(
                 "%s was sent without a user (.send()): it runs untracked, with no status row. "
                 "Use .send_for(user, ...) to track it.",
