@@ -134,12 +134,12 @@ class Writer:
                 started = [c for c in running if c.tracked and getattr(c, "started_written", False)]
                 dirty = [c for c in started if c.dirty] if progress else []
                 beating = started if heartbeat else []
-                if not ops and not dirty and not beating:
-                    continue
                 if progress:
                     self._next_progress = now + interval
                 if heartbeat:
                     self._next_heartbeat = now + float(app_settings.HEARTBEAT_INTERVAL)
+                if not ops and not dirty and not beating:
+                    continue
                 self._write(ops, dirty, beating)
             except Exception:  # never let the thread die: worker threads wait on it
                 logger.exception("usertasks writer: unexpected error")
