@@ -104,7 +104,9 @@ class UserTaskTracking(Middleware):
         from ..models import EventKind
 
         if exception is None:
-            return State.SUCCEEDED, EventKind.SUCCEEDED, {"state": State.SUCCEEDED}, ""
+            # The error of an earlier, retried attempt stays in the event history only.
+            fields = {"state": State.SUCCEEDED, "error": "", "error_class": "", "traceback": ""}
+            return State.SUCCEEDED, EventKind.SUCCEEDED, fields, ""
         if isinstance(exception, Aborted) or getattr(ctx, "forced", False):
             detail = "Stopped by force after the grace period." if ctx.forced else ""
             return State.CANCELED, EventKind.CANCELED, {"state": State.CANCELED}, detail
