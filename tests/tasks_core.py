@@ -7,9 +7,19 @@ from usertasks import user_task
 from .tasks import mark, r
 
 
-@user_task(name="Report {0} for {course} ({fmt})", max_retries=0)
+@user_task(name="Report {course} ({fmt}, {lang})", max_retries=0)
 def named(task, course, fmt="csv", *, lang="en"):
     mark(f"named:{course}")
+
+
+@user_task(name="Item {0} of {1}", max_retries=0)
+def indexed(task, a, b):
+    pass
+
+
+@user_task(name="Broken {missing}", max_retries=0)
+def bad_name(task, label=""):
+    pass
 
 
 @user_task(name="Fixed total", total_steps=10, max_retries=0)

@@ -1,0 +1,229 @@
+"""send_for / send_many_for: rows in the caller's transaction, messages on commit."""
+
+import datetime
+import json
+import logging
+
+import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from usertasks import ArgumentsNotSerializable, EnqueueError, UserTasksError, user_task
+from usertasks.actors import STATUS_OPTION
+from usertasks.models import EventKind, UserTaskEvent, UserTaskStatus
+from usertasks.states import State
+
+from . import tasks, tasks_core
+from .conftest import wait_final, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+QUEUE = "dramatiq:default"
+
+
+@pytest.fixture
+def clean_redis(redis):
+    redis.flushdb()
+    yield redis
+    redis.flushdb()
+
+
+def queued(redis, queue=QUEUE):
+    """Messages waiting on a queue of the Redis broker."""
+    return [json.loads(v) for v in redis.hvals(f"{queue}.msgs")]
+
+
+def test_row_in_callers_transaction_message_on_commit(user, clean_redis):
+    with transaction.atomic():
+        status = tasks.noop.send_for(user, label="commit")
+        assert UserTaskStatus.objects.filter(pk=status.pk, state=State.PENDING).exists()
+        assert queued(clean_redis) == []  # not yet: the transaction may still roll back
+    messages = queued(clean_redis)
+    assert len(messages) == 1
+    assert messages[0]["message_id"] == status.task_id
+    assert messages[0]["options"][STATUS_OPTION] == status.pk
+    assert messages[0]["kwargs"] == {"label": "commit"}
+    assert list(status.events.values_list("kind", flat=True)) == [EventKind.ENQUEUED]
+
+
+def test_rollback_enqueues_nothing_and_leaves_no_row(user, clean_redis):
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with transaction.atomic():
+            tasks.noop.send_for(user, label="rollback")
+            tasks.noop.send_many_for(user, [{"label": "r1"}, {"label": "r2"}])
+            raise Boom()
+    assert not UserTaskStatus.objects.exists()
+    assert not UserTaskEvent.objects.exists()
+    assert queued(clean_redis) == []
+    assert clean_redis.llen(QUEUE) == 0
+
+
+def test_rollback_of_a_savepoint_only(user, clean_redis):
+    with transaction.atomic():
+        kept = tasks.noop.send_for(user, label="kept")
+        try:
+            with transaction.atomic():
+                tasks.noop.send_for(user, label="dropped")
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    assert list(UserTaskStatus.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert [m["message_id"] for m in queued(clean_redis)] == [kept.task_id]
+
+
+def test_name_is_formatted_over_the_arguments(user, clean_redis):
+    assert tasks_core.named.send_for(user, "c1").name == "Report c1 (csv, en)"
+    assert tasks_core.named.send_for(user, "c2", "pdf").name == "Report c2 (pdf, en)"
+    assert tasks_core.named.send_for(user, course="c3", lang="fr").name == "Report c3 (csv, fr)"
+    assert tasks_core.named.send_for(user, "c4", fmt="xml", lang="de").name == "Report c4 (xml, de)"
+    assert tasks_core.indexed.send_for(user, 3, 7).name == "Item 3 of 7"
+    assert tasks.count.send_for(user, 12).name == "Count to 12"
+    long = tasks.noop.send_for(user, label="x" * 400)
+    assert len(long.name) == 255 and long.name.endswith("\u2026")
+    assert UserTaskStatus.objects.count() == 7
+
+
+def test_bad_name_template_or_arguments_write_nothing(user, clean_redis):
+    with pytest.raises(ValueError, match="cannot format task name"):
+        tasks_core.bad_name.send_for(user)
+    with pytest.raises(TypeError, match="named"):
+        tasks_core.named.send_for(user)  # missing required argument
+    with pytest.raises(TypeError):
+        tasks_core.named.send_for(user, "c", nope=1)
+    assert not UserTaskStatus.objects.exists()
+    assert queued(clean_redis) == []
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, b"bytes", datetime.date(2024, 1, 1)])
+def test_unserialisable_arguments_raise_before_any_write(user, clean_redis, value):
+    with pytest.raises(ArgumentsNotSerializable) as info:
+        tasks.noop.send_for(user, label=value)
+    assert isinstance(info.value, TypeError)
+    assert isinstance(info.value, UserTasksError)
+    assert "noop" in str(info.value)
+    assert not UserTaskStatus.objects.exists()
+    assert queued(clean_redis) == []
+
+
+def test_unserialisable_argument_in_a_bulk_send_writes_nothing(user, clean_redis):
+    with pytest.raises(ArgumentsNotSerializable):
+        tasks.noop.send_many_for(user, [{"label": "ok"}, {"label": object()}])
+    assert not UserTaskStatus.objects.exists()
+    assert queued(clean_redis) == []
+
+
+def test_user_must_be_saved_and_authenticated(user, django_user_model, clean_redis):
+    for who in (None, AnonymousUser(), django_user_model(username="unsaved")):
+        with pytest.raises(ValueError, match="saved, authenticated user"):
+            tasks.noop.send_for(who, label="x")
+    assert not UserTaskStatus.objects.exists()
+    assert queued(clean_redis) == []
+
+
+def test_plain_send_runs_untracked_and_warns_once_per_actor(worker, user, redis, caplog):
+    caplog.set_level(logging.WARNING, logger="usertasks")
+    tasks_core.untracked_a.send(label="1")
+    tasks_core.untracked_a.send(label="2")
+    tasks_core.untracked_b.send(label="1")
+    tasks_core.untracked_b.send_with_options(kwargs={"label": "2"})
+    warnings = [r for r in caplog.records if "runs untracked" in r.getMessage()]
+    assert [r.getMessage().split()[0] for r in warnings] == ["untracked_a", "untracked_b"]
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    for key in ("untracked_a:1", "untracked_a:2", "untracked_b:1", "untracked_b:2"):
+        wait_for(lambda: redis.get(f"side-effect:{key}") == b"1", 30, message=key)
+    assert redis.get("side-effect:untracked_a_ctx:False") == b"2"
+    assert not UserTaskStatus.objects.exists()
+    # A tracked send does not warn.
+    caplog.clear()
+    wait_final(tasks_core.untracked_a.send_for(user, label="3"))
+    assert not [r for r in caplog.records if "runs untracked" in r.getMessage()]
+
+
+def test_send_many_for_bulk(worker, user, redis):
+    calls = [(i,) if i % 2 else {"n": i, "label": f"k{i}"} for i in range(1, 21)]
+    with CaptureQueriesContext(connection) as ctx:
+        rows = tasks.count.send_many_for(user, calls)
+    inserts = [q["sql"] for q in ctx.captured_queries if q["sql"].lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == 2  # one for the rows, one for their "enqueued" events
+    assert len(rows) == 20 and all(r.pk for r in rows)
+    assert [r.name for r in rows] == [f"Count to {i}" for i in range(1, 21)]
+    assert len({r.task_id for r in rows}) == 20
+    assert UserTaskEvent.objects.filter(kind=EventKind.ENQUEUED).count() == 20
+    for row in rows:
+        wait_final(row)
+        assert row.state == State.SUCCEEDED
+    assert [r.completed_steps for r in rows] == list(range(1, 21))
+
+
+def test_send_many_for_empty(user, clean_redis):
+    assert tasks.noop.send_many_for(user, []) == []
+    assert not UserTaskStatus.objects.exists()
+
+
+def test_total_steps_option(worker, user):
+    fixed = tasks_core.fixed_total.send_for(user)
+    computed = tasks_core.callable_total.send_for(user, 4)
+    assert (fixed.total_steps, computed.total_steps) == (10, 8)
+    assert UserTaskStatus.objects.get(pk=fixed.pk).total_steps == 10
+    wait_final(fixed)
+    wait_final(computed)
+    assert (fixed.state, fixed.completed_steps, fixed.total_steps) == (State.SUCCEEDED, 3, 10)
+    assert (computed.completed_steps, computed.total_steps) == (4, 8)
+    assert fixed.percent == 100.0
+
+
+def test_delay_sets_eta_and_uses_the_delay_queue(user, clean_redis):
+    status = tasks.noop.send_for_with_options(user, kwargs={"label": "later"}, delay=60_000)
+    assert status.eta is not None and status.eta > status.created
+    assert queued(clean_redis) == []
+    assert [m["message_id"] for m in queued(clean_redis, QUEUE + ".DQ")] == [status.task_id]
+    assert status.events.get().detail.startswith("due ")
+
+
+@pytest.fixture
+def dead_broker():
+    """A RedisBroker on a private Redis, and a user task declared on it."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    from usertasks.broker import install_middleware
+    from usertasks.devredis import RedisServer
+
+    server = RedisServer().start()
+    broker = RedisBroker(url=server.url)
+    install_middleware(broker)
+
+    @user_task(broker=broker, actor_name="usertasks_tests_down_noop", name="Down {label}")
+    def down_noop(task, label=""):
+        pass
+
+    yield server, broker, down_noop
+    server.stop()
+    broker.close()
+
+
+def test_broker_down_at_enqueue_fails_the_rows(user, dead_broker):
+    server, broker, actor = dead_broker
+    ok = actor.send_for(user, label="up")  # the broker works
+    assert ok.state == State.PENDING
+    server.stop()
+    with pytest.raises(EnqueueError) as info:
+        actor.send_for(user, label="down")
+    assert isinstance(info.value, UserTasksError)
+    assert "usertasks_tests_down_noop" in str(info.value)
+    row = UserTaskStatus.objects.get(name="Down down")
+    assert row.state == State.FAILED
+    assert row.error.startswith("The task could not be queued")
+    assert row.error_class
+    assert row.finished is not None
+    assert list(row.events.values_list("kind", flat=True)) == [EventKind.ENQUEUED, EventKind.FAILED]
+
+    with pytest.raises(EnqueueError):
+        with transaction.atomic():
+            actor.send_many_for(user, [{"label": "m1"}, {"label": "m2"}, {"label": "m3"}])
+    bulk = UserTaskStatus.objects.filter(name__in=["Down m1", "Down m2", "Down m3"])
+    assert sorted(bulk.values_list("state", flat=True)) == [State.FAILED] * 3
+    assert UserTaskStatus.objects.get(pk=ok.pk).state == State.PENDING  # untouched
