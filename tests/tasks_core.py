@@ -57,3 +57,9 @@ def untracked_a(task, label=""):
 @user_task(name="Untracked B", max_retries=0)
 def untracked_b(task, label=""):
     mark(f"untracked_b:{label}")
+
+
+@user_task(name="Reads its row {label}", max_retries=0)
+def reads_status(task, label=""):
+    row = task.status
+    r().set(f"side-effect:status:{label}", f"{row.pk}|{row.name}|{row.state}|{task.attempt}")

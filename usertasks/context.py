@@ -134,6 +134,9 @@ class TaskContext:
         if self._status is None and self.tracked:
             from .models import UserTaskStatus
 
+            start = getattr(self, "start_op", None)
+            if start is not None:  # read the row as this run's start made it, not as it was queued
+                start.done.wait(30)
             self._status = UserTaskStatus.objects.get(pk=self.status_id)
         return self._status
 

@@ -9,11 +9,11 @@ hands the message back to its consumer for acknowledgement.
 import logging
 import traceback
 
-from dramatiq.middleware import Middleware, Retries, TimeLimitExceeded
+from dramatiq.middleware import Middleware, Retries, Shutdown, TimeLimitExceeded
 
 from ..actors import STATUS_OPTION, UserTaskActor
 from ..context import TaskContext, _clip, _current
-from ..exceptions import Aborted
+from ..exceptions import Aborted, ForcedAbort
 from ..states import State
 
 logger = logging.getLogger("usertasks.middleware")
@@ -43,13 +43,14 @@ class UserTaskTracking(Middleware):
             attempt=message.options.get("retries", 0) + 1,
             options=actor.usertask_options,
         )
+        ctx.broker_message = message
         _current.set(ctx)
         if status_id is None:
             return
         writer = get_writer()
         writer.register(ctx)
         event = UserTaskEvent(status_id=status_id, kind=EventKind.STARTED, attempt=ctx.attempt, detail=ctx.worker)
-        writer.submit(Op("start", ctx, events=[event]))
+        ctx.start_op = writer.submit(Op("start", ctx, events=[event]))
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         ctx = _current.get()
@@ -94,7 +95,10 @@ class UserTaskTracking(Middleware):
     def after_worker_shutdown(self, broker, worker):
         from ..writer import stop_writer
 
-        stop_writer()
+        try:
+            _requeue_abandoned(broker)
+        finally:
+            stop_writer()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -107,12 +111,16 @@ class UserTaskTracking(Middleware):
             # The error of an earlier, retried attempt stays in the event history only.
             fields = {"state": State.SUCCEEDED, "error": "", "error_class": "", "traceback": ""}
             return State.SUCCEEDED, EventKind.SUCCEEDED, fields, ""
-        if isinstance(exception, Aborted) or getattr(ctx, "forced", False):
+        if isinstance(exception, (Aborted, ForcedAbort)) or getattr(ctx, "forced", False):
             detail = "Stopped by force after the grace period." if ctx.forced else ""
             return State.CANCELED, EventKind.CANCELED, {"state": State.CANCELED}, detail
+        if isinstance(exception, Shutdown) and not message.failed:
+            # The worker is stopping (ShutdownNotifications): the message goes back to the
+            # broker, so the task waits for its next run instead of failing.
+            text = "The worker stopped before the task finished; it will run again."
+            return State.PENDING, EventKind.REQUEUED, {"state": State.PENDING}, text
         if isinstance(exception, TimeLimitExceeded):
-            limit = message.options.get("time_limit") or broker.get_actor(message.actor_name).options.get("time_limit")
-            text = _timed_out_text(limit)
+            text = _timed_out_text(_time_limit(broker, message))
         else:
             text = str(exception) or type(exception).__name__
         fields = {
@@ -137,9 +145,63 @@ class UserTaskTracking(Middleware):
         event = UserTaskEvent(status_id=ctx.status_id, kind=kind, attempt=ctx.attempt, detail=_clip(detail, 4000))
         op = get_writer().submit(Op("end", ctx, fields=fields, events=[event]))
         op.wait()
+        if op.applied and state in FINAL and (state == State.CANCELED or ctx.abort_requested):
+            from ..abort import clear_flags
+
+            clear_flags([ctx.status_id])
         if op.applied and state in FINAL:
             _finished(ctx, state)
         return op.applied
+
+
+def _time_limit(broker, message):
+    """The time limit (ms) that applied to ``message``: its own, its actor's or TimeLimit's."""
+    from dramatiq.middleware import TimeLimit
+
+    limit = message.options.get("time_limit")
+    if not limit:
+        try:
+            limit = broker.get_actor(message.actor_name).options.get("time_limit")
+        except Exception:
+            limit = None
+    if not limit:
+        limit = next((m.time_limit for m in broker.middleware if isinstance(m, TimeLimit)), None)
+    return limit
+
+
+def _requeue_abandoned(broker):
+    """At worker shutdown, tasks still running after the shutdown timeout are abandoned (their
+    threads die with the process).  Show them as requeued (back to Pending, guarded by the
+    run's worker token) and hand their messages back to the broker now rather than after the
+    broker's heartbeat timeout."""
+    from ..models import EventKind, UserTaskEvent
+    from ..writer import Op, get_writer
+
+    writer = get_writer()
+    abandoned = [c for c in writer.running() if c.tracked]
+    ops = []
+    for ctx in abandoned:
+        writer.unregister(ctx)
+        text = "The worker stopped before the task finished; it will run again."
+        event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.REQUEUED, attempt=ctx.attempt, detail=text)
+        ops.append(writer.submit(Op("end", ctx, fields={"state": State.PENDING}, events=[event])))
+    for op in ops:
+        try:
+            op.wait(30)
+        except TimeoutError:
+            logger.error("usertasks: could not store the requeue of %s before shutdown", op.ctx.status_id)
+    requeue = getattr(broker, "do_requeue", None)  # RedisBroker; RabbitMQ requeues on disconnect
+    for ctx in abandoned:
+        message = ctx.broker_message
+        redis_id = message is not None and message.options.get("redis_message_id")
+        if requeue is not None and redis_id:
+            try:
+                requeue(message.queue_name, redis_id)
+            except Exception as exc:
+                logger.warning("usertasks: could not requeue message %s now (%s); the broker will redeliver "
+                               "it after its heartbeat timeout", message.message_id, exc)
+    if abandoned:
+        logger.warning("usertasks: worker stopped with %d task(s) still running; requeued", len(abandoned))
 
 
 def _timed_out_text(limit_ms):
