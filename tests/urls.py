@@ -1,6 +1,10 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+
+from demo.urls import demo_patterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("tasks/", include("usertasks.urls")),
+    *demo_patterns,
 ]

@@ -1,0 +1,69 @@
+"""Who may see, download from, cancel and delete a task.
+
+The class named by ``USERTASKS["PERMISSIONS"]`` answers four questions separately: which tasks a
+user may view (``visible()``, a queryset filter, so listing costs one query), and for one of those
+whether they may download its artifacts, cancel it, delete it.  Whoever may
+not *view* a task gets 404 from every endpoint (its page, the API, its artifacts, cancel and
+delete), so the existence of other people's tasks does not leak.  Someone who may view a task
+but not cancel or delete it gets 403 from those two endpoints.
+
+Example (``docs/web.md``): support staff who may view every task but not delete it::
+
+    from usertasks.permissions import OwnerOrSuperuser
+
+    class SupportMayView(OwnerOrSuperuser):
+        def visible(self, user, queryset):
+            if user.is_authenticated and user.is_active and user.is_staff:
+                return queryset  # view (and download) every task
+            return super().visible(user, queryset)
+
+        def can_download(self, user, status, artifact=None):
+            return True  # only called for tasks ``visible()`` let through
+
+        # can_cancel / can_delete stay "owner or superuser": staff get 403 there.
+
+    USERTASKS = {"PERMISSIONS": "myproject.permissions.SupportMayView"}
+"""
+
+from django.utils.module_loading import import_string
+
+from .conf import app_settings
+
+__all__ = ["OwnerOrSuperuser", "get_policy"]
+
+
+class OwnerOrSuperuser:
+    """The default policy: the user who started a task, and superusers, may do everything."""
+
+    def visible(self, user, queryset):
+        """The tasks of ``queryset`` that ``user`` may view (one query, no per-row checks)."""
+        return queryset.visible_to(user)
+
+    def is_owner_or_superuser(self, user, status):
+        if user is None or not user.is_authenticated or not user.is_active:
+            return False
+        return user.is_superuser or status.user_id == user.pk
+
+    # Viewing is decided by ``visible()`` alone; the other answers are asked only about tasks
+    # ``visible()`` let through.
+
+    def can_download(self, user, status, artifact=None):
+        return self.is_owner_or_superuser(user, status)
+
+    def can_cancel(self, user, status):
+        return self.is_owner_or_superuser(user, status)
+
+    def can_delete(self, user, status):
+        return self.is_owner_or_superuser(user, status)
+
+    def can_see_traceback(self, user, status):
+        """Tracebacks are for staff only, even for the task's owner."""
+        return bool(user is not None and user.is_authenticated and (user.is_staff or user.is_superuser))
+
+
+def get_policy():
+    """An instance of the class named by ``USERTASKS["PERMISSIONS"]`` (resolved on each call)."""
+    policy = app_settings.PERMISSIONS
+    if isinstance(policy, str):
+        policy = import_string(policy)
+    return policy() if isinstance(policy, type) else policy

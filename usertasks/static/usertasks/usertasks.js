@@ -1,0 +1,257 @@
+/* usertasks: live updates of the status page and the dashboard.
+ * Status page: server-sent events (EventSource), falling back to polling the JSON API.
+ * Dashboard: polls the JSON list for the active rows shown.
+ * Every text goes through textContent: nothing from the server is parsed as HTML. */
+(function () {
+  "use strict";
+
+  function strings() {
+    var el = document.getElementById("ut-strings");
+    try { return el ? JSON.parse(el.textContent) || {} : {}; } catch (e) { return {}; }
+  }
+  var S = strings();
+
+  function fmt(template, values) {
+    return String(template || "").replace(/%\((\w+)\)[sd]/g, function (_, k) { return values[k]; });
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) { return "–"; }
+    var t = Math.max(0, Math.round(seconds));
+    var h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), s = t % 60;
+    if (h) { return fmt(S.hm || "%(h)d h %(m)d min", {h: h, m: m}); }
+    if (m) { return fmt(S.ms || "%(m)d min %(s)d s", {m: m, s: s}); }
+    return fmt(S.s || "%(s)d s", {s: s});
+  }
+
+  function field(root, name) { return root.querySelector('[data-field="' + name + '"]'); }
+
+  function setText(root, name, value) {
+    var el = field(root, name);
+    if (el && el.textContent !== value) { el.textContent = value; }
+  }
+
+  function setTime(root, name, iso) {
+    var el = field(root, name);
+    if (!el) { return; }
+    if (!iso) { el.textContent = "–"; return; }
+    var t = el.querySelector("time");
+    if (t && t.getAttribute("datetime") === iso) { return; }
+    el.textContent = "";
+    t = document.createElement("time");
+    t.setAttribute("datetime", iso);
+    t.textContent = new Date(iso).toLocaleString();
+    el.appendChild(t);
+  }
+
+  function updateBar(bar, data) {
+    if (!bar) { return; }
+    var inner = bar.querySelector(".ut-bar");
+    bar.setAttribute("data-state", data.state);
+    if (data.percent === null || data.percent === undefined) {
+      bar.classList.add("ut-indeterminate");
+      bar.removeAttribute("aria-valuenow");
+      bar.removeAttribute("aria-valuetext");
+      if (inner) { inner.style.width = "100%"; }
+    } else {
+      bar.classList.remove("ut-indeterminate");
+      bar.setAttribute("aria-valuenow", String(Math.round(data.percent)));
+      bar.setAttribute("aria-valuetext", Math.round(data.percent) + "%");
+      if (inner) { inner.style.width = data.percent + "%"; }
+    }
+    if (!data.is_active) { bar.classList.remove("ut-indeterminate"); }
+  }
+
+  function setState(root, el, data) {
+    if (!el) { return; }
+    el.textContent = data.state_text;
+    el.className = "ut-state ut-state-" + data.state.toLowerCase().replace(/\s+/g, "-");
+  }
+
+  function renderArtifacts(list, items) {
+    if (!list) { return; }
+    var key = JSON.stringify(items.map(function (a) { return [a.uuid, a.url]; }));
+    if (list.getAttribute("data-key") === key) { return; }
+    list.setAttribute("data-key", key);
+    list.textContent = "";
+    if (!items.length) {
+      var none = document.createElement("li");
+      none.className = "ut-none";
+      none.textContent = S.none || "";
+      list.appendChild(none);
+      return;
+    }
+    items.forEach(function (a) {
+      var li = document.createElement("li");
+      li.className = "ut-artifact ut-artifact-" + a.kind;
+      if (a.kind === "text") {
+        var name = document.createElement("span");
+        name.className = "ut-artifact-name";
+        name.textContent = a.name;
+        var pre = document.createElement("pre");
+        pre.className = "ut-text";
+        pre.textContent = a.text;
+        li.appendChild(name);
+        li.appendChild(pre);
+      } else if (a.url) {
+        var link = document.createElement("a");
+        link.href = a.url;  /* always our own artifact URL */
+        link.textContent = a.name || a.target || S.download || "";
+        if (a.kind === "file") { link.setAttribute("download", ""); }
+        else { link.rel = "noopener noreferrer"; }
+        li.appendChild(link);
+      } else {
+        li.textContent = a.name;
+      }
+      list.appendChild(li);
+    });
+  }
+
+  function renderEvents(list, events) {
+    if (!list || !events) { return; }
+    var key = events.length ? events[events.length - 1].time + events.length : "0";
+    if (list.getAttribute("data-key") === key) { return; }
+    list.setAttribute("data-key", key);
+    list.textContent = "";
+    events.forEach(function (e) {
+      var li = document.createElement("li");
+      var t = document.createElement("time");
+      t.setAttribute("datetime", e.time);
+      t.textContent = new Date(e.time).toLocaleString();
+      var kind = document.createElement("span");
+      kind.className = "ut-event-kind";
+      kind.textContent = e.text;
+      li.appendChild(t);
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(kind);
+      if (e.detail) {
+        li.appendChild(document.createTextNode(" — "));
+        var d = document.createElement("span");
+        d.className = "ut-event-detail";
+        d.textContent = e.detail;
+        li.appendChild(d);
+      }
+      list.appendChild(li);
+    });
+  }
+
+  function renderStatus(root, data) {
+    root.setAttribute("data-state", data.state);
+    root.setAttribute("data-active", data.is_active ? "1" : "0");
+    setText(root, "name", data.name);
+    setState(root, field(root, "state_text"), data);
+    updateBar(root.querySelector("[data-ut-progress]"), data);
+    setText(root, "percent", data.percent === null ? "" : Math.round(data.percent) + "%");
+    setText(root, "steps", data.total_steps ? fmt(S.steps, {done: data.completed_steps, total: data.total_steps}) : "");
+    setText(root, "message", data.message);
+    setText(root, "elapsed", duration(data.elapsed_seconds));
+    setText(root, "remaining", duration(data.remaining_seconds));
+    setText(root, "attempts", String(data.attempts));
+    setTime(root, "started", data.started);
+    setTime(root, "finished", data.finished);
+    var note = field(root, "cancel_note");
+    if (note) { note.hidden = !(data.cancel_requested && data.is_active); }
+    var box = field(root, "error_box");
+    if (box) { box.hidden = !data.error; setText(root, "error", data.error); }
+    var cancel = field(root, "cancel_form");
+    if (cancel) { cancel.hidden = !data.can_cancel; }
+    var del = field(root, "delete_form");
+    if (del) { del.hidden = !data.can_delete; }
+    renderArtifacts(field(root, "artifacts"), data.artifacts || []);
+    renderEvents(field(root, "events"), data.events);
+  }
+
+  function poll(url, interval, onData, isDone) {
+    var timer = null;
+    function tick() {
+      fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}})
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) {
+          if (data) { onData(data); }
+          if (!data || !isDone(data)) { timer = setTimeout(tick, interval); }
+        })
+        .catch(function () { timer = setTimeout(tick, interval * 2); });
+    }
+    tick();
+    return function () { clearTimeout(timer); };
+  }
+
+  function liveStatus(root) {
+    var streamUrl = root.getAttribute("data-stream-url");
+    var pollUrl = root.getAttribute("data-poll-url");
+    var done = function (d) { return !d.is_active; };
+    var onData = function (d) { renderStatus(root, d); };
+    if (root.getAttribute("data-active") !== "1") { return; }
+    if (!streamUrl || !window.EventSource) { poll(pollUrl, 2000, onData, done); return; }
+    var got = false, failures = 0;
+    var source = new EventSource(streamUrl);
+    source.addEventListener("status", function (ev) {
+      got = true;
+      failures = 0;
+      var data = JSON.parse(ev.data);
+      onData(data);
+      if (done(data)) { source.close(); }
+    });
+    source.addEventListener("gone", function () { source.close(); });
+    source.onerror = function () {
+      failures += 1;
+      /* A stream that never worked, or keeps failing: poll instead. */
+      if (!got || failures > 3 || source.readyState === EventSource.CLOSED) {
+        if (root.getAttribute("data-active") === "1") {
+          source.close();
+          poll(pollUrl, 2000, onData, done);
+        }
+      }
+    };
+  }
+
+  function liveDashboard(table) {
+    var url = table.getAttribute("data-poll-url");
+    var interval = parseInt(table.getAttribute("data-interval"), 10) || 2000;
+    function activeRows() {
+      return Array.prototype.slice.call(table.querySelectorAll('tr[data-uuid][data-active="1"]'));
+    }
+    function tick() {
+      var rows = activeRows();
+      if (!rows.length) { return; }
+      var q = rows.map(function (r) { return "uuid=" + encodeURIComponent(r.getAttribute("data-uuid")); });
+      fetch(url + "?" + q.join("&") + "&page_size=100", {credentials: "same-origin"})
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) {
+          (data ? data.results : []).forEach(function (d) {
+            var row = table.querySelector('tr[data-uuid="' + d.uuid + '"]');
+            if (!row) { return; }
+            row.setAttribute("data-active", d.is_active ? "1" : "0");
+            setState(row, field(row, "state_text"), d);
+            setText(row, "message", d.message);
+            setText(row, "percent", d.percent === null ? "" : Math.round(d.percent) + "%");
+            updateBar(row.querySelector("[data-ut-progress]"), d);
+          });
+          setTimeout(tick, interval);
+        })
+        .catch(function () { setTimeout(tick, interval * 2); });
+    }
+    setTimeout(tick, interval);
+  }
+
+  function confirmForms() {
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-confirm]"), function (form) {
+      form.addEventListener("submit", function (ev) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) { ev.preventDefault(); return; }
+        var input = form.querySelector('input[name="confirm"]');
+        if (input) { input.value = "yes"; }
+      });
+    });
+  }
+
+  function init() {
+    confirmForms();
+    var root = document.querySelector("[data-ut-status]");
+    if (root) { liveStatus(root); }
+    var table = document.querySelector("[data-ut-dashboard]");
+    if (table) { liveDashboard(table); }
+  }
+
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", init); }
+  else { init(); }
+})();

@@ -1,0 +1,20 @@
+"""``path("tasks/", include("usertasks.urls"))``; URL names under the ``usertasks`` namespace."""
+
+from django.urls import path
+
+from . import api, views
+
+app_name = "usertasks"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("<uuid:uuid>/", views.status_page, name="status"),
+    path("<uuid:uuid>/cancel/", views.cancel, name="cancel"),
+    path("<uuid:uuid>/delete/", views.delete, name="delete"),
+    path("artifacts/<uuid:uuid>/", views.artifact, name="artifact"),
+    path("api/tasks/", api.task_list, name="api-list"),
+    path("api/tasks/<uuid:uuid>/", api.task_detail_view, name="api-detail"),
+    path("api/tasks/<uuid:uuid>/cancel/", api.task_cancel, name="api-cancel"),
+    path("api/tasks/<uuid:uuid>/delete/", api.task_delete, name="api-delete"),
+    path("api/tasks/<uuid:uuid>/events/", api.task_events, name="api-events"),
+]

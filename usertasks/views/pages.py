@@ -1,0 +1,143 @@
+"""The HTML pages: dashboard, status page, cancel, delete, artifact download."""
+
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpResponseForbidden, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+
+from ..api import FILTERS, get_visible, paginate, task_detail, user_tasks
+from ..conf import app_settings
+from ..models import UserTaskArtifact
+from ..permissions import get_policy
+from .artifacts import serve_artifact
+
+
+def js_strings():
+    """Translated strings the page script needs (rendered with ``json_script``)."""
+    return {
+        "steps": _("%(done)s of %(total)s steps"),
+        "none": _("None yet."),
+        "download": _("Download"),
+        "hm": _("%(h)d h %(m)d min"),
+        "ms": _("%(m)d min %(s)d s"),
+        "s": _("%(s)d s"),
+        "stale": _("Live updates paused; reload the page."),
+    }
+
+
+def _base_context():
+    return {"usertasks_base_template": app_settings.BASE_TEMPLATE, "usertasks_js_strings": js_strings()}
+
+
+def _not_found(request):
+    """404 for a task that does not exist or that ``request.user`` may not see (same answer)."""
+    response = render(request, "usertasks/not_found.html", _base_context(), status=404)
+    return response
+
+
+@require_GET
+def dashboard(request):
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    current = request.GET.get("filter") or ""
+    if current not in FILTERS:
+        current = ""
+    page = paginate(request, user_tasks(request.user, current), app_settings.PAGE_SIZE)
+    filters = [("", _("All"))] + [
+        ("active", _("Active")), ("finished", _("Finished")), ("failed", _("Failed")), ("canceled", _("Canceled")),
+    ]
+    context = _base_context()
+    tasks = list(page.object_list)
+    context.update({"page": page, "tasks": tasks, "has_active": any(t.is_active for t in tasks), "filters": filters, "current_filter": current,
+                    "live_interval_ms": 2000})
+    return render(request, "usertasks/dashboard.html", context)
+
+
+@require_GET
+def status_page(request, uuid):
+    try:
+        status = get_visible(request.user, uuid)
+    except Http404:
+        return _not_found(request)
+    policy = get_policy()
+    context = _base_context()
+    context.update({
+        "task": status,
+        "detail": task_detail(status, request.user, policy),
+        "can_cancel": status.is_active and policy.can_cancel(request.user, status),
+        "can_delete": status.is_final and policy.can_delete(request.user, status),
+        "can_download": policy.can_download(request.user, status),
+        "show_traceback": policy.can_see_traceback(request.user, status),
+        "stream_url": reverse("usertasks:api-events", args=[status.uuid])
+        if app_settings.LIVE_STREAM_SECONDS else "",
+        "poll_url": reverse("usertasks:api-detail", args=[status.uuid]),
+        "refresh_seconds": 5,
+    })
+    return render(request, "usertasks/status.html", context)
+
+
+def _confirmed(request):
+    return request.POST.get("confirm") == "yes"
+
+
+def _next_url(request, default):
+    url = request.POST.get("next") or ""
+    if url and url_has_allowed_host_and_scheme(url, {request.get_host()}, request.is_secure()):
+        return url
+    return default
+
+
+def _confirm_page(request, status, action):
+    context = _base_context()
+    context.update({"task": status, "action": action, "next": request.POST.get("next", "")})
+    return render(request, "usertasks/confirm.html", context)
+
+
+@require_POST
+def cancel(request, uuid):
+    try:
+        status = get_visible(request.user, uuid)
+    except Http404:
+        return _not_found(request)
+    if not get_policy().can_cancel(request.user, status):
+        return HttpResponseForbidden(_("You may not cancel this task."))
+    if not _confirmed(request):
+        return _confirm_page(request, status, "cancel")
+    if status.cancel(by=request.user):
+        messages.info(request, _("Cancel requested."))
+    else:
+        messages.warning(request, _("The task had already finished."))
+    return HttpResponseRedirect(_next_url(request, status.get_absolute_url()))
+
+
+@require_POST
+def delete(request, uuid):
+    try:
+        status = get_visible(request.user, uuid)
+    except Http404:
+        return _not_found(request)
+    if not get_policy().can_delete(request.user, status):
+        return HttpResponseForbidden(_("You may not delete this task."))
+    if not _confirmed(request):
+        return _confirm_page(request, status, "delete")
+    if not status.delete_with_files():
+        messages.warning(request, _("Only finished tasks can be deleted."))
+        return redirect(status)
+    messages.info(request, _("Task deleted."))
+    return HttpResponseRedirect(_next_url(request, reverse("usertasks:dashboard")))
+
+
+@require_GET
+def artifact(request, uuid):
+    try:
+        item = UserTaskArtifact.objects.select_related("status").get(uuid=uuid)
+        status = get_visible(request.user, item.status.uuid)
+    except (UserTaskArtifact.DoesNotExist, Http404):
+        return _not_found(request)
+    if not get_policy().can_download(request.user, status, item):
+        return _not_found(request)
+    return serve_artifact(item)
