@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_dramatiq",
     "usertasks",
+    "demo",
     "tests",
 ]
 

@@ -13,3 +13,8 @@ class UserTasksConfig(AppConfig):
         from .broker import install_middleware
 
         install_middleware()
+
+        from .notifications import on_task_finished
+        from .signals import task_finished
+
+        task_finished.connect(on_task_finished, dispatch_uid="usertasks.notifications")

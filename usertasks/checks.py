@@ -20,7 +20,7 @@ def check_broker(app_configs=None, **kwargs):
     missing, misplaced = middleware_problems(broker)
     if missing:
         return [checks.Error(
-            f"The Dramatiq broker {type(broker).__name__} lacks usertasks' tracking middleware.",
+            f"The Dramatiq broker {type(broker).__name__} lacks usertasks' middleware (UserTaskTracking, UserTaskAbort).",
             hint="Let the usertasks app install it (keep 'usertasks' in INSTALLED_APPS after "
             "'django_dramatiq'), or call usertasks.broker.install_middleware(broker).",
             id="usertasks.E002",
@@ -65,6 +65,20 @@ def check_settings(app_configs=None, **kwargs):
                 id="usertasks.E007",
             ))
     return errors
+
+
+@checks.register("usertasks")
+def check_base_url(app_configs=None, **kwargs):
+    """Notification emails need an absolute link to the status page."""
+    from .conf import app_settings
+
+    if app_settings.NOTIFY is False or app_settings.BASE_URL:
+        return []
+    return [checks.Warning(
+        "USERTASKS['BASE_URL'] is not set, so task emails cannot link to the status page.",
+        hint="Set USERTASKS = {'BASE_URL': 'https://your.site'} (or NOTIFY = False to send no emails).",
+        id="usertasks.W002",
+    )]
 
 
 @checks.register("usertasks", checks.Tags.database)

@@ -21,7 +21,8 @@ DEFAULTS = {
     "PROGRESS_INTERVAL": 0.25,
     # Seconds between two heartbeats of a running task.
     "HEARTBEAT_INTERVAL": 10.0,
-    # Default for the ``notify`` task option.
+    # Default for the ``notify`` task option: True (every outcome except a cancel by the
+    # requester), False, or a collection of final states, e.g. {"Succeeded", "Failed"}.
     "NOTIFY": True,
     # Default for the ``abort_grace`` task option (seconds from a cancel to a forced stop).
     "ABORT_GRACE": 10.0,
@@ -50,6 +51,9 @@ DEFAULTS = {
     "PURGE_BATCH_SIZE": 500,
     # Dashboard page size.
     "PAGE_SIZE": 25,
+    # Longest life of one server-sent-events stream of a status page, in seconds (the browser
+    # reconnects); 0 turns the stream off and the pages poll the JSON API instead.
+    "LIVE_STREAM_SECONDS": 55,
 }
 
 

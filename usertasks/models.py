@@ -28,6 +28,29 @@ class UserTaskStatusQuerySet(models.QuerySet):
         """Tasks ``user`` started (top-level ones: fan-out children are hidden)."""
         return self.filter(user=user, parent__isnull=True)
 
+    def visible_to(self, user):
+        """Tasks ``user`` may see under the default access policy: their own, or all of them for
+        a superuser; none for an anonymous or inactive user."""
+        if user is None or not user.is_authenticated or not user.is_active:
+            return self.none()
+        return self if user.is_superuser else self.filter(user=user)
+
+    def top_level(self):
+        """Without fan-out children (the dashboard lists these)."""
+        return self.filter(parent__isnull=True)
+
+    def failed(self):
+        return self.filter(state=State.FAILED)
+
+    def canceled(self):
+        return self.filter(state=State.CANCELED)
+
+    def filter_by(self, name):
+        """Dashboard/API filters: ``active``, ``finished``, ``failed``, ``canceled`` (else all)."""
+        method = {"active": self.active, "finished": self.finished, "failed": self.failed,
+                  "canceled": self.canceled}.get(name or "")
+        return method() if method else self
+
     def active(self):
         return self.filter(state__in=ACTIVE_STATES)
 
@@ -190,6 +213,32 @@ class UserTaskStatus(models.Model):
         from .cancel import cancel_task
 
         return cancel_task(self, by=by)
+
+    def delete_with_files(self):
+        """Delete this finished task, its children, artifacts and events; the stored files go
+        once the transaction commits.  Returns ``False`` (and deletes nothing) while the task is
+        still active."""
+        from .artifacts import delete_files_on_commit
+
+        with transaction.atomic():
+            row = type(self).objects.select_for_update().filter(pk=self.pk).first()
+            if row is None:
+                return True
+            if row.state not in FINAL_STATES:
+                return False
+            ids = [row.pk]
+            frontier = [row.pk]
+            while frontier:
+                frontier = list(type(self).objects.filter(parent_id__in=frontier).values_list("pk", flat=True))
+                ids.extend(frontier)
+            storage = artifact_storage()
+            files = [
+                (storage, name)
+                for name in UserTaskArtifact.objects.filter(status_id__in=ids).exclude(file="").values_list("file", flat=True)
+            ]
+            type(self).objects.filter(pk=row.pk).delete()
+            delete_files_on_commit(files)
+        return True
 
     def refresh(self):
         self.refresh_from_db()
