@@ -39,7 +39,8 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.path.join(_tmp, "main.sqlite3"),
-            "OPTIONS": {"timeout": 30},
+            # USERTASKS_TEST_SQLITE_TIMEOUT: a short busy timeout for worker processes of fault tests.
+            "OPTIONS": {"timeout": float(os.environ.get("USERTASKS_TEST_SQLITE_TIMEOUT", 30))},
             "TEST": {"NAME": os.path.join(_tmp, "test.sqlite3")},
         }
     }
@@ -94,7 +95,10 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 DRAMATIQ_BROKER = {
     "BROKER": "dramatiq.brokers.redis.RedisBroker",
-    "OPTIONS": {"url": REDIS_URL, "heartbeat_timeout": 4000, "dead_message_ttl": 600000},
+    # maintenance_chance: every broker command may requeue the messages of dead workers, so a
+    # killed worker's messages come back within heartbeat_timeout (the default is 0.1 %).
+    "OPTIONS": {"url": REDIS_URL, "heartbeat_timeout": 4000, "dead_message_ttl": 600000,
+                "maintenance_chance": 1000000},
     "MIDDLEWARE": [
         "dramatiq.middleware.AgeLimit",
         "dramatiq.middleware.TimeLimit",

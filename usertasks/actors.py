@@ -10,7 +10,7 @@ import dramatiq
 from dramatiq import Actor
 
 from .context import TaskContext, _clip, current_task
-from .exceptions import Aborted, ArgumentsNotSerializable, EnqueueError
+from .exceptions import Aborted, ArgumentsNotSerializable, EnqueueError, ForcedAbort
 
 logger = logging.getLogger("usertasks")
 
@@ -125,16 +125,24 @@ def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT
             ctx = current_task()
             if ctx is None or ctx.actor_name != actor.actor_name:
                 ctx = TaskContext(status_id=None, message_id=None, actor_name=actor.actor_name)
-            return func(ctx, *args, **kwargs)
+            if not ctx.tracked:
+                return func(ctx, *args, **kwargs)
+            with ctx.body_lock:
+                ctx.in_body = True
+            try:
+                return func(ctx, *args, **kwargs)
+            finally:
+                with ctx.body_lock:  # a forced abort is raised only while in_body is set
+                    ctx.in_body = False
 
         broker_ = broker or dramatiq.get_broker()
         opts = dict(options)
-        # An aborted task is never retried: Aborted joins the actor's ``throws``.
+        # An aborted task is never retried: Aborted and ForcedAbort join the actor's ``throws``.
         if "throws" in broker_.actor_options:
             throws = opts.get("throws") or ()
             if isinstance(throws, type):
                 throws = (throws,)
-            opts["throws"] = tuple(throws) + (Aborted,)
+            opts["throws"] = tuple(throws) + (Aborted, ForcedAbort)
         actor = dramatiq.actor(
             run, actor_class=actor_class, actor_name=actor_name or func.__name__, queue_name=queue_name,
             priority=priority, broker=broker_, **opts,

@@ -19,28 +19,31 @@ def configured_broker():
 
 def install_middleware(broker=None):
     """Add :class:`~usertasks.middleware.UserTaskTracking` to ``broker`` (default: the global one),
-    right before ``Retries`` so it sees the retry decision.  Idempotent; returns the broker."""
-    from .middleware import UserTaskTracking
+    right before ``Retries`` so it sees the retry decision, and
+    :class:`~usertasks.middleware.UserTaskAbort` right before it.  Idempotent; returns the broker."""
+    from .middleware import UserTaskAbort, UserTaskTracking
 
     broker = broker or configured_broker()
     if broker is None:
         return None
-    if any(isinstance(m, UserTaskTracking) for m in broker.middleware):
-        return broker
-    if any(isinstance(m, Retries) for m in broker.middleware):
-        broker.add_middleware(UserTaskTracking(), before=Retries)
-    else:
-        broker.add_middleware(UserTaskTracking())
+    if not any(isinstance(m, UserTaskTracking) for m in broker.middleware):
+        if any(isinstance(m, Retries) for m in broker.middleware):
+            broker.add_middleware(UserTaskTracking(), before=Retries)
+        else:
+            broker.add_middleware(UserTaskTracking())
+    # Cancel checks come right before tracking, so a skipped message never shows as started.
+    if not any(isinstance(m, UserTaskAbort) for m in broker.middleware):
+        broker.add_middleware(UserTaskAbort(), before=UserTaskTracking)
     return broker
 
 
 def middleware_problems(broker):
     """``(missing, misplaced)`` for usertasks' middleware on ``broker``."""
-    from .middleware import UserTaskTracking
+    from .middleware import UserTaskAbort, UserTaskTracking
 
     kinds = [type(m) for m in broker.middleware]
     ours = [i for i, k in enumerate(kinds) if issubclass(k, UserTaskTracking)]
-    if not ours:
+    if not ours or not any(issubclass(k, UserTaskAbort) for k in kinds):
         return True, False
     retries = [i for i, k in enumerate(kinds) if issubclass(k, Retries)]
     misplaced = bool(retries) and ours[0] > retries[0]

@@ -56,6 +56,11 @@ class TaskContext:
         self.cancel_seen_at = None
         self.forced = False
         self._status = None
+        # Set while the task body runs (by the actor wrapper); a forced abort is only ever
+        # raised inside the body, under this lock (see ``usertasks.middleware.abort``).
+        self.in_body = False
+        self.body_lock = threading.Lock()
+        self.broker_message = None  # the Dramatiq MessageProxy of this run (worker side)
 
     @property
     def tracked(self):
@@ -106,11 +111,34 @@ class TaskContext:
         if self._abort:
             raise Aborted()
 
+    @property
+    def abort_grace(self):
+        """Seconds from a cancel to a forced interrupt (task option, else ``ABORT_GRACE``)."""
+        from .conf import app_settings
+
+        grace = self.options.get("abort_grace")
+        return float(app_settings.ABORT_GRACE if grace is None else grace)
+
     def request_abort(self):
         """Mark this run as canceled (called by the abort poller)."""
         if not self._abort:
             self._abort = True
             self.cancel_seen_at = time.monotonic()
+
+    # -- fan-out ------------------------------------------------------------------------------
+
+    def fan_out(self, child_actor, items, *, policy="allow_failures", on_complete=None):
+        """Start one ``child_actor`` task per item (a tuple of positional arguments or a dict of
+        keyword arguments) and make this task their container: it shows their aggregate
+        progress and ends when its last child ends, after this body has returned.
+
+        ``policy``: ``"allow_failures"`` (end Succeeded, failures counted and listed) or
+        ``"fail_fast"`` (the first failure cancels the rest; end Failed).  ``on_complete``: an
+        actor (sent with the container's UUID) or a message, sent once when the container ends.
+        Returns the children as a QuerySet.  See ``docs/fanout.md``."""
+        from .fanout import fan_out
+
+        return fan_out(self, child_actor, items, policy=policy, on_complete=on_complete)
 
     # -- outputs ------------------------------------------------------------------------------
 

@@ -1,4 +1,7 @@
-"""Errors raised by usertasks.  Every one derives from :class:`UserTasksError`."""
+"""Errors raised by usertasks.  Every one derives from :class:`UserTasksError`, except
+:class:`ForcedAbort`, which must not be caught by ``except Exception``."""
+
+from dramatiq.middleware.threading import Interrupt
 
 
 class UserTasksError(Exception):
@@ -29,3 +32,11 @@ class ConfigurationError(UserTasksError):
 
 class AbortBackendError(UserTasksError):
     """The abort flag store is unreachable."""
+
+
+class ForcedAbort(Interrupt):
+    """The task ignored a cancel for longer than its ``abort_grace`` and was interrupted."""
+
+    # Raised asynchronously in the worker thread (like Dramatiq's ``TimeLimitExceeded``).  It
+    # derives from ``BaseException`` through Dramatiq's ``Interrupt`` so that a broad
+    # ``except Exception`` in the task cannot swallow it.  The task ends Canceled, never retried.

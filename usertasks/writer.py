@@ -117,7 +117,7 @@ class Writer:
                     now = time.monotonic()
                     if not self._queue and not self._stopping:
                         wait = self._next_progress - now if self._running else None
-                        for poller in self.pollers:
+                        for poller in self.pollers if self._running else ():
                             wait = min(wait, poller.interval) if wait is not None else poller.interval
                         if wait is None or wait > 0:
                             self._cond.wait(wait)
@@ -127,7 +127,10 @@ class Writer:
                     ops = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
                     running = list(self._running.values())
                 for poller in self.pollers:
-                    poller(running)
+                    try:
+                        poller(running)
+                    except Exception:  # a poller must not hold up the writes
+                        logger.exception("usertasks writer: poller %r failed", poller)
                 now = time.monotonic()
                 progress = now >= self._next_progress or any(op.kind == "flush" for op in ops)
                 heartbeat = now >= self._next_heartbeat

@@ -1,0 +1,67 @@
+"""Actors for the cancel, abort, time limit, worker death and fault tests."""
+
+import time
+
+from usertasks import user_task
+
+from .tasks import mark, r
+
+
+@user_task(name="Wait {label}", max_retries=0)
+def wait_steps(task, label="", n=400, delay=0.01):
+    """Steps every ``delay`` seconds; marks ``started`` at once and ``done`` at the end."""
+    mark(f"started:{label}")
+    task.set_total_steps(n)
+    for i in range(n):
+        time.sleep(delay)
+        task.step()
+    mark(f"done:{label}")
+
+
+@user_task(name="Side effect {label}", max_retries=0)
+def side_effect(task, label=""):
+    mark(f"ran:{label}")
+
+
+@user_task(name="Fail then work {label}", max_retries=3, min_backoff=3000, max_backoff=3000)
+def fail_then_work(task, label=""):
+    """Fails its first attempt; retried 3 s later."""
+    n = r().incr(f"side-effect:attempt:{label}")
+    if n == 1:
+        raise RuntimeError("first attempt fails")
+    mark(f"ran:{label}")
+
+
+@user_task(name="Stuck {label}", max_retries=0, abort_grace=0.5)
+def stuck(task, label=""):
+    """Ignores cancels: a busy loop with a broad ``except Exception``, never a step()."""
+    mark(f"started:{label}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            sum(range(1000))
+        except Exception:  # a broad handler must not swallow the forced abort
+            pass
+    mark(f"done:{label}")
+
+
+@user_task(name="Too slow {label}", max_retries=0, time_limit=1000)
+def too_slow(task, label=""):
+    mark(f"started:{label}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    mark(f"done:{label}")
+
+
+@user_task(name="Check abort {label}", max_retries=0)
+def check_abort_loop(task, label=""):
+    """Polls ``abort_requested`` and then ``check_abort()`` instead of stepping."""
+    mark(f"started:{label}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if task.abort_requested:
+            mark(f"saw:{label}")
+            task.check_abort()
+        time.sleep(0.01)
+    mark(f"done:{label}")

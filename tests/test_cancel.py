@@ -1,0 +1,110 @@
+"""status.cancel(): pending, delayed, retrying, running and finished tasks."""
+
+import pytest
+
+from usertasks.abort import get_backend
+from usertasks.models import EventKind, UserTaskStatus
+from usertasks.states import State
+
+from . import tasks_cancel as t
+from .conftest import wait_final, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def effect(redis, key):
+    return int(redis.get(f"side-effect:{key}") or 0)
+
+
+def events(status):
+    return list(status.events.values_list("kind", flat=True))
+
+
+def test_cancel_pending_never_runs_the_body(start_worker, user, other_user, redis):
+    status = t.side_effect.send_for(user, label="p")
+    assert status.cancel(by=other_user) is True
+    assert status.state == State.CANCELED and status.cancel_outcome == "canceled"
+    assert status.canceled_by == other_user and status.cancel_requested and status.finished
+    ev = status.events.get(kind=EventKind.CANCELED)
+    assert ev.actor == other_user
+    start_worker()
+    # The message is consumed (acknowledged, not dead-lettered) and the body never runs.
+    wait_for(lambda: not redis.hlen("dramatiq:default.msgs"), message="message consumed")
+    assert effect(redis, "ran:p") == 0
+    assert not redis.exists("dramatiq:default.XQ.msgs")
+    status.refresh_from_db()
+    assert status.state == State.CANCELED and status.attempts == 0
+    assert EventKind.STARTED not in events(status)
+    assert not get_backend().is_set(status.pk)  # flag removed once the worker skipped it
+
+
+def test_cancel_delayed(worker, user, redis):
+    status = t.side_effect.send_for_with_options(user, kwargs={"label": "d"}, delay=1500)
+    assert status.eta is not None
+    assert status.cancel(by=user) is True
+    assert status.state == State.CANCELED
+    wait_for(lambda: not redis.hlen("dramatiq:default.DQ.msgs") and not redis.hlen("dramatiq:default.msgs"),
+             timeout=30, message="delayed message consumed")
+    assert effect(redis, "ran:d") == 0
+    status.refresh_from_db()
+    assert status.state == State.CANCELED
+
+
+def test_cancel_retrying(worker, user, redis):
+    status = t.fail_then_work.send_for(user, label="r")
+    wait_for(lambda: status.refresh() and status.state == State.RETRYING, message="Retrying")
+    assert status.cancel(by=user) is True
+    assert status.state == State.CANCELED
+    assert status.events.filter(kind=EventKind.CANCELED).get().detail == "Canceled while waiting to retry."
+    wait_for(lambda: not redis.hlen("dramatiq:default.DQ.msgs") and not redis.hlen("dramatiq:default.msgs"),
+             timeout=30, message="retry message consumed")
+    assert effect(redis, "ran:r") == 0
+    assert effect(redis, "attempt:r") == 1
+    status.refresh_from_db()
+    assert status.state == State.CANCELED and status.attempts == 1
+
+
+def test_cancel_running(worker, user, other_user, redis):
+    status = t.wait_steps.send_for(user, label="run", n=3000)
+    wait_for(lambda: effect(redis, "started:run"), message="task started")
+    wait_for(lambda: status.refresh() and status.completed_steps > 0, message="progress")
+    assert status.cancel(by=other_user) is True
+    assert status.cancel_outcome == "requested" and status.state == State.IN_PROGRESS
+    wait_final(status)
+    assert status.state == State.CANCELED
+    assert status.canceled_by == other_user
+    assert status.completed_steps < 3000
+    assert effect(redis, "done:run") == 0
+    kinds = events(status)
+    assert kinds[-2:] == [EventKind.CANCEL_REQUESTED, EventKind.CANCELED]
+    assert status.events.get(kind=EventKind.CANCEL_REQUESTED).actor == other_user
+    assert not get_backend().is_set(status.pk)
+    assert not redis.exists("dramatiq:default.XQ.msgs")  # not dead-lettered
+    assert status.attempts == 1
+
+
+def test_check_abort_and_abort_requested(worker, user, redis):
+    status = t.check_abort_loop.send_for(user, label="ca")
+    wait_for(lambda: effect(redis, "started:ca"), message="task started")
+    wait_for(lambda: status.refresh() and status.state == State.IN_PROGRESS, message="In Progress")
+    status.cancel(by=user)
+    wait_final(status)
+    assert status.state == State.CANCELED
+    assert effect(redis, "saw:ca") == 1 and effect(redis, "done:ca") == 0
+
+
+def test_cancel_finished_is_a_noop(worker, user, redis):
+    status = t.side_effect.send_for(user, label="f")
+    wait_final(status)
+    before = events(status)
+    assert status.cancel(by=user) is False
+    assert status.cancel_outcome == "already_final"
+    assert status.state == State.SUCCEEDED and status.canceled_by is None and status.cancel_requested is None
+    assert events(status) == before
+
+
+def test_cancel_twice(worker, user, redis):
+    status = t.side_effect.send_for_with_options(user, kwargs={"label": "tw"}, delay=60000)
+    assert status.cancel(by=user) is True
+    assert status.cancel(by=user) is False
+    assert UserTaskStatus.objects.get(pk=status.pk).state == State.CANCELED

@@ -1,0 +1,80 @@
+"""Abort flag stores: how a cancel reaches a running task.
+
+``USERTASKS["ABORT_BACKEND"]`` picks one: ``"redis"``, ``"database"``, a dotted path to an
+:class:`~usertasks.abort.base.AbortBackend` subclass, or ``None`` (the default): Redis when the
+broker is a ``RedisBroker`` or ``USERTASKS["REDIS_URL"]`` is set, the database otherwise.
+"""
+
+import logging
+import os
+import threading
+
+from .base import AbortBackend
+
+logger = logging.getLogger("usertasks.abort")
+
+__all__ = ["AbortBackend", "get_backend", "set_flag", "clear_flags"]
+
+ALIASES = {
+    "redis": "usertasks.abort.redis.RedisAbortBackend",
+    "database": "usertasks.abort.database.DatabaseAbortBackend",
+}
+
+_cache = {}
+_lock = threading.Lock()
+
+
+def backend_path():
+    from ..broker import configured_broker
+    from ..conf import app_settings
+
+    name = app_settings.ABORT_BACKEND
+    if name:
+        return ALIASES.get(name, name)
+    if app_settings.REDIS_URL:
+        return ALIASES["redis"]
+    try:
+        from dramatiq.brokers.redis import RedisBroker
+    except ImportError:  # pragma: no cover - redis not installed
+        RedisBroker = ()
+    if isinstance(configured_broker(), RedisBroker):
+        return ALIASES["redis"]
+    return ALIASES["database"]
+
+
+def get_backend():
+    """The abort backend of this process (one instance per setting value and process)."""
+    from django.utils.module_loading import import_string
+
+    from ..broker import configured_broker
+    from ..conf import app_settings
+
+    path = backend_path()
+    key = (os.getpid(), path, app_settings.REDIS_URL, id(configured_broker()))
+    backend = _cache.get(key)
+    if backend is None:
+        with _lock:
+            backend = _cache.get(key)
+            if backend is None:
+                backend = import_string(path)()
+                _cache.clear()
+                _cache[key] = backend
+    return backend
+
+
+def set_flag(status_id):
+    get_backend().set(status_id)
+
+
+def clear_flags(status_ids, *, quiet=True):
+    """Remove flags of final tasks; errors are logged (a left-over flag is harmless and the
+    reaper removes it later) unless ``quiet`` is false."""
+    ids = [i for i in status_ids if i is not None]
+    if not ids:
+        return
+    try:
+        get_backend().clear(ids)
+    except Exception as exc:
+        if not quiet:
+            raise
+        logger.info("usertasks: could not clear abort flags %s: %s", ids, exc)

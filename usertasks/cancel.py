@@ -1,0 +1,109 @@
+"""``status.cancel(by=user)``.
+
+* Pending (also delayed) or Retrying: the row becomes Canceled at once, in one conditional
+  UPDATE, and an abort flag is raised; the worker that receives the message checks the flag
+  and the row before calling the actor and acknowledges the message without running the body.
+* In Progress: ``cancel_requested`` / ``canceled_by`` are stored and the abort flag is raised;
+  the task stops at its next ``step()`` / ``check_abort()`` (or is interrupted after its
+  ``abort_grace``) and ends Canceled.
+* Already final: nothing changes; returns ``False``.
+
+Every cancel that takes effect records who asked (``canceled_by`` and the ``actor`` of an event).
+"""
+
+import logging
+
+from django.db import router, transaction
+from django.utils import timezone
+
+from .states import FINAL_STATES, State
+
+logger = logging.getLogger("usertasks")
+
+__all__ = ["cancel_task", "CANCELED", "REQUESTED", "ALREADY_FINAL"]
+
+#: Outcomes, stored on the instance as ``status.cancel_outcome`` after ``cancel()``.
+CANCELED = "canceled"  # it had not started (or was waiting to retry): Canceled now
+REQUESTED = "requested"  # it is running: it will stop and end Canceled
+ALREADY_FINAL = "already_final"  # nothing to do
+
+
+def _user(by):
+    if by is None or getattr(by, "pk", None) is None or not getattr(by, "is_authenticated", True):
+        return None
+    return by
+
+
+def cancel_task(status, by=None):
+    """Cancel ``status`` (a :class:`~usertasks.models.UserTaskStatus`).
+
+    Returns ``True`` when the cancel took effect (the task is Canceled, or will stop), ``False``
+    when the task had already finished.  ``status`` is refreshed from the database and
+    ``status.cancel_outcome`` tells which of ``"canceled"``, ``"requested"``, ``"already_final"``
+    happened.  Raises :class:`~usertasks.exceptions.AbortBackendError` when the task is running
+    and the abort flag cannot be raised (the request is stored; call again).
+    """
+    from .models import EventKind, UserTaskEvent, UserTaskStatus
+
+    user = _user(by)
+    db = router.db_for_write(UserTaskStatus)
+    rows = UserTaskStatus.objects.using(db).filter(pk=status.pk)
+    outcome = ALREADY_FINAL
+    for _ in range(5):  # the state can move between our two guarded UPDATEs; try again then
+        now = timezone.now()
+        with transaction.atomic(using=db):
+            previous = rows.values_list("state", flat=True).first()
+            if previous is None:
+                raise UserTaskStatus.DoesNotExist(f"task {status.pk} no longer exists")
+            if previous in FINAL_STATES:
+                break
+            if previous in (State.PENDING, State.RETRYING):
+                n = rows.filter(state=previous).update(
+                    state=State.CANCELED, cancel_requested=now, canceled_by=user, finished=now, modified=now,
+                    unique_key=None, worker="",
+                )
+                if n:
+                    detail = "Canceled before it started." if previous == State.PENDING else \
+                        "Canceled while waiting to retry."
+                    UserTaskEvent.objects.using(db).create(
+                        status_id=status.pk, kind=EventKind.CANCELED, created=now, actor=user, detail=detail,
+                    )
+                    outcome = CANCELED
+                    break
+            else:  # In Progress
+                n = rows.filter(state=State.IN_PROGRESS).update(
+                    cancel_requested=now, canceled_by=user, modified=now,
+                )
+                if n:
+                    UserTaskEvent.objects.using(db).create(
+                        status_id=status.pk, kind=EventKind.CANCEL_REQUESTED, created=now, actor=user,
+                    )
+                    outcome = REQUESTED
+                    break
+    else:  # pragma: no cover - the state kept changing under us
+        raise RuntimeError(f"could not cancel task {status.pk}: its state keeps changing")
+
+    if outcome == ALREADY_FINAL:
+        logger.info("usertasks: task %s is already final; cancel ignored", status.pk)
+    else:
+        # After commit: a rolled-back cancel raises no flag.  For a task that has not started
+        # the flag only saves the worker a query; for a running one it is how the cancel
+        # reaches it, so a failure is reported.
+        transaction.on_commit(lambda: _raise_flag(status.pk, outcome), using=db)
+    status.refresh_from_db()
+    status.cancel_outcome = outcome
+    return outcome != ALREADY_FINAL
+
+
+def _raise_flag(status_id, outcome):
+    from .abort import set_flag
+    from .exceptions import AbortBackendError
+
+    try:
+        set_flag(status_id)
+    except Exception as exc:
+        if outcome == REQUESTED:
+            raise AbortBackendError(
+                f"The cancel of task {status_id} is recorded but cannot reach its worker: {exc}"
+            ) from exc
+        logger.warning("usertasks: could not raise the abort flag of canceled task %s: %s", status_id, exc)
