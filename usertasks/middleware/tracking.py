@@ -209,8 +209,8 @@ def _timed_out_text(limit_ms):
         return "The task timed out."
     seconds = limit_ms / 1000
     if seconds < 120:
-        return f"The task timed out after {seconds:g} seconds."
-    return f"The task timed out after {seconds / 60:g} minutes."
+        return f"The task timed out after {seconds:g} second{'' if seconds == 1 else 's'}."
+    return f"The task timed out after {seconds / 60:.3g} minutes."
 
 
 def _finished(ctx, state):

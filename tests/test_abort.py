@@ -1,0 +1,80 @@
+"""Forced abort, time limits and worker death (SIGKILL, SIGTERM) with real worker processes."""
+
+import signal
+
+import pytest
+
+from usertasks.models import EventKind
+from usertasks.states import State
+
+from . import tasks_cancel as t
+from .conftest import wait_final, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def effect(redis, key):
+    return int(redis.get(f"side-effect:{key}") or 0)
+
+
+def test_forced_abort_of_a_task_that_ignores_the_cancel(worker, user, redis):
+    status = t.stuck.send_for(user, label="s")
+    wait_for(lambda: effect(redis, "started:s"), message="task started")
+    wait_for(lambda: status.refresh() and status.state == State.IN_PROGRESS, message="In Progress")
+    assert status.cancel(by=user) is True
+    wait_final(status, timeout=30)
+    assert status.state == State.CANCELED
+    assert effect(redis, "done:s") == 0
+    event = status.events.get(kind=EventKind.CANCELED)
+    assert "force" in event.detail
+    assert status.attempts == 1  # never retried
+    assert not redis.exists("dramatiq:default.XQ.msgs")
+
+
+def test_time_limit_fails_with_a_message(worker, user, redis):
+    status = t.too_slow.send_for(user, label="tl")
+    wait_final(status, timeout=30)
+    assert status.state == State.FAILED
+    assert status.error == "The task timed out after 1 second."
+    assert status.error_class == "dramatiq.middleware.time_limit.TimeLimitExceeded"
+    assert status.events.filter(kind=EventKind.TIMED_OUT).count() == 1
+    assert effect(redis, "done:tl") == 0
+
+
+def test_sigkill_with_tasks_in_flight(start_worker, user, redis):
+    first = start_worker(processes=1, threads=4)
+    statuses = [t.wait_steps.send_for(user, label=f"k{i}", n=300, delay=0.01) for i in range(3)]
+    for s in statuses:
+        wait_for(lambda s=s: s.refresh() and s.state == State.IN_PROGRESS, message="all In Progress")
+    first.kill()
+    for s in statuses:
+        s.refresh_from_db()
+        assert s.state == State.IN_PROGRESS  # nobody could record anything
+    start_worker(processes=1, threads=4)
+    for s in statuses:
+        wait_final(s, timeout=90)
+        assert s.state == State.SUCCEEDED
+        assert s.attempts == 2
+        assert s.events.filter(kind=EventKind.STARTED).count() == 2
+        assert (s.completed_steps, s.total_steps) == (300, 300)
+    for i in range(3):
+        assert effect(redis, f"done:k{i}") == 1
+
+
+def test_sigterm_requeues_the_running_task(start_worker, user, redis):
+    first = start_worker(processes=1, threads=2)
+    status = t.wait_steps.send_for(user, label="term", n=1500, delay=0.01)
+    wait_for(lambda: status.refresh() and status.state == State.IN_PROGRESS, message="In Progress")
+    first.stop(signal.SIGTERM, timeout=60)  # the shutdown timeout (5 s) passes with the task running
+    status.refresh_from_db()
+    assert status.state == State.PENDING
+    assert status.worker == ""
+    kinds = list(status.events.values_list("kind", flat=True))
+    assert kinds[-1] == EventKind.REQUEUED
+    assert EventKind.FAILED not in kinds
+    assert redis.llen("dramatiq:default") == 1  # handed back to the broker at once
+    start_worker(processes=1, threads=2)
+    wait_final(status, timeout=90)
+    assert status.state == State.SUCCEEDED
+    assert status.attempts == 2
+    assert effect(redis, "done:term") == 1
