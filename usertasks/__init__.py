@@ -18,5 +18,15 @@ __all__ = [
     "UserTaskActor",
     "UserTasksError",
     "current_task",
+    "pipeline",
     "user_task",
 ]
+
+
+def __getattr__(name):
+    # ``usertasks.pipeline`` is imported on first use, keeping this module light.
+    if name == "pipeline":
+        from .pipelines import pipeline
+
+        return pipeline
+    raise AttributeError(f"module 'usertasks' has no attribute {name!r}")

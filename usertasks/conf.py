@@ -49,6 +49,8 @@ DEFAULTS = {
     "ARTIFACT_URL_EXPIRY": 300,
     # Rows deleted per transaction by the purge.
     "PURGE_BATCH_SIZE": 500,
+    # Child rows written per INSERT by ``fan_out()``.
+    "FANOUT_BATCH_SIZE": 1000,
     # Dashboard page size.
     "PAGE_SIZE": 25,
     # Longest life of one server-sent-events stream of a status page, in seconds (the browser

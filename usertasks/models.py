@@ -65,7 +65,24 @@ class UserTaskStatusQuerySet(models.QuerySet):
         cutoff = now - timedelta(seconds=app_settings.STALE_AFTER)
         return self.filter(state=State.IN_PROGRESS).filter(
             Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True, modified__lt=cutoff)
-        )
+        ).exclude(self._waiting_containers())
+
+    @staticmethod
+    def _waiting_containers():
+        from .fanout import WAITING
+
+        # Fan-outs whose body returned, and pipelines: no worker runs them, their children do.
+        return Q(is_container=True, worker=WAITING)
+
+    def waiting_containers(self):
+        """Containers (fan-outs, pipelines) that wait for their children: In Progress with no
+        run of their own, so no heartbeat."""
+        return self.filter(state=State.IN_PROGRESS).filter(self._waiting_containers())
+
+    def waiting_stages(self):
+        """Pipeline stages that wait for the stage before them: Pending, but no message has been
+        sent for them yet (the reaper must not take them for lost messages)."""
+        return self.filter(state=State.PENDING, parent__isnull=False, options__waiting=True)
 
     def expired(self, now=None):
         """Finished tasks older than ``MAX_AGE`` counted from when they finished."""
@@ -212,7 +229,48 @@ class UserTaskStatus(models.Model):
         task had already finished.  See ``docs/cancel.md``."""
         from .cancel import cancel_task
 
-        return cancel_task(self, by=by)
+        done = cancel_task(self, by=by)
+        if done and self.is_container:
+            # Fan-outs and pipelines: the children that have not started are canceled now (one
+            # UPDATE), the running ones are asked to stop; the container ends with the last.
+            from .fanout import cancel_children
+
+            outcome = getattr(self, "cancel_outcome", None)
+            cancel_children(self, by=by if getattr(by, "pk", None) else None)
+            self.refresh_from_db()
+            if outcome is not None:
+                self.cancel_outcome = outcome
+        return done
+
+    # -- fan-out and pipelines ----------------------------------------------------------------
+
+    @property
+    def is_pipeline(self):
+        return self.is_container and "pipeline" in (self.options or {})
+
+    @property
+    def children_done(self):
+        """Children (subtasks or stages) that have ended, whatever the outcome."""
+        return self.children_succeeded + self.children_failed + self.children_canceled + self.children_skipped
+
+    @property
+    def children_active(self):
+        """Children that have not ended yet."""
+        return max(0, self.children_total - self.children_done)
+
+    @property
+    def fanout_policy(self):
+        """``"allow_failures"`` or ``"fail_fast"`` for a fan-out, else ``None``."""
+        return ((self.options or {}).get("fanout") or {}).get("policy")
+
+    def failed_children(self):
+        """The children that failed, first failure first (``name``, ``error``, ``finished``, ...):
+        what the status page of a container lists."""
+        return self.children.filter(state=State.FAILED).order_by("finished", "pk")
+
+    def stages(self):
+        """The stages of a pipeline, in order (for any container: its children by creation)."""
+        return self.children.order_by("pk")
 
     def delete_with_files(self):
         """Delete this finished task, its children, artifacts and events; the stored files go

@@ -222,6 +222,8 @@ class Writer:
 
 def _progress(ctx):
     completed, total, message = ctx.snapshot()
+    if getattr(ctx, "fanout", False):  # a container's steps are its children's (usertasks.fanout)
+        return {} if message is None else {"message": message}
     fields = {"completed_steps": completed}
     if total is not None:
         fields["total_steps"] = total
@@ -264,19 +266,39 @@ def _apply_end(rows, op):
     else:
         fields["worker"] = ""
     n = rows.filter(pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker).update(**fields)
+    if n and (getattr(ctx, "parent_id", None) is not None or getattr(ctx, "fanout", False)):
+        from . import fanout  # counters of the container, in this same transaction
+
+        if getattr(ctx, "fanout", False):
+            fanout.body_ended(rows, ctx, op.fields.get("state"))
+        if getattr(ctx, "parent_id", None) is not None:
+            fanout.child_ended(rows, ctx.parent_id, ctx.status_id, op.fields.get("state"))
     return bool(n)
 
 
 def _apply_update(rows, op):
     """A guarded update not tied to a run: ``fields`` where ``op.events`` ... (used by the reaper)."""
     where = op.fields.pop("_where")
-    return bool(rows.filter(**where).update(modified=op.at, **op.fields))
+    parent_id = op.fields.pop("_parent", None)  # a child ending here is counted on its container
+    n = rows.filter(**where).update(modified=op.at, **op.fields)
+    if n and parent_id is not None and op.fields.get("state") in (State.SUCCEEDED, State.FAILED, State.CANCELED):
+        from .fanout import child_ended
+
+        child_ended(rows, parent_id, where.get("pk"), op.fields["state"])
+    return bool(n)
+
+
+def _apply_body_done(rows, op):
+    from .fanout import body_done
+
+    return body_done(rows, op)
 
 
 APPLY = {
     "start": _apply_start,
     "end": _apply_end,
     "update": _apply_update,
+    "body_done": _apply_body_done,
     "flush": lambda rows, op: True,
 }
 

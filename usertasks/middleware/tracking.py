@@ -14,6 +14,7 @@ from dramatiq.middleware import Middleware, Retries, Shutdown, TimeLimitExceeded
 from ..actors import STATUS_OPTION, UserTaskActor
 from ..context import TaskContext, _clip, _current
 from ..exceptions import Aborted, ForcedAbort
+from ..fanout import PARENT_OPTION
 from ..states import State
 
 logger = logging.getLogger("usertasks.middleware")
@@ -44,6 +45,7 @@ class UserTaskTracking(Middleware):
             options=actor.usertask_options,
         )
         ctx.broker_message = message
+        ctx.parent_id = message.options.get(PARENT_OPTION)  # a fan-out child or pipeline stage
         _current.set(ctx)
         if status_id is None:
             return
@@ -67,6 +69,10 @@ class UserTaskTracking(Middleware):
         if state == State.CANCELED:
             # Canceled is an outcome, not an error: acknowledge, do not dead-letter.
             message.failed = False
+        if state == State.SUCCEEDED and getattr(ctx, "fanout", False):
+            # A container's body returned: it ends with its last child (usertasks.fanout).
+            self.body_done(ctx)
+            return
         self.end(ctx, state, kind, fields, detail)
 
     def after_skip_message(self, broker, message):
@@ -88,6 +94,7 @@ class UserTaskTracking(Middleware):
             event = UserTaskEvent(status_id=status_id, kind=EventKind.FAILED, detail=text)
             op = Op("update", fields={
                 "_where": {"pk": status_id, "state__in": ACTIVE_STATES},
+                "_parent": message.options.get(PARENT_OPTION),
                 "state": State.FAILED, "error": text, "unique_key": None, "finished": event.created,
             }, events=[event])
             get_writer().submit(op).wait()
@@ -135,6 +142,18 @@ class UserTaskTracking(Middleware):
         fields["state"] = State.FAILED
         kind = EventKind.TIMED_OUT if isinstance(exception, TimeLimitExceeded) else EventKind.FAILED
         return State.FAILED, kind, fields, text
+
+    @staticmethod
+    def body_done(ctx):
+        """The body of a container returned: keep it In Progress until its children end."""
+        from ..models import EventKind, UserTaskEvent
+        from ..writer import Op, get_writer
+
+        event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.NOTE, attempt=ctx.attempt,
+                              detail="The task body finished; waiting for its subtasks.")
+        op = get_writer().submit(Op("body_done", ctx, events=[event]))
+        op.wait()
+        return op.applied
 
     @staticmethod
     def end(ctx, state, kind, fields, detail=""):

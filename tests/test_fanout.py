@@ -1,0 +1,128 @@
+"""Fan-out on real worker processes: counters, exactly-once end and callback, policies, cancel."""
+
+import time
+
+import pytest
+
+from usertasks.models import EventKind, UserTaskStatus
+from usertasks.states import ACTIVE_STATES, State
+
+from . import tasks_fanout as t
+from .conftest import wait_final, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def counters(status):
+    return (
+        status.children_total, status.children_succeeded, status.children_failed,
+        status.children_canceled, status.children_skipped,
+    )
+
+
+def callbacks(redis, label, settle=1.0):
+    time.sleep(settle)  # a second callback would show up by now
+    return int(redis.get(f"side-effect:fancallback:{label}") or 0)
+
+
+def test_two_thousand_children_exact_counters_and_one_callback(start_worker, user, redis):
+    start_worker(processes=2, threads=4)
+    status = t.fan_parent.send_for(user, 2000, label="big")
+    wait_final(status, timeout=240)
+    assert status.state == State.SUCCEEDED, status.error
+    assert status.is_container
+    assert counters(status) == (2000, 2000, 0, 0, 0)
+    assert (status.completed_steps, status.total_steps) == (2000, 2000)
+    assert status.percent == 100.0
+    assert status.message == "2,000 of 2,000 subtasks succeeded"
+    assert status.unique_key is None and status.finished
+    children = UserTaskStatus.objects.filter(parent=status)
+    assert children.count() == 2000
+    assert children.filter(state=State.SUCCEEDED).count() == 2000
+    assert int(redis.get("side-effect:fanchild:big")) == 2000
+    assert callbacks(redis, "big") == 1
+    # One final event on the container; the dashboard shows the container only.
+    assert status.events.filter(kind=EventKind.SUCCEEDED).count() == 1
+    assert list(UserTaskStatus.objects.for_user(user)) == [status]
+    assert all(c.get("notify") is False and c.get("child") for c in children.values_list("options", flat=True)[:50])
+
+
+def test_allow_failures_succeeds_and_lists_the_failures(start_worker, user, redis):
+    start_worker(processes=2, threads=4)
+    status = t.fan_parent.send_for(user, 40, label="af", fail_at=[3, 17, 31])
+    wait_final(status, timeout=60)
+    assert status.state == State.SUCCEEDED
+    assert counters(status) == (40, 37, 3, 0, 0)
+    assert status.message == "37 of 40 subtasks succeeded, 3 failed"
+    failed = list(status.failed_children())
+    assert sorted(c.name for c in failed) == ["Child 17", "Child 3", "Child 31"]
+    assert all(c.error.startswith("child ") and c.error.endswith(" refused") for c in failed)
+    assert callbacks(redis, "af") == 1
+
+
+def test_fail_fast_cancels_the_rest(start_worker, user, redis):
+    start_worker(processes=2, threads=4)
+    status = t.fan_parent.send_for(user, 300, label="ff", policy="fail_fast", fail_at=[4], delay=0.05)
+    wait_final(status, timeout=90)
+    assert status.state == State.FAILED
+    assert status.error.startswith("A subtask failed: Child 4: child 4 refused")
+    total, ok, failed, canceled, skipped = counters(status)
+    assert total == 300 and failed == 1 and skipped == 0
+    assert canceled > 0 and ok + failed + canceled == 300
+    children = UserTaskStatus.objects.filter(parent=status)
+    assert not children.filter(state__in=ACTIVE_STATES).exists()
+    assert children.filter(state=State.CANCELED).count() == canceled
+    assert int(redis.get("side-effect:fanchild:ff") or 0) == ok
+    assert callbacks(redis, "ff") == 1
+
+
+def test_children_done_before_the_body_returns(start_worker, user, redis):
+    start_worker(processes=2, threads=4)
+    status = t.fan_parent.send_for(user, 5, label="early", linger=2.0)
+    wait_for(lambda: int(redis.get("side-effect:fanchild:early") or 0) == 5, timeout=30, message="children")
+    status.refresh_from_db()
+    assert status.state == State.IN_PROGRESS  # the body still runs
+    wait_final(status, timeout=30)
+    assert status.state == State.SUCCEEDED
+    assert counters(status) == (5, 5, 0, 0, 0)
+    assert callbacks(redis, "early") == 1
+
+
+def test_retried_children_are_counted(start_worker, user, redis):
+    start_worker(processes=2, threads=4)
+    status = t.fan_parent.send_for(user, 20, label="retry", child="flaky")
+    wait_final(status, timeout=60)
+    assert status.state == State.SUCCEEDED
+    assert counters(status) == (20, 20, 0, 0, 0)
+    assert status.children_retried == 20
+
+
+def test_cancel_of_a_fan_out_cancels_pending_and_running_children(start_worker, user, redis):
+    start_worker(processes=2, threads=4)
+    status = t.fan_parent.send_for(user, 200, label="cx", delay=1.0)
+    wait_for(
+        lambda: UserTaskStatus.objects.filter(parent=status, state=State.IN_PROGRESS).count() >= 4,
+        timeout=60, message="children running",
+    )
+    assert status.cancel(by=user) is True
+    wait_final(status, timeout=60)
+    assert status.state == State.CANCELED
+    total, ok, failed, canceled, skipped = counters(status)
+    assert total == 200 and failed == 0 and canceled >= 190 and ok + canceled == 200
+    children = UserTaskStatus.objects.filter(parent=status)
+    assert not children.filter(state__in=ACTIVE_STATES).exists()
+    assert int(redis.get("side-effect:fanchild:cx") or 0) == ok
+    assert callbacks(redis, "cx") == 1
+
+
+def test_fan_out_needs_a_user_task_and_a_known_policy(user):
+    from usertasks.context import TaskContext
+
+    ctx = TaskContext(status_id=None, message_id="m", actor_name="x")
+    with pytest.raises(Exception, match="tracked"):
+        ctx.fan_out(t.fan_child, [(1,)])
+    ctx.status_id = 1
+    with pytest.raises(ValueError, match="policy"):
+        ctx.fan_out(t.fan_child, [(1,)], policy="sometimes")
+    with pytest.raises(TypeError, match="user_task"):
+        ctx.fan_out(t.fan_done, [(1,)])

@@ -1,0 +1,458 @@
+"""Fan-out: one user task starting many child tasks, shown to the user as one task.
+
+The task that calls :meth:`TaskContext.fan_out() <usertasks.context.TaskContext.fan_out>`
+becomes a *container*: its row holds aggregate counters (``children_total``,
+``children_succeeded``, ``children_failed``, ``children_canceled``, ``children_skipped``,
+``children_retried``) and aggregate steps (one step per child that ended).  Pipelines
+(:mod:`usertasks.pipelines`) are containers too and share the bookkeeping below.
+
+How the container ends, exactly once:
+
+* When the container's body returns, the tracking middleware does not end it: it swaps the
+  run's ``worker`` token for :data:`WAITING` (the body is done, the children are not).
+* A child's end costs O(1): in the writer transaction that stores the child's final state, one
+  UPDATE adds 1 to a counter of the parent (and to its ``completed_steps``), one SELECT reads
+  the parent back.  When the counters reach ``children_total`` and the body is done, a
+  conditional UPDATE moves the parent from In Progress to its final state.  The row lock taken
+  by the counter UPDATE orders concurrent ends, and the conditional UPDATE can succeed in one
+  transaction only: the transaction that wins it, and no other, enqueues the completion
+  callback (on commit).
+* The body's own end does the same check, so children that all finished before the body
+  returned still end the container.
+
+Any code that moves a child row to a final state outside the tracking middleware (cancel,
+reaper, broker failure) calls :func:`children_ended` in the same transaction.
+"""
+
+import logging
+
+from django.db import router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .context import _clip
+from .exceptions import UserTasksError
+from .states import ACTIVE_STATES, State
+
+logger = logging.getLogger("usertasks.fanout")
+
+__all__ = [
+    "ALLOW_FAILURES",
+    "FAIL_FAST",
+    "PARENT_OPTION",
+    "WAITING",
+    "cancel_children",
+    "children_ended",
+    "fan_out",
+]
+
+#: Message option carrying the primary key of a child's container.
+PARENT_OPTION = "usertask_parent"
+#: ``worker`` value of a container whose body has returned and that waits for its children.
+WAITING = "(waiting for children)"
+#: Message option a completion callback receives: the container's primary key.
+CONTAINER_OPTION = "usertask_container"
+
+ALLOW_FAILURES = "allow_failures"
+FAIL_FAST = "fail_fast"
+POLICIES = (ALLOW_FAILURES, FAIL_FAST)
+
+_COUNTERS = ("children_succeeded", "children_failed", "children_canceled", "children_skipped")
+_COUNTER_FOR = {
+    State.SUCCEEDED: "children_succeeded",
+    State.FAILED: "children_failed",
+    State.CANCELED: "children_canceled",
+}
+
+
+def _done():
+    return F("children_succeeded") + F("children_failed") + F("children_canceled") + F("children_skipped")
+
+
+def _db():
+    from .models import UserTaskStatus
+
+    return router.db_for_write(UserTaskStatus)
+
+
+def _rows(using=None):
+    from .models import UserTaskStatus
+
+    return UserTaskStatus.objects.using(using or _db())
+
+
+# -- starting children -----------------------------------------------------------------------
+
+
+def _split(item):
+    if isinstance(item, dict):
+        return (), dict(item)
+    if isinstance(item, (tuple, list)):
+        return tuple(item), {}
+    raise TypeError(f"fan_out() items are tuples of positional arguments or dicts of keyword arguments, not {item!r}")
+
+
+def callback_spec(on_complete):
+    """``on_complete`` as stored in the container's options (JSON), or ``None``.
+
+    A :class:`dramatiq.Message` (``actor.message(...)``) is sent as it is; an actor is sent with
+    one argument, the container's UUID (a string)."""
+    import dramatiq
+
+    if on_complete is None:
+        return None
+    if isinstance(on_complete, dramatiq.Message):
+        return {
+            "actor": on_complete.actor_name, "queue": on_complete.queue_name,
+            "args": list(on_complete.args), "kwargs": dict(on_complete.kwargs),
+            "options": dict(on_complete.options),
+        }
+    if isinstance(on_complete, dramatiq.Actor):
+        return {"actor": on_complete.actor_name, "queue": on_complete.queue_name, "args": None, "kwargs": {}, "options": {}}
+    raise TypeError("on_complete takes an actor or a message (actor.message(...))")
+
+
+def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None):
+    """Implementation of :meth:`TaskContext.fan_out`; returns the children as a QuerySet."""
+    import dramatiq
+
+    from .actors import UserTaskActor
+    from .conf import app_settings
+    from .models import EventKind, UserTaskEvent, UserTaskStatus
+    from .sending import _row, prepare
+
+    if not ctx.tracked:
+        raise UserTasksError("fan_out() needs a tracked task: send the parent with send_for(user, ...)")
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+    if not isinstance(child_actor, UserTaskActor):
+        raise TypeError("fan_out() starts user tasks: decorate the child actor with @user_task")
+    callback = callback_spec(on_complete)
+    if callback is not None:
+        dramatiq.get_encoder().encode(callback)  # fail now, not when the last child ends
+    calls = [_split(item) for item in items]
+
+    # From here on this run writes no progress of its own: the steps are the children's.
+    index = getattr(ctx, "fanout_calls", 0)
+    ctx.fanout_calls = index + 1
+    ctx.fanout = True
+
+    db = _db()
+    rows = _rows(db)
+    parent = rows.select_related("user").get(pk=ctx.status_id)
+    done_before = (parent.options.get("fanout") or {}).get("calls") or []
+    if index < len(done_before):
+        # A retry of a task that already fanned out: its children exist and were sent.
+        logger.info("usertasks: task %s already started its children; not starting them again", parent.pk)
+        return rows.filter(parent_id=parent.pk)
+
+    prepared = []
+    for args, kwargs in calls:
+        p = prepare(child_actor, parent.user, args, kwargs, parent=parent, options={PARENT_OPTION: parent.pk})
+        p.unique_key = None  # the container is the unit of dedupe
+        p.row_options = dict(p.row_options, child=True, notify=False)
+        prepared.append(p)
+    n = len(prepared)
+    batch = max(1, int(app_settings.FANOUT_BATCH_SIZE))
+    now = timezone.now()
+
+    with transaction.atomic(using=db):
+        # The UPDATE first: it locks the parent row, so the options read next are current.
+        rows.filter(pk=parent.pk).update(
+            is_container=True,
+            children_total=F("children_total") + n,
+            total_steps=F("children_total") + n,
+            completed_steps=_done(),
+            modified=now,
+            heartbeat=now,
+        )
+        options = rows.filter(pk=parent.pk).values_list("options", flat=True).get()
+        spec = dict(options.get("fanout") or {})
+        spec["policy"] = policy
+        spec["calls"] = list(spec.get("calls") or []) + [n]
+        if callback is not None:
+            spec["on_complete"] = callback
+        options["fanout"] = spec
+        rows.filter(pk=parent.pk).update(options=options)
+        created = []
+        for start in range(0, n, batch):
+            chunk = [_row(p, now) for p in prepared[start:start + batch]]
+            UserTaskStatus.objects.using(db).bulk_create(chunk)
+            created.extend(chunk)
+        if created and any(r.pk is None for r in created):  # backends without RETURNING
+            ids = dict(rows.filter(parent_id=parent.pk).values_list("task_id", "pk"))
+            for r in created:
+                r.pk = r.id = ids[r.task_id]
+        UserTaskEvent.objects.using(db).create(
+            status_id=parent.pk, kind=EventKind.NOTE, attempt=ctx.attempt, created=now,
+            detail=f"Started {n} subtask{'s' if n != 1 else ''} ({policy.replace('_', '-')}).",
+        )
+        pairs = [(p.message, r.pk) for p, r in zip(prepared, created)]
+        transaction.on_commit(lambda: enqueue_children(child_actor.broker, parent.pk, pairs, db), using=db)
+    return rows.filter(parent_id=parent.pk)
+
+
+def enqueue_children(broker, parent_id, pairs, db=None):
+    """Send the messages of committed child rows.  A broker failure fails the children not
+    sent (counted on the parent) and is logged; the parent carries on with the others."""
+    from .actors import STATUS_OPTION
+    from .models import EventKind, UserTaskEvent
+
+    for i, (message, pk) in enumerate(pairs):
+        try:
+            broker.enqueue(message.copy(options={STATUS_OPTION: pk}))
+        except Exception as exc:
+            failed = [k for _, k in pairs[i:]]
+            text = _clip(f"The task could not be queued: {exc}", 2000)
+            logger.error("usertasks: could not enqueue %d subtask(s) of task %s: %s", len(failed), parent_id, exc)
+            now = timezone.now()
+            rows = _rows(db)
+            with transaction.atomic(using=db or _db()):
+                n = 0
+                for start in range(0, len(failed), 1000):
+                    n += rows.filter(pk__in=failed[start:start + 1000], state=State.PENDING).update(
+                        state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now,
+                        modified=now, unique_key=None,
+                    )
+                UserTaskEvent.objects.using(db or _db()).create(
+                    status_id=parent_id, kind=EventKind.NOTE, created=now,
+                    detail=f"{n} subtask(s) could not be queued: {text}",
+                )
+                if n:
+                    children_ended(rows, parent_id, failed=n)
+            return
+
+
+# -- children ending -------------------------------------------------------------------------
+
+
+def child_ended(rows, parent_id, child_id, state):
+    """Hook for the writer: the run of child ``child_id`` ended in ``state`` (a final state or
+    Retrying).  Runs inside the writer's transaction."""
+    if state == State.RETRYING:
+        rows.filter(pk=parent_id).update(children_retried=F("children_retried") + 1)
+        return
+    counter = _COUNTER_FOR.get(state)
+    if counter is None:
+        return
+    children_ended(rows, parent_id, child_id=child_id, **{counter[len("children_"):]: 1})
+
+
+def children_ended(rows, parent_id, *, succeeded=0, failed=0, canceled=0, skipped=0, retried=0, child_id=None):
+    """Count children of ``parent_id`` that reached a final state, and end the parent if they
+    were the last.  Call it in the transaction that stored the children's final states.
+
+    ``rows`` is a ``UserTaskStatus`` manager or queryset (``.using(db)``) or a database alias.
+    Costs one UPDATE and one SELECT (plus, for the last child, the final UPDATE)."""
+    if isinstance(rows, str) or rows is None:
+        rows = _rows(rows)
+    rows = rows.model.objects.using(rows.db)
+    counts = {"succeeded": succeeded, "failed": failed, "canceled": canceled, "skipped": skipped}
+    now = timezone.now()
+    update = {f"children_{k}": F(f"children_{k}") + v for k, v in counts.items() if v}
+    ended = sum(counts.values())
+    if retried:
+        update["children_retried"] = F("children_retried") + retried
+    if not update:
+        return False
+    if ended:
+        update["completed_steps"] = F("completed_steps") + ended
+    if not rows.filter(pk=parent_id).update(modified=now, heartbeat=now, **update):
+        return False
+    if not ended:
+        return False
+    info = _info(rows, parent_id)
+    if info is None or info["state"] not in ACTIVE_STATES:
+        return False
+    options = info["options"] or {}
+    if "pipeline" in options:
+        from .pipelines import after_stage
+
+        after_stage(rows, info, child_id, succeeded=bool(succeeded), stopped=bool(failed or canceled))
+        info = _info(rows, parent_id)
+    elif failed and (options.get("fanout") or {}).get("policy") == FAIL_FAST:
+        if _cancel_pending(rows, parent_id, reason="A subtask failed; the others were canceled.", now=now):
+            info = _info(rows, parent_id)
+    return try_complete(rows, info)
+
+
+def _info(rows, parent_id):
+    return rows.filter(pk=parent_id).values(
+        "pk", "state", "worker", "children_total", "cancel_requested", "options", *_COUNTERS
+    ).first()
+
+
+def try_complete(rows, info):
+    """End the container described by ``info`` if its body is done and every child has ended.
+    Returns ``True`` in the one transaction that ends it."""
+    from .models import EventKind, UserTaskEvent
+
+    if info is None or info["state"] != State.IN_PROGRESS or info["worker"] != WAITING:
+        return False
+    done = sum(info[c] for c in _COUNTERS)
+    total = info["children_total"]
+    if done < total:
+        return False
+    options = info["options"] or {}
+    succeeded, failed = info["children_succeeded"], info["children_failed"]
+    canceled, skipped = info["children_canceled"], info["children_skipped"]
+    pipeline = "pipeline" in options
+    policy = (options.get("fanout") or {}).get("policy", ALLOW_FAILURES)
+    if info["cancel_requested"] is not None:
+        state = State.CANCELED
+    elif pipeline or policy == FAIL_FAST:
+        state = State.SUCCEEDED if succeeded == total else State.FAILED if failed else State.CANCELED
+    else:
+        state = State.SUCCEEDED
+    summary = summarize(total, succeeded, failed, canceled, skipped, pipeline=pipeline)
+    now = timezone.now()
+    fields = {"state": state, "finished": now, "modified": now, "unique_key": None, "worker": "", "message": summary}
+    detail = summary
+    if state == State.FAILED:
+        first = (
+            rows.filter(parent_id=info["pk"], state=State.FAILED)
+            .order_by("finished", "pk").values("name", "error", "error_class").first()
+        )
+        what = "A stage failed" if pipeline else "A subtask failed"
+        fields["error"] = _clip(f"{what}: {first['name']}: {first['error']}" if first else f"{what}.", 4000)
+        fields["error_class"] = (first or {}).get("error_class", "")[:255]
+        detail = fields["error"]
+    n = rows.filter(pk=info["pk"], state=State.IN_PROGRESS, worker=WAITING).update(**fields)
+    if not n:
+        return False
+    kind = {State.SUCCEEDED: EventKind.SUCCEEDED, State.FAILED: EventKind.FAILED, State.CANCELED: EventKind.CANCELED}[state]
+    UserTaskEvent.objects.using(rows.db).create(status_id=info["pk"], kind=kind, created=now, detail=_clip(detail, 4000))
+    callback = (options.get("fanout") or options.get("pipeline") or {}).get("on_complete")
+    pk, db = info["pk"], rows.db
+    transaction.on_commit(lambda: _container_finished(pk, state, callback, db), using=db)
+    return True
+
+
+def summarize(total, succeeded, failed=0, canceled=0, skipped=0, *, pipeline=False):
+    """``"1,990 of 2,000 subtasks succeeded, 10 failed"``."""
+    noun = "stage" if pipeline else "subtask"
+    parts = [f"{succeeded:,} of {total:,} {noun}{'s' if total != 1 else ''} succeeded"]
+    for count, word in ((failed, "failed"), (canceled, "canceled"), (skipped, "skipped")):
+        if count:
+            parts.append(f"{count:,} {word}")
+    return ", ".join(parts)
+
+
+def _container_finished(pk, state, callback, db):
+    """After the commit that ended container ``pk``: send its callback, then ``task_finished``."""
+    import dramatiq
+
+    from .models import UserTaskStatus
+    from .signals import task_finished
+
+    if callback:
+        try:
+            broker = dramatiq.get_broker()
+            status_uuid = None
+            args = callback["args"]
+            if args is None:
+                status_uuid = str(UserTaskStatus.objects.using(db).values_list("uuid", flat=True).get(pk=pk))
+                args = [status_uuid]
+            message = dramatiq.Message(
+                queue_name=callback["queue"], actor_name=callback["actor"], args=tuple(args),
+                kwargs=callback["kwargs"], options=dict(callback["options"], **{CONTAINER_OPTION: pk}),
+            )
+            broker.enqueue(message)
+        except Exception:
+            logger.exception("usertasks: could not send the completion callback of task %s", pk)
+    if not task_finished.receivers:
+        return
+    try:
+        status = UserTaskStatus.objects.using(db).get(pk=pk)
+    except UserTaskStatus.DoesNotExist:
+        return
+    for receiver, response in task_finished.send_robust(sender=UserTaskStatus, status=status, state=state):
+        if isinstance(response, Exception):
+            logger.error("usertasks: task_finished receiver %r failed: %r", receiver, response)
+
+
+def body_done(rows, op):
+    """Writer op ``body_done``: the container's body returned; wait for the children (or end
+    at once if they are all done already)."""
+    ctx = op.ctx
+    n = rows.filter(pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker).update(
+        worker=WAITING, modified=op.at, heartbeat=op.at
+    )
+    if not n:
+        return False
+    try_complete(rows, _info(rows, ctx.status_id))
+    return True
+
+
+def body_ended(rows, ctx, state):
+    """Writer hook: the body of a container ended Failed or Canceled on its own (an exception
+    after ``fan_out()``): the children that have not run yet never will."""
+    if state in (State.FAILED, State.CANCELED):
+        _cancel_pending(rows, ctx.status_id, reason="The task ended; its remaining subtasks were canceled.")
+
+
+# -- canceling -------------------------------------------------------------------------------
+
+
+def _cancel_pending(rows, parent_id, *, reason, by=None, now=None):
+    """In the current transaction: cancel every child of ``parent_id`` that has not started
+    (one UPDATE; pipelines: the stages that never ran are *skipped*), count them on the parent
+    and ask the running ones to stop (on commit).  Returns how many were canceled or skipped."""
+    from .models import EventKind, UserTaskEvent
+
+    now = now or timezone.now()
+    info = rows.filter(pk=parent_id).values("options").first()
+    if info is None:
+        return 0
+    if "pipeline" in (info["options"] or {}):
+        from .pipelines import stop_stages
+
+        return stop_stages(rows, parent_id, reason=reason, by=by, now=now)
+    fields = dict(state=State.CANCELED, cancel_requested=now, finished=now, modified=now, unique_key=None)
+    if by is not None:
+        fields["canceled_by"] = by
+    n = rows.filter(parent_id=parent_id, state__in=(State.PENDING, State.RETRYING)).update(**fields)
+    running = list(rows.filter(parent_id=parent_id, state=State.IN_PROGRESS).values_list("pk", flat=True))
+    if running:
+        rows.filter(pk__in=running, cancel_requested__isnull=True).update(cancel_requested=now)
+        transaction.on_commit(lambda: request_abort(running, rows.db), using=rows.db)
+    if n:
+        UserTaskEvent.objects.using(rows.db).create(
+            status_id=parent_id, kind=EventKind.NOTE, created=now, actor=by,
+            detail=f"{reason} {n:,} not yet started were canceled" + (f"; {len(running)} running asked to stop." if running else "."),
+        )
+        counted = rows.filter(pk=parent_id).update(
+            children_canceled=F("children_canceled") + n, completed_steps=F("completed_steps") + n,
+            modified=now,
+        )
+        if not counted:
+            return 0
+    return n
+
+
+def cancel_children(status, *, by=None, reason="The task was canceled."):
+    """Cancel the children of container ``status`` that have not ended: the pending ones at
+    once, in one UPDATE; the running ones stop at their next ``step()``.  The container ends
+    (Canceled) when its last running child has stopped.  Returns how many were canceled at once."""
+    db = router.db_for_write(type(status))
+    rows = _rows(db)
+    now = timezone.now()
+    with transaction.atomic(using=db):
+        mark = {"cancel_requested": now}
+        if by is not None:
+            mark["canceled_by"] = by
+        rows.filter(pk=status.pk, cancel_requested__isnull=True).update(**mark)
+        n = _cancel_pending(rows, status.pk, reason=reason, by=by, now=now)
+        try_complete(rows, _info(rows, status.pk))
+    return n
+
+
+def request_abort(ids, db=None):
+    """Raise the abort flags of the running tasks ``ids`` (they stop at their next ``step()``)."""
+    from .abort import set_flag
+
+    for pk in ids:
+        try:
+            set_flag(pk)
+        except Exception as exc:
+            logger.warning("usertasks: could not ask running subtask %s to stop: %s", pk, exc)
