@@ -67,6 +67,12 @@ class AppSettings:
             raise AttributeError(f"Unknown usertasks setting: {name!r}")
         user = getattr(settings, "USERTASKS", None) or {}
         value = user.get(name, DEFAULTS[name])
+        if name == "ARTIFACT_STORAGE" and name not in user:
+            # Settings of django-user-tasks, for sites that switch (docs/migration.md).
+            if "user_task_artifacts" in getattr(settings, "STORAGES", {}):
+                value = "user_task_artifacts"
+            elif getattr(settings, "USER_TASKS_ARTIFACT_STORAGE", None):
+                value = settings.USER_TASKS_ARTIFACT_STORAGE
         if name == "MAX_AGE" and not isinstance(value, timedelta):
             value = timedelta(seconds=value)
         return value
