@@ -30,3 +30,22 @@ def web_slow(task, n=200, delay=0.1, label=""):
 def web_notify_failed_only(task, ok=True, label=""):
     if not ok:
         raise ValueError("it broke")
+
+
+def make_task(user, name="Task", state="Pending", **fields):
+    """A status row written directly (no worker), for page and permission tests."""
+    import uuid
+
+    from django.utils import timezone
+
+    from usertasks.models import UserTaskStatus
+
+    now = timezone.now()
+    if state in ("Succeeded", "Failed", "Canceled"):
+        fields.setdefault("started", now)
+        fields.setdefault("finished", now)
+    elif state == "In Progress":
+        fields.setdefault("started", now)
+    return UserTaskStatus.objects.create(
+        user=user, task_id=uuid.uuid4().hex, task_class="tests.tasks_web.manual", name=name, state=state, **fields
+    )
