@@ -1,0 +1,183 @@
+"""The reaper: no task stays In Progress or Pending for ever.
+
+* **Worker lost**: a task In Progress whose heartbeat is older than ``USERTASKS["STALE_AFTER"]``
+  had its worker die.  If its message is still in the broker (a Redis broker hands the
+  messages of a dead worker to another one), the row goes back to Pending with a ``requeued``
+  event and the next run takes it over; otherwise it ends Failed ("worker lost").
+* **Never started**: a task Pending (or Retrying) for ``USERTASKS["PENDING_TIMEOUT"]`` past its
+  due time whose message is no longer in the broker (queue flushed, broker data lost) ends
+  Failed ("never started").  Only brokers whose contents can be read are checked (Redis); with
+  others these tasks are left alone.
+* Final tasks release what they held: the dedupe key, and their abort flags.
+
+Every change is a conditional UPDATE that only applies if the row is still as it was read, so a
+task that moves meanwhile is left to its worker.  Run it every few minutes: ``manage.py
+usertasks_reap`` from cron, or the ``usertasks_reap`` actor from any scheduler (see
+``docs/guarantees.md``).
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import dramatiq
+from dramatiq.common import dq_name
+from django.db import router, transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .states import FINAL_STATES, State
+
+logger = logging.getLogger("usertasks.reaper")
+
+__all__ = ["reap", "ReapResult", "live_message_ids", "reap_lost_tasks"]
+
+WORKER_LOST = "The worker running this task stopped unexpectedly."
+NEVER_STARTED = "The task could not be started: its message was lost."
+REQUEUED = "The worker running this task was lost; the task will run again."
+
+
+@dataclass
+class ReapResult:
+    worker_lost: list = field(default_factory=list)  # ids now Failed
+    requeued: list = field(default_factory=list)  # ids back to Pending (message still queued)
+    never_started: list = field(default_factory=list)  # ids now Failed
+    unchecked: int = 0  # overdue Pending tasks left alone: the broker's contents are unknown
+    flags_cleared: int = 0
+
+    def __str__(self):
+        return (
+            f"{len(self.worker_lost)} worker lost, {len(self.requeued)} requeued, "
+            f"{len(self.never_started)} never started, {self.unchecked} unchecked, "
+            f"{self.flags_cleared} abort flags cleared"
+        )
+
+
+def live_message_ids(broker, queue_names):
+    """Ids of every message the broker still holds for ``queue_names`` (queued, delayed, or
+    delivered and not yet acknowledged), or ``None`` when the broker cannot be inspected."""
+    try:
+        from dramatiq.brokers.redis import RedisBroker
+    except ImportError:  # pragma: no cover
+        return None
+    if not isinstance(broker, RedisBroker):
+        return None
+    from dramatiq import Message
+
+    ids = set()
+    for queue in set(queue_names):
+        queue = queue or "default"
+        # ``<ns>:<queue>.msgs`` holds every message of the queue until it is acknowledged,
+        # including those in the unacked sets of (live or dead) workers.
+        for name in (queue, dq_name(queue)):
+            key = f"{broker.namespace}:{name}.msgs"
+            for _, data in broker.client.hscan_iter(key, count=1000):
+                try:
+                    ids.add(Message.decode(data).message_id)
+                except Exception:  # pragma: no cover - undecodable garbage is not our message
+                    continue
+    return ids
+
+
+def reap(now=None, *, dry_run=False, broker=None):
+    """One pass of the reaper; returns a :class:`ReapResult`."""
+    from .abort import clear_flags, get_backend
+    from .broker import configured_broker
+    from .conf import app_settings
+    from .models import EventKind, UserTaskEvent, UserTaskStatus
+
+    now = now or timezone.now()
+    broker = broker or configured_broker()
+    db = router.db_for_write(UserTaskStatus)
+    rows = UserTaskStatus.objects.using(db)
+    result = ReapResult()
+
+    stale = list(
+        rows.stale(now).filter(is_container=False).values("pk", "worker", "heartbeat", "queue_name", "attempts", "cancel_requested")
+    )
+    cutoff = now - timedelta(seconds=float(app_settings.PENDING_TIMEOUT))
+    overdue = list(
+        rows.filter(state=State.PENDING, is_container=False).annotate(due=Coalesce("eta", "created"))
+        .filter(due__lt=cutoff).values("pk", "state", "attempts", "queue_name", "modified")
+    ) + list(
+        rows.filter(state=State.RETRYING, is_container=False, modified__lt=cutoff)
+        .values("pk", "state", "attempts", "queue_name", "modified")
+    )
+    live = None
+    if stale or overdue:
+        try:
+            live = live_message_ids(broker, [r["queue_name"] for r in stale + overdue])
+        except Exception as exc:
+            logger.warning("usertasks reaper: cannot read the broker (%s); only heartbeats are used", exc)
+            live = None
+        task_ids = dict(rows.filter(pk__in=[r["pk"] for r in stale + overdue]).values_list("pk", "task_id"))
+
+    def fail(row, where, text, kind, bucket):
+        if dry_run:
+            bucket.append(row["pk"])
+            return
+        state = State.FAILED
+        fields = {"error": text, "error_class": ""}
+        if row.get("cancel_requested"):  # its user had asked to cancel it: that is what happened
+            state, kind, fields = State.CANCELED, EventKind.CANCELED, {}
+        with transaction.atomic(using=db):
+            n = rows.filter(pk=row["pk"], **where).update(
+                state=state, finished=now, modified=now, unique_key=None, worker="", **fields,
+            )
+            if n:
+                UserTaskEvent.objects.using(db).create(
+                    status_id=row["pk"], kind=kind, created=now, attempt=row["attempts"], detail=text,
+                )
+                bucket.append(row["pk"])
+
+    for row in stale:
+        where = {"state": State.IN_PROGRESS, "worker": row["worker"], "heartbeat": row["heartbeat"]}
+        if live is not None and task_ids.get(row["pk"]) in live:
+            if dry_run:
+                result.requeued.append(row["pk"])
+                continue
+            with transaction.atomic(using=db):
+                n = rows.filter(pk=row["pk"], **where).update(state=State.PENDING, worker="", modified=now)
+                if n:
+                    UserTaskEvent.objects.using(db).create(
+                        status_id=row["pk"], kind=EventKind.REQUEUED, created=now, attempt=row["attempts"],
+                        detail=REQUEUED,
+                    )
+                    result.requeued.append(row["pk"])
+        else:
+            fail(row, where, WORKER_LOST, EventKind.WORKER_LOST, result.worker_lost)
+
+    for row in overdue:
+        if live is None:
+            result.unchecked += 1
+            continue
+        if task_ids.get(row["pk"]) in live:
+            continue  # still queued: it will run when a worker for its queue takes it
+        where = {"state": row["state"], "attempts": row["attempts"], "modified": row["modified"]}
+        fail(row, where, NEVER_STARTED, EventKind.NEVER_STARTED, result.never_started)
+
+    # Abort flags of final tasks (left over by a race, or by a skipped message never delivered).
+    try:
+        backend = get_backend()
+        flagged = backend.all_flagged()
+        if flagged:
+            active = set(rows.filter(pk__in=flagged).exclude(state__in=FINAL_STATES).values_list("pk", flat=True))
+            done = sorted(flagged - active)
+            if done and not dry_run:
+                clear_flags(done, quiet=False)
+            result.flags_cleared = len(done)
+        if result.worker_lost or result.never_started:
+            clear_flags(result.worker_lost + result.never_started)
+    except Exception as exc:
+        logger.warning("usertasks reaper: cannot clean abort flags: %s", exc)
+
+    if result.worker_lost or result.never_started or result.requeued:
+        logger.warning("usertasks reaper: %s", result)
+    return result
+
+
+@dramatiq.actor(actor_name="usertasks_reap", max_retries=0, time_limit=10 * 60 * 1000)
+def reap_lost_tasks():
+    """Periodic actor: one reaper pass.  Schedule it every few minutes."""
+    logger.info("usertasks reaper: %s", reap())

@@ -1,0 +1,4 @@
+"""Actors of the usertasks app itself, found by django-dramatiq's task autodiscovery
+(``manage.py rundramatiq`` loads every installed app's ``tasks`` module)."""
+
+from .reaper import reap_lost_tasks  # noqa: F401  (the periodic reaper: "usertasks_reap")
