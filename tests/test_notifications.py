@@ -1,0 +1,127 @@
+"""Emails when a task finishes: real worker, locmem backend in the worker process is not visible
+here, so the receiver is exercised both directly and end-to-end through a file-based backend."""
+
+import os
+
+import pytest
+from django.core import mail
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from tests.conftest import wait_final, wait_for
+from tests.tasks_web import make_task
+from usertasks.notifications import build_message, notify_states, send_notification
+from usertasks.signals import task_finished
+from usertasks.states import State
+
+pytestmark = pytest.mark.django_db
+
+
+def finish(status, state):
+    task_finished.send(sender=type(status), status=status, state=state)
+
+
+def test_email_has_text_html_and_absolute_link(user):
+    task = make_task(user, "Export <course>", "Succeeded")
+    finish(task, State.SUCCEEDED)
+    assert len(mail.outbox) == 1
+    msg = mail.outbox[0]
+    assert msg.to == ["alice@example.com"]
+    assert msg.subject == "Done: Export <course>"
+    link = f"http://testserver/tasks/{task.uuid}/"
+    assert link in msg.body
+    html, mimetype = msg.alternatives[0]
+    assert mimetype == "text/html" and f'href="{link}"' in html
+    assert "Export &lt;course&gt;" in html and "<course>" not in html
+
+
+def test_failed_email_carries_the_user_facing_error(user):
+    task = make_task(user, "Import", "Failed", error="Row 17 is bad.", traceback="SECRET")
+    finish(task, State.FAILED)
+    assert "Failed: Import" == mail.outbox[0].subject
+    assert "Row 17 is bad." in mail.outbox[0].body and "SECRET" not in mail.outbox[0].body
+
+
+def test_strings_are_translated(user, settings):
+    from django.utils import translation
+
+    task = make_task(user, "Export", "Succeeded")
+    with translation.override("de"):
+        # No catalogue ships for German: the English text comes back, through gettext.
+        message = build_message(task)
+    assert message.subject == "Done: Export"
+
+
+def test_children_never_email(user):
+    parent = make_task(user, "Parent", "In Progress", is_container=True)
+    child = make_task(user, "Child", "Succeeded", parent=parent)
+    finish(child, State.SUCCEEDED)
+    assert mail.outbox == []
+
+
+def test_per_task_option(user):
+    quiet = make_task(user, "Quiet", "Succeeded", options={"notify": False})
+    failures_only = make_task(user, "Loud", "Succeeded", options={"notify": ["Failed"]})
+    finish(quiet, State.SUCCEEDED)
+    finish(failures_only, State.SUCCEEDED)
+    assert mail.outbox == []
+    failures_only.state = State.FAILED
+    finish(failures_only, State.FAILED)
+    assert len(mail.outbox) == 1
+
+
+def test_global_setting(user):
+    task = make_task(user, "T", "Succeeded")
+    with override_settings(USERTASKS={"BASE_URL": "http://x", "NOTIFY": False}):
+        finish(task, State.SUCCEEDED)
+    with override_settings(USERTASKS={"BASE_URL": "http://x", "NOTIFY": ["Failed", "Canceled"]}):
+        assert notify_states(task) == {State.FAILED, State.CANCELED}
+        finish(task, State.SUCCEEDED)
+        assert mail.outbox == []
+        task.options = {"notify": True}  # the task's own option wins
+        finish(task, State.SUCCEEDED)
+    assert len(mail.outbox) == 1
+
+
+def test_own_cancel_does_not_email_but_someone_elses_does(user, other_user):
+    mine = make_task(user, "Mine", "Canceled", canceled_by=user)
+    finish(mine, State.CANCELED)
+    assert mail.outbox == []
+    theirs = make_task(user, "Theirs", "Canceled", canceled_by=other_user)
+    finish(theirs, State.CANCELED)
+    assert mail.outbox[0].subject == "Canceled: Theirs"
+
+
+def test_no_email_address_no_email(user):
+    user.email = ""
+    user.save()
+    assert send_notification(make_task(user, "T", "Succeeded"), State.SUCCEEDED) is False
+
+
+def test_base_url_check():
+    ids = lambda: [m.id for m in run_checks()]  # noqa: E731
+    with override_settings(USERTASKS={}):
+        assert "usertasks.W002" in ids()
+    with override_settings(USERTASKS={"NOTIFY": False}):
+        assert "usertasks.W002" not in ids()
+    with override_settings(USERTASKS={"BASE_URL": "https://example.com"}):
+        assert "usertasks.W002" not in ids()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_emails_once_the_task_is_final(start_worker, user, tmp_path):
+    from tests.tasks_web import web_notify_failed_only
+    from usertasks.models import UserTaskStatus
+
+    outbox = tmp_path / "mail"
+    outbox.mkdir()
+    start_worker(extra_env={"USERTASKS_TEST_EMAIL_DIR": str(outbox)})
+    ok = web_notify_failed_only.send_for(user, ok=True, label="ok")
+    bad = web_notify_failed_only.send_for(user, ok=False, label="bad")
+    for status in (ok, bad):
+        wait_final(status)
+    assert UserTaskStatus.objects.get(pk=bad.pk).options["notify"] == ["Failed"]
+    files = wait_for(lambda: os.listdir(outbox), message="an email file")
+    text = "".join((outbox / f).read_text() for f in files)
+    assert "Failed: Web notify bad" in text and f"http://testserver/tasks/{bad.uuid}/" in text
+    assert "Web notify ok" not in text
