@@ -59,6 +59,14 @@ INSTALLED_APPS = [
     "usertasks",
     "demo",
     "tests",
+    # The django-user-tasks compatibility layer (tests/compat/).
+    "rest_framework",
+    "user_tasks",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "rules.permissions.ObjectPermissionBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 MIDDLEWARE = [
@@ -116,6 +124,8 @@ DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 
 USERTASKS = {"BASE_URL": "http://testserver", "PROGRESS_INTERVAL": 0.1}
+if os.environ.get("USERTASKS_TEST_ABORT_REDIS_URL"):  # fault tests: abort flags on their own Redis
+    USERTASKS["REDIS_URL"] = os.environ["USERTASKS_TEST_ABORT_REDIS_URL"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING = {
