@@ -1,0 +1,318 @@
+"""``UserTaskStatus`` and ``UserTaskArtifact`` of django-user-tasks, as proxies of the usertasks models.
+
+The rows are the usertasks rows (``usertasks_usertaskstatus`` and ``usertasks_usertaskartifact``):
+a task started through Celery shows on the usertasks dashboard and status page like any other.
+The methods keep the names and meaning of django-user-tasks 4.0; every state change is a
+conditional UPDATE (a late or repeated call never moves a finished task), is recorded in the
+task's event history, and final states send ``usertasks.signals.task_finished`` and
+``user_tasks.user_task_stopped``.
+"""
+
+import logging
+import uuid as uuid_lib
+
+from django.db import models, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from usertasks import models as core
+from usertasks.states import ACTIVE_STATES, State
+
+from .exceptions import TaskCanceledException
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["UserTaskArtifact", "UserTaskStatus"]
+
+#: ``task_class`` of the rows that stand for a Celery canvas.
+GROUP, CHAIN, CHORD = "celery.group", "celery.chain", "celery.chord"
+
+_COUNTER = {
+    State.SUCCEEDED: "children_succeeded",
+    State.FAILED: "children_failed",
+    State.CANCELED: "children_canceled",
+}
+
+
+class UserTaskStatus(core.UserTaskStatus):
+    """The status of a task run on behalf of a user (a proxy of ``usertasks.UserTaskStatus``).
+
+    Call the methods outside of larger transactions: each one commits on its own.
+    """
+
+    PENDING = State.PENDING.value
+    IN_PROGRESS = State.IN_PROGRESS.value
+    SUCCEEDED = State.SUCCEEDED.value
+    FAILED = State.FAILED.value
+    CANCELED = State.CANCELED.value
+    RETRYING = State.RETRYING.value
+
+    STATE_TRANSLATIONS = {
+        PENDING: _("Pending"),
+        IN_PROGRESS: _("In Progress"),
+        SUCCEEDED: _("Succeeded"),
+        FAILED: _("Failed"),
+        CANCELED: _("Canceled"),
+        RETRYING: _("Retrying"),
+    }
+
+    class Meta:
+        proxy = True
+        app_label = "user_tasks"
+        verbose_name = _("user task status")
+        verbose_name_plural = _("user task statuses")
+        # django-user-tasks checks ``user_tasks.cancel_usertaskstatus`` but never created it.
+        permissions = [("cancel_usertaskstatus", "Can cancel user task status")]
+
+    def __str__(self):
+        return f"<UserTaskStatus: {self.name}>"
+
+    def save(self, *args, **kwargs):
+        if self._state.adding:
+            if self.backend == "dramatiq":
+                self.backend = "celery"
+            if not self.task_id:
+                self.task_id = str(uuid_lib.uuid4())
+        super().save(*args, **kwargs)
+
+    # ``parent`` gives the proxy class (the foreign key on the concrete model gives the base).
+    @property
+    def parent(self):
+        if self.parent_id is None:
+            return None
+        cached = self.__dict__.get("_compat_parent")
+        if cached is None or cached.pk != self.parent_id:
+            cached = UserTaskStatus.objects.get(pk=self.parent_id)
+            self.__dict__["_compat_parent"] = cached
+        return cached
+
+    @parent.setter
+    def parent(self, value):
+        self.parent_id = None if value is None else value.pk
+        self.__dict__["_compat_parent"] = value if isinstance(value, UserTaskStatus) else None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _rows(self):
+        return UserTaskStatus.objects.filter(pk=self.pk)
+
+    def _event(self, kind, detail="", actor=None):
+        core.UserTaskEvent.objects.create(
+            status_id=self.pk, kind=kind, attempt=self.attempts, detail=str(detail)[:4000], actor=actor
+        )
+
+    def _move(self, state, allowed, **fields):
+        """Conditional UPDATE to ``state`` from one of ``allowed``; ``True`` when it happened."""
+        now = timezone.now()
+        n = self._rows().filter(state__in=allowed).update(state=state, modified=now, **fields)
+        if n:
+            self.refresh_from_db()
+        return bool(n)
+
+    def _cancel_requested(self):
+        """Reload state and cancel bookkeeping; ``True`` once this task should stop."""
+        self.refresh_from_db(fields=["state", "cancel_requested", "completed_steps", "total_steps", "modified"])
+        if self.is_container:
+            return False
+        if self.state == State.CANCELED or self.cancel_requested is not None:
+            return True
+        from .tracking import abort_flag_set
+
+        return abort_flag_set(self)
+
+    def _finish(self, state, kind, detail="", **fields):
+        """Enter a final state from an active one; events, parent counters and signals."""
+        fields.setdefault("finished", timezone.now())
+        fields["unique_key"] = None
+        if not self._move(state, ACTIVE_STATES, **fields):
+            return False
+        self._event(kind, detail)
+        if self.parent_id:
+            counter = _COUNTER[state]
+            UserTaskStatus.objects.filter(pk=self.parent_id).update(**{counter: F(counter) + 1})
+        transaction.on_commit(lambda: _send_finished(self, state))
+        return True
+
+    # -- the django-user-tasks API ------------------------------------------------------------
+
+    @property
+    def state_text(self):
+        """The current state in the current language (or the custom state set by :meth:`set_state`)."""
+        custom = (self.options or {}).get("custom_state")
+        if custom and self.state == State.IN_PROGRESS:
+            return custom
+        return self.STATE_TRANSLATIONS.get(self.state, self.state)
+
+    def start(self, worker=""):
+        """Mark the task as running (and its containers).  Raises :class:`TaskCanceledException`
+        if it was canceled before it started."""
+        if self._cancel_requested():
+            raise TaskCanceledException()
+        now = timezone.now()
+        fields = {"started": now, "eta": None, "attempts": Greatest(F("attempts"), 1)}
+        if not self.is_container:
+            fields.update(heartbeat=now, worker=worker[:255])
+        if self._move(State.IN_PROGRESS, (State.PENDING, State.RETRYING), **fields):
+            self._event(core.EventKind.STARTED, worker)
+        elif self.state == State.CANCELED and not self.is_container:
+            raise TaskCanceledException()
+        if self.parent_id:
+            parent = self.parent
+            if parent.state in (State.PENDING, State.RETRYING):
+                parent.start()
+
+    def increment_completed_steps(self, steps=1):
+        """Add ``steps`` to the completed steps (and to those of the containers), then raise
+        :class:`TaskCanceledException` if a cancel has been requested."""
+        now = timezone.now()
+        update = {"completed_steps": F("completed_steps") + steps, "modified": now}
+        if not self.is_container:
+            update["heartbeat"] = now
+        self._rows().update(**update)
+        canceled = self._cancel_requested()
+        if self.parent_id:
+            self.parent.increment_completed_steps(steps)
+        if canceled:
+            raise TaskCanceledException()
+
+    def increment_total_steps(self, steps):
+        """Add ``steps`` to the total steps (and to those of the containers)."""
+        self._rows().update(total_steps=F("total_steps") + steps, modified=timezone.now())
+        self.refresh_from_db(fields=["total_steps", "modified"])
+        if self.parent_id:
+            self.parent.increment_total_steps(steps)
+
+    def cancel(self, by=None):
+        """Cancel the task (for a container: each of its tasks, then itself).  A pending task
+        never runs; a running one stops at its next progress call.  Returns ``True`` when the
+        cancel took effect."""
+        from .tracking import revoke
+
+        if self.is_container:
+            for child in UserTaskStatus.objects.filter(parent_id=self.pk, state__in=ACTIVE_STATES):
+                child.cancel(by=by)
+        self.refresh_from_db(fields=["state"])
+        was = self.state
+        done = super().cancel(by=by)
+        if not self.is_container and was in (State.PENDING, State.RETRYING) and self.backend == "celery":
+            revoke(self.task_id)
+        self.refresh_from_db()
+        return done
+
+    def fail(self, message, *, error_class="", traceback=""):
+        """Mark the task as failed because of ``message``, shown to the user (also as the text
+        of an artifact named ``Error``, as django-user-tasks does); then its containers."""
+        message = str(message)
+        with transaction.atomic():
+            failed = self._finish(
+                State.FAILED, core.EventKind.FAILED, message,
+                error=message[:4000], error_class=error_class[:255], traceback=traceback,
+            )
+            if failed or self.is_container:
+                UserTaskArtifact.objects.create(status=self, name="Error", text=message)
+        if failed and self.is_container and self.task_class in (CHAIN, CHORD):
+            self._skip_pending_children()
+        if self.parent_id:
+            self.parent.fail(message)
+
+    def _skip_pending_children(self):
+        """A failed chain or chord never runs its remaining tasks: end them Canceled."""
+        for child in UserTaskStatus.objects.filter(parent_id=self.pk, state=State.PENDING, is_container=False):
+            child._finish(State.CANCELED, core.EventKind.SKIPPED, "An earlier task of the group failed.")
+
+    def retry(self, reason=""):
+        """Record that this attempt failed and the task will run again."""
+        fields = {"attempts": F("attempts") + 1, "worker": ""}
+        if reason:
+            fields.update(error=str(reason)[:4000])
+        if self._move(State.RETRYING, (State.IN_PROGRESS, State.PENDING), **fields):
+            self._event(core.EventKind.RETRYING, reason)
+
+    def set_name(self, name):
+        """Name this task and its containers."""
+        self._rows().update(name=str(name)[:255], modified=timezone.now())
+        self.refresh_from_db(fields=["name", "modified"])
+        if self.parent_id:
+            self.parent.set_name(name)
+
+    def set_state(self, custom_state):
+        """Show a custom in-progress state, like "Sending emails" (raises
+        :class:`TaskCanceledException` once canceled).  The row stays ``In Progress`` (so the
+        dashboard, the reaper and the purge keep working); the text is the row's message and
+        :attr:`state_text`."""
+        custom_state = str(custom_state)
+        with transaction.atomic():
+            row = UserTaskStatus.objects.select_for_update().get(pk=self.pk)
+            if not self.is_container and (row.state == State.CANCELED or row.cancel_requested is not None):
+                raise TaskCanceledException()
+            if custom_state in State.values:
+                row.state = custom_state
+                row.options = dict(row.options or {}, custom_state=None)
+            else:
+                if row.state in (State.PENDING, State.RETRYING):
+                    row.state = State.IN_PROGRESS
+                row.options = dict(row.options or {}, custom_state=custom_state)
+                row.message = custom_state[:1000]
+            row.save(update_fields=["state", "options", "message", "modified"])
+        self.refresh_from_db()
+        if self.parent_id and self.parent.task_class != GROUP:
+            self.parent.set_state(custom_state)
+
+    def succeed(self):
+        """Mark the task as done (completing its steps); its container too once every task of
+        it has succeeded."""
+        self.refresh_from_db(fields=["completed_steps", "total_steps"])
+        missing = max(0, self.total_steps - self.completed_steps)
+        done = self._finish(
+            State.SUCCEEDED, core.EventKind.SUCCEEDED,
+            completed_steps=Greatest(F("completed_steps"), F("total_steps")),
+        )
+        if not done or not self.parent_id:
+            return
+        parent = self.parent
+        if missing:
+            parent._add_completed(missing)
+        siblings = UserTaskStatus.objects.filter(parent_id=self.parent_id).exclude(state=State.SUCCEEDED)
+        if not siblings.exists():
+            parent.succeed()
+
+    def _add_completed(self, steps):
+        self._rows().update(completed_steps=F("completed_steps") + steps, modified=timezone.now())
+        if self.parent_id:
+            self.parent._add_completed(steps)
+
+
+class UserTaskArtifact(core.UserTaskArtifact):
+    """An output of a task: a file, a URL or a text (a proxy of ``usertasks.UserTaskArtifact``)."""
+
+    class Meta:
+        proxy = True
+        app_label = "user_tasks"
+        verbose_name = _("user task artifact")
+        verbose_name_plural = _("user task artifacts")
+
+    def save(self, *args, **kwargs):
+        if self._state.adding and not self.name:
+            self.name = "Output"
+        super().save(*args, **kwargs)
+
+    def __str__(self):
+        if self.file:
+            content = self.file.name
+        elif self.url:
+            content = self.url
+        elif len(self.text) > 50:
+            content = self.text[:47] + "..."
+        else:
+            content = self.text
+        return f"<UserTaskArtifact: ({self.name}) {content}>"
+
+
+def _send_finished(status, state):
+    from usertasks.signals import task_finished
+
+    for receiver, response in task_finished.send_robust(sender=core.UserTaskStatus, status=status, state=state):
+        if isinstance(response, Exception):
+            logger.error("user_tasks: task_finished receiver %r failed: %r", receiver, response)
