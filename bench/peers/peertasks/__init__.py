@@ -1,0 +1,1 @@
+"""Celery user tasks of the baseline."""

@@ -1,0 +1,85 @@
+"""Django settings for the Dramatiq variants of the benchmarks.
+
+Everything is chosen by environment variables (``bench/common.py`` sets them):
+
+``BENCH_VARIANT``      ``tracked`` (usertasks), ``raw``, ``orm`` or ``admin`` (django_dramatiq's
+                       ``AdminMiddleware``); only ``tracked`` installs the ``usertasks`` app.
+``BENCH_DB``           ``sqlite`` (``BENCH_DB_NAME`` is the file) or ``postgres``
+                       (``BENCH_DB_NAME`` is the database on ``BENCH_PG_HOST``:``BENCH_PG_PORT``).
+``BENCH_CONN_MAX_AGE`` Django's ``CONN_MAX_AGE`` (default 0, Django's own default).
+``BENCH_REDIS_URL``    the broker.
+"""
+
+import os
+
+VARIANT = os.environ.get("BENCH_VARIANT", "tracked")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+CONN_MAX_AGE = int(os.environ.get("BENCH_CONN_MAX_AGE", "0"))
+
+SECRET_KEY = "bench-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if os.environ.get("BENCH_DB", "sqlite") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("BENCH_DB_NAME", "usertasks_bench"),
+            "USER": os.environ.get("BENCH_PG_USER", "postgres"),
+            "HOST": os.environ.get("BENCH_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("BENCH_PG_PORT", "5432"),
+            "CONN_MAX_AGE": CONN_MAX_AGE,
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("BENCH_DB_NAME", "/tmp/usertasks-bench.sqlite3"),
+            # Rollback journal (Django's default).  Transactions start IMMEDIATE and the busy
+            # timeout is long, so that 8 writing threads wait for the lock instead of failing
+            # with "database is locked" (a deferred transaction that reads first cannot wait).
+            "OPTIONS": {"timeout": 60, "transaction_mode": "IMMEDIATE"},
+            "CONN_MAX_AGE": CONN_MAX_AGE,
+        }
+    }
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django_dramatiq",
+    "benchapp",
+]
+if VARIANT == "tracked":
+    INSTALLED_APPS.append("usertasks")
+
+_middleware = [
+    "dramatiq.middleware.AgeLimit",
+    "dramatiq.middleware.TimeLimit",
+    "dramatiq.middleware.Callbacks",
+    "dramatiq.middleware.Pipelines",
+    "dramatiq.middleware.Retries",
+    "django_dramatiq.middleware.DbConnectionsMiddleware",
+]
+if VARIANT == "admin":
+    _middleware.append("django_dramatiq.middleware.AdminMiddleware")
+
+DRAMATIQ_BROKER = {
+    "BROKER": "dramatiq.brokers.redis.RedisBroker",
+    "OPTIONS": {"url": REDIS_URL},
+    "MIDDLEWARE": _middleware,
+}
+DRAMATIQ_TASKS_DATABASE = "default"
+DRAMATIQ_AUTODISCOVER_MODULES = []
+
+USERTASKS = {"NOTIFY": False}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+}
