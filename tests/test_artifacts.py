@@ -100,3 +100,15 @@ def test_file_goes_to_the_configured_storage(user, tmp_path):
         assert fresh.file.size == 9
     assert not os.path.exists(os.path.join(settings.MEDIA_ROOT, art.file.name))
     assert storages["default"].exists(art.file.name) is False
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("filename", ["..", ".", "../", "dir/", "/", "???"])
+def test_degenerate_file_names_fall_back_to_a_safe_name(user, filename):
+    row, ctx = make_ctx(user)
+    art = ctx.add_artifact("Output", file=ContentFile(b"data", name=filename))
+    folder, base = art.file.name.rsplit("/", 1)
+    assert folder == f"usertasks/{row.uuid}/{art.uuid}"
+    assert base not in ("", ".", "..")
+    with art.file.open("rb") as fh:
+        assert fh.read() == b"data"

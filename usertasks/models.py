@@ -10,6 +10,7 @@ import uuid as uuid_lib
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.storage import Storage
 from django.db import models, transaction
 from django.db.models import F, Q
@@ -305,7 +306,10 @@ class UserTaskStatus(models.Model):
 
 def artifact_upload_to(instance, filename):
     """``usertasks/<task uuid>/<artifact uuid>/<safe file name>``: no path from the task survives."""
-    base = get_valid_filename(os.path.basename(filename.replace("\\", "/"))) or "artifact"
+    try:
+        base = get_valid_filename(os.path.basename(filename.replace("\\", "/")))
+    except SuspiciousFileOperation:  # "", ".", "..", or nothing left once cleaned
+        base = "artifact"
     return f"usertasks/{instance.status.uuid}/{instance.uuid}/{base}"
 
 
