@@ -59,14 +59,6 @@ INSTALLED_APPS = [
     "usertasks",
     "demo",
     "tests",
-    # The django-user-tasks compatibility layer (tests/compat/).
-    "rest_framework",
-    "user_tasks",
-]
-
-AUTHENTICATION_BACKENDS = [
-    "rules.permissions.ObjectPermissionBackend",
-    "django.contrib.auth.backends.ModelBackend",
 ]
 
 MIDDLEWARE = [
