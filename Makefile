@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 ## test: the suite on SQLite, then on PostgreSQL when DATABASE_URL is set
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { echo "== installing Chromium (Debian package) for the browser test"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \
+		|| echo "== Chromium could not be installed: the browser test will be skipped"; }
 	$(BIN)/python -m pytest
 	@if [ -n "$$DATABASE_URL" ]; then \
 		echo "== again on $$DATABASE_URL"; \

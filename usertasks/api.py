@@ -28,6 +28,8 @@ from .permissions import get_policy
 FILTERS = ("active", "finished", "failed", "canceled")
 MAX_PAGE_SIZE = 100
 EVENTS_SHOWN = 100
+# Event kinds whose detail is an internal (the worker's identity): shown to staff only.
+STAFF_ONLY_DETAIL = ("started", "worker_lost", "requeued")
 
 
 def _iso(value):
@@ -67,12 +69,13 @@ def task_summary(status):
 def task_detail(status, user, policy=None):
     """:func:`task_summary` plus artifacts, events and what ``user`` may do (two queries)."""
     policy = policy or get_policy()
+    staff = policy.can_see_traceback(user, status)
     data = task_summary(status)
     may_download = policy.can_download(user, status)
     data.update({
         "task_class": status.task_class,
         "error_class": status.error_class,
-        "traceback": status.traceback if policy.can_see_traceback(user, status) else None,
+        "traceback": status.traceback if staff else None,
         "is_container": status.is_container,
         "children": {
             "total": status.children_total,
@@ -97,7 +100,7 @@ def task_detail(status, user, policy=None):
         ],
         "events": [
             {"kind": e.kind, "text": str(e.get_kind_display()), "time": _iso(e.created),
-             "attempt": e.attempt, "detail": e.detail}
+             "attempt": e.attempt, "detail": e.detail if staff or e.kind not in STAFF_ONLY_DETAIL else ""}
             for e in list(status.events.order_by("-created", "-id")[:EVENTS_SHOWN])[::-1]
         ],
     })

@@ -1,0 +1,129 @@
+"""Headless Chromium (Playwright) against a live server and a real worker: start a task from
+the demo page, watch the progress bar move without a reload, cancel another task, download an
+artifact.  Screenshots go to ``USERTASKS_SCREENSHOTS_DIR`` when set (``docs/`` for the README).
+
+Skipped only when Playwright or Chromium (``/usr/bin/chromium``, Debian's ``chromium``) is
+missing; ``make test`` installs Chromium when it can."""
+
+import os
+import shutil
+
+import pytest
+
+CHROMIUM = os.environ.get("USERTASKS_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
+    # between browser steps are plain blocking calls.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with playwright_sync.sync_playwright() as p:
+        executable = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+        b = p.chromium.launch(executable_path=executable, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def shot(page, name, tmp_path):
+    target = os.environ.get("USERTASKS_SCREENSHOTS_DIR") or str(tmp_path)
+    page.screenshot(path=os.path.join(target, name), full_page=True)
+
+
+def progress(page):
+    value = page.get_attribute("[data-ut-status] [role=progressbar]", "aria-valuenow")
+    return int(value) if value else 0
+
+
+def test_demo_flow_in_chromium(browser, live_server, worker, user, tmp_path):
+    from usertasks.models import UserTaskStatus
+
+    context = browser.new_context(viewport={"width": 1100, "height": 820}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(60000)
+    page.on("dialog", lambda dialog: dialog.accept())
+
+    # Log in through the demo's login page.
+    page.goto(live_server.url + "/")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", "pw")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#start-export")
+
+    # Start an export from the demo page: the status page's bar moves without a reload.
+    page.click("#start-export")
+    page.wait_for_selector("[data-ut-status]")
+    export_url = page.url
+    page.evaluate("window.__no_reload = 'still here'")
+    first = progress(page)
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-ut-status] [role=progressbar]')"
+        ".getAttribute('aria-valuenow') || 0) >= 30", timeout=60000)
+    assert progress(page) > first
+    assert page.evaluate("window.__no_reload") == "still here"
+    page.wait_for_timeout(300)
+    shot(page, "status-page.png", tmp_path)
+
+    # Start another one and cancel it from its page (confirm dialog accepted).
+    other = context.new_page()
+    other.set_default_timeout(60000)
+    other.on("dialog", lambda dialog: dialog.accept())
+    other.goto(live_server.url + "/")
+    other.click("#start-export")
+    other.wait_for_selector("[data-ut-status]")
+    other.wait_for_function("() => document.querySelector('[data-field=state_text]').textContent.trim() === 'In Progress'")
+    other.click("[data-field=cancel_form] button")
+    other.wait_for_function(
+        "() => document.querySelector('[data-field=state_text]').textContent.trim() === 'Canceled'", timeout=60000)
+    canceled = UserTaskStatus.objects.get(uuid=other.url.rstrip("/").rsplit("/", 1)[-1])
+    assert canceled.state == "Canceled" and canceled.canceled_by_id == user.pk
+
+    # The first export finishes on its own page (still no reload) and offers its file.
+    page.wait_for_function(
+        "() => document.querySelector('[data-field=state_text]').textContent.trim() === 'Succeeded'", timeout=90000)
+    assert page.url == export_url and page.evaluate("window.__no_reload") == "still here"
+    link = page.wait_for_selector(".ut-artifact-file a")
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    assert download.suggested_filename == "sales-report.csv"
+    with open(download.path(), encoding="utf-8") as fh:
+        content = fh.read()
+    assert content.startswith("order,region,product,quantity,amount") and content.count("\n") == 3001
+
+    # The dashboard lists both, newest first.
+    page.goto(live_server.url + "/tasks/")
+    rows = page.locator("tr[data-uuid]")
+    assert rows.count() == 2
+    assert "Canceled" in rows.nth(0).inner_text() and "Succeeded" in rows.nth(1).inner_text()
+    shot(page, "dashboard.png", tmp_path)
+    context.close()
+
+
+def test_pages_work_with_javascript_off(browser, live_server, user):
+    from tests.tasks_web import make_task
+
+    task = make_task(user, "No script", "In Progress", total_steps=4, completed_steps=1)
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(live_server.url + "/accounts/login/")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", "pw")
+    page.click("button[type=submit]")
+    page.goto(live_server.url + task.get_absolute_url())
+    assert page.get_attribute("[role=progressbar]", "aria-valuenow") == "25"
+    # No JavaScript: the cancel button leads to a confirmation page, then cancels.
+    page.click("[data-field=cancel_form] button")
+    page.click("text=Yes, cancel it")
+    page.wait_for_url(live_server.url + task.get_absolute_url())
+    task.refresh_from_db()
+    assert task.cancel_requested is not None
+    context.close()
