@@ -17,6 +17,11 @@ def indexed(task, a, b):
     pass
 
 
+@user_task(name="{0}/{1}/{2} {extra}", max_retries=0)
+def varargs(task, first, *rest, **options):
+    pass
+
+
 @user_task(name="Broken {missing}", max_retries=0)
 def bad_name(task, label=""):
     pass

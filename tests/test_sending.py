@@ -81,10 +81,13 @@ def test_name_is_formatted_over_the_arguments(user, clean_redis):
     assert tasks_core.named.send_for(user, course="c3", lang="fr").name == "Report c3 (csv, fr)"
     assert tasks_core.named.send_for(user, "c4", fmt="xml", lang="de").name == "Report c4 (xml, de)"
     assert tasks_core.indexed.send_for(user, 3, 7).name == "Item 3 of 7"
+    assert tasks_core.indexed.send_for(user, 4, b=8).name == "Item 4 of 8"
+    assert tasks_core.indexed.send_for(user, b=9, a=5).name == "Item 5 of 9"
+    assert tasks_core.varargs.send_for(user, "x", "y", "z", extra="!").name == "x/y/z !"
     assert tasks.count.send_for(user, 12).name == "Count to 12"
     long = tasks.noop.send_for(user, label="x" * 400)
     assert len(long.name) == 255 and long.name.endswith("\u2026")
-    assert UserTaskStatus.objects.count() == 7
+    assert UserTaskStatus.objects.count() == 10
 
 
 def test_bad_name_template_or_arguments_write_nothing(user, clean_redis):

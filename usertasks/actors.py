@@ -51,9 +51,24 @@ class UserTaskActor(Actor):
         if callable(template):
             return _clip(template(**arguments), 255)
         try:
-            return _clip(_Formatter().vformat(template, tuple(args), arguments), 255)
+            positional, names = self._format_arguments(arguments)
+            return _clip(_Formatter().vformat(template, positional, names), 255)
         except (KeyError, IndexError, AttributeError, ValueError) as exc:
             raise ValueError(f"{self.actor_name}: cannot format task name {template!r}: {exc!r}") from None
+
+    def _format_arguments(self, arguments):
+        """``({0}, {1}, ...)`` and ``{name}`` values for the name template: positions follow the
+        signature whether a value was passed by position, by keyword or left to its default;
+        ``**kwargs`` entries are available by name."""
+        positional, names = [], dict(arguments)
+        for param in self._user_signature.parameters.values():
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                positional.append(arguments[param.name])
+            elif param.kind == param.VAR_POSITIONAL:
+                positional.extend(arguments.get(param.name, ()))
+            elif param.kind == param.VAR_KEYWORD:
+                names.update(arguments.get(param.name, {}))
+        return tuple(positional), names
 
     # -- sending ------------------------------------------------------------------------------
 
