@@ -112,6 +112,9 @@ DRAMATIQ_BROKER = {
         "django_dramatiq.middleware.DbConnectionsMiddleware",
     ],
 }
+if os.environ.get("USERTASKS_TEST_BROKER") == "rabbitmq":  # worker processes of tests/test_rabbitmq.py
+    DRAMATIQ_BROKER = dict(DRAMATIQ_BROKER, BROKER="dramatiq.brokers.rabbitmq.RabbitmqBroker", OPTIONS={
+        "url": os.environ.get("USERTASKS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")})
 DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 

@@ -65,3 +65,17 @@ def check_abort_loop(task, label=""):
             task.check_abort()
         time.sleep(0.01)
     mark(f"done:{label}")
+
+
+#: Queue of the RabbitMQ tests (its own, so nothing else on the local RabbitMQ interferes).
+RABBIT_QUEUE = "usertasks_test_rmq"
+
+
+@user_task(name="Rabbit {label}", max_retries=0, queue_name=RABBIT_QUEUE)
+def rabbit_steps(task, label="", n=400, delay=0.01):
+    mark(f"started:{label}")
+    task.set_total_steps(n)
+    for i in range(n):
+        time.sleep(delay)
+        task.step()
+    mark(f"done:{label}")
