@@ -87,6 +87,7 @@ def main():
         redis.stop()
 
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even if started in the background
     try:
         setup_database()
         manage = [sys.executable, os.path.join(ROOT, "manage.py")]
