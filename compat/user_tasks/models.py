@@ -122,16 +122,21 @@ class UserTaskStatus(core.UserTaskStatus):
 
         return abort_flag_set(self)
 
-    def _finish(self, state, kind, detail="", **fields):
+    def _finish(self, state, kind, detail="", actor=None, **fields):
         """Enter a final state from an active one; events, parent counters and signals."""
         fields.setdefault("finished", timezone.now())
         fields["unique_key"] = None
         if not self._move(state, ACTIVE_STATES, **fields):
             return False
-        self._event(kind, detail)
+        self._event(kind, detail, actor=actor)
         if self.parent_id:
             counter = _COUNTER[state]
             UserTaskStatus.objects.filter(pk=self.parent_id).update(**{counter: F(counter) + 1})
+        if state == State.CANCELED or self.cancel_requested is not None:
+            from .tracking import clear_flag
+
+            pk = self.pk
+            transaction.on_commit(lambda: clear_flag(pk))
         transaction.on_commit(lambda: _send_finished(self, state))
         return True
 
@@ -187,18 +192,29 @@ class UserTaskStatus(core.UserTaskStatus):
     def cancel(self, by=None):
         """Cancel the task (for a container: each of its tasks, then itself).  A pending task
         never runs; a running one stops at its next progress call.  Returns ``True`` when the
-        cancel took effect."""
+        cancel took effect; ``self.cancel_outcome`` tells how (see ``usertasks.cancel``)."""
+        from usertasks.cancel import ALREADY_FINAL, CANCELED
+
         from .tracking import revoke
 
+        user = by if getattr(by, "pk", None) is not None and getattr(by, "is_authenticated", False) else None
         if self.is_container:
             for child in UserTaskStatus.objects.filter(parent_id=self.pk, state__in=ACTIVE_STATES):
                 child.cancel(by=by)
+            done = self._finish(State.CANCELED, core.EventKind.CANCELED, actor=user,
+                                cancel_requested=timezone.now(), canceled_by=user)
+            self.refresh_from_db()
+            self.cancel_outcome = CANCELED if done else ALREADY_FINAL
+            return done
         self.refresh_from_db(fields=["state"])
         was = self.state
-        done = super().cancel(by=by)
-        if not self.is_container and was in (State.PENDING, State.RETRYING) and self.backend == "celery":
-            revoke(self.task_id)
-        self.refresh_from_db()
+        done = super().cancel(by=by)  # usertasks.cancel.cancel_task: row, event, abort flag
+        if self.cancel_outcome == CANCELED:
+            if self.backend == "celery" and was in (State.PENDING, State.RETRYING):
+                revoke(self.task_id)
+            if self.parent_id:
+                UserTaskStatus.objects.filter(pk=self.parent_id).update(children_canceled=F("children_canceled") + 1)
+            transaction.on_commit(lambda: _send_finished(self, State.CANCELED))
         return done
 
     def fail(self, message, *, error_class="", traceback=""):

@@ -16,6 +16,7 @@ import logging
 from celery import Task, shared_task
 from celery.exceptions import Ignore
 
+from usertasks.exceptions import Aborted
 from usertasks.models import EventKind
 from usertasks.states import State
 
@@ -127,6 +128,8 @@ class UserTask(Task, UserTaskMixin):
     """Abstract base class of user-triggered Celery tasks (see :class:`UserTaskMixin`)."""
 
     abstract = True
+    #: A task that honours a cancel ends Canceled: Celery logs it without a traceback.
+    throws = (TaskCanceledException, Aborted)
 
 
 @shared_task(name="user_tasks.tasks.purge_old_user_tasks")

@@ -267,7 +267,14 @@ def register_running(status, task):
     ctx.started_written = True  # heartbeats only: progress is written by the status methods
     with _running_lock:
         _running[status.task_id] = ctx
-    get_writer().register(ctx)
+    writer = get_writer()
+    try:
+        from usertasks.middleware.abort import install_poller
+
+        install_poller(writer)  # delivers cancels to ``ctx.abort_requested``
+    except ImportError:  # pragma: no cover - older usertasks
+        pass
+    writer.register(ctx)
     return ctx
 
 
@@ -284,9 +291,23 @@ def abort_flag_set(status):
     """``True`` when the abort flag of this task is set (the same flag Dramatiq tasks check)."""
     with _running_lock:
         ctx = _running.get(status.task_id)
-    if ctx is not None and ctx.abort_requested:
-        return True
-    return False
+    if ctx is not None:
+        return ctx.abort_requested
+    try:
+        from usertasks.abort import get_backend
+
+        return get_backend().is_set(status.pk)
+    except Exception as exc:  # the database state decides then
+        logger.info("user_tasks: cannot read the abort flag of task %s: %s", status.pk, exc)
+        return False
+
+
+def clear_flag(status_id):
+    try:
+        from usertasks.abort import clear_flags
+    except ImportError:  # pragma: no cover - older usertasks
+        return
+    clear_flags([status_id])
 
 
 def revoke(task_id):

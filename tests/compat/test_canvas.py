@@ -1,0 +1,108 @@
+"""Groups, chains and chords as containers, on a real worker, for message protocol 1 and 2."""
+
+import pytest
+from celery import chain, chord, group
+
+from user_tasks.models import UserTaskStatus
+from usertasks.models import EventKind
+
+from . import celerytasks
+from .conftest import side_effects, wait_state
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FINAL = ("Succeeded", "Failed", "Canceled")
+
+
+def children(container):
+    return list(UserTaskStatus.objects.filter(parent=container).order_by("id"))
+
+
+def test_group(celery_worker, user, redis):
+    result = group(
+        celerytasks.count.s(user.pk, 2, label="g1"),
+        celerytasks.count.s(user.pk, 3, label="g2"),
+    ).apply_async()
+    container = UserTaskStatus.objects.get(task_id=result.id)
+    assert container.is_container and container.task_class == "celery.group"
+    assert container.total_steps == 5 and container.children_total == 2
+    assert result.get(timeout=60) == [2, 3]
+    wait_state(container, FINAL)
+    assert container.state == UserTaskStatus.SUCCEEDED
+    assert container.completed_steps == 5 and container.children_succeeded == 2
+    assert [c.state for c in children(container)] == ["Succeeded", "Succeeded"]
+    assert side_effects(redis, "g1") == side_effects(redis, "g2") == 1
+
+
+def test_chain(celery_worker, user, redis):
+    u = user.pk
+    result = chain(
+        celerytasks.step.s(user_id=u, label="c1"),
+        celerytasks.step.s(user_id=u, label="c2", value=10),
+        celerytasks.step.s(user_id=u, label="c3", value=100),
+    ).apply_async()
+    first = UserTaskStatus.objects.get(task_id=result.parent.parent.id)
+    container = first.parent
+    assert container.is_container and container.task_class == "celery.chain"
+    steps = children(container)
+    # Every step has its row as soon as the chain is sent, in the order they run.
+    assert [s.task_id for s in steps] == [result.parent.parent.id, result.parent.id, result.id]
+    assert container.total_steps == 3 and container.children_total == 3
+    assert result.get(timeout=60) == 111
+    wait_state(container, FINAL)
+    assert container.state == UserTaskStatus.SUCCEEDED and container.completed_steps == 3
+    for s in steps:
+        s.refresh_from_db()
+        assert s.state == UserTaskStatus.SUCCEEDED
+        assert list(s.events.values_list("kind", flat=True)) == [
+            EventKind.ENQUEUED, EventKind.STARTED, EventKind.SUCCEEDED]
+    assert UserTaskStatus.objects.count() == 4
+
+
+def test_chain_with_a_failing_step_skips_the_rest(celery_worker, user, redis):
+    u = user.pk
+    result = chain(
+        celerytasks.step.s(user_id=u, label="f1"),
+        celerytasks.fail.si(u, label="f2"),
+        celerytasks.step.s(user_id=u, label="f3"),
+    ).apply_async()
+    last = UserTaskStatus.objects.get(task_id=result.id)
+    container = last.parent
+    wait_state(container, FINAL)
+    assert container.state == UserTaskStatus.FAILED
+    assert [c.state for c in children(container)] == ["Succeeded", "Failed", "Canceled"]
+    last.refresh_from_db()
+    assert last.events.filter(kind=EventKind.SKIPPED).exists()
+    assert container.artifacts.filter(name="Error", text="Bad input: f2").exists()
+    assert side_effects(redis, "f3") == 0
+
+
+def test_chord(celery_worker, user, redis):
+    u = user.pk
+    result = chord(
+        [celerytasks.step.s(user_id=u, label="h1", value=1), celerytasks.step.s(user_id=u, label="h2", value=2)],
+        celerytasks.collect.s(user_id=u, label="body"),
+    ).apply_async()
+    body = UserTaskStatus.objects.get(task_id=result.id)
+    outer = body.parent
+    assert outer.is_container and outer.task_class == "celery.chord"
+    header = UserTaskStatus.objects.get(parent=outer, is_container=True)
+    assert header.task_class == "celery.group"
+    assert len(children(header)) == 2
+    assert outer.total_steps == 3  # two header tasks and the body, one step each
+    assert result.get(timeout=60) == 3
+    wait_state(outer, FINAL)
+    assert outer.state == UserTaskStatus.SUCCEEDED and outer.completed_steps == 3
+    header.refresh_from_db()
+    body.refresh_from_db()
+    assert header.state == body.state == UserTaskStatus.SUCCEEDED
+
+
+def test_group_name_from_user_task_name(celery_worker, user, redis):
+    result = group(
+        celerytasks.count.s(user.pk, 1, label="n1", delay=0),
+        celerytasks.count.s(user.pk, 1, label="n2"),
+    ).apply_async()
+    container = UserTaskStatus.objects.get(task_id=result.id)
+    assert container.name == "Count to 1"  # the first task's name when none is given
+    result.get(timeout=60)
