@@ -2,6 +2,7 @@
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.db.models import prefetch_related_objects
 from django.http import Http404, HttpResponseForbidden, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -63,6 +64,7 @@ def status_page(request, uuid):
         status = get_visible(request.user, uuid)
     except Http404:
         return _not_found(request)
+    prefetch_related_objects([status], "artifacts")  # one query for the JSON and the template
     policy = get_policy()
     context = _base_context()
     context.update({
