@@ -19,6 +19,12 @@ from django.conf import settings
 
 SLEEP = float(os.environ.get("BENCH_SLEEP_MS", "5")) / 1000.0
 
+if os.environ.get("BENCH_SWITCH_INTERVAL"):
+    # Experiment knob: the GIL switch interval of the worker process (Python's default: 0.005 s).
+    import sys
+
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
+
 
 @dramatiq.actor(max_retries=0)
 def raw_noop():
