@@ -79,3 +79,18 @@ def rabbit_steps(task, label="", n=400, delay=0.01):
         time.sleep(delay)
         task.step()
     mark(f"done:{label}")
+
+
+@user_task(name="Latency probe {label}", max_retries=0)
+def latency_probe(task, label="", step_seconds=0.01):
+    """Steps every ``step_seconds`` until canceled; stores when it stopped (bench/abort_latency.py)."""
+    from usertasks import Aborted
+
+    mark(f"started:{label}")
+    try:
+        for _ in range(100000):
+            time.sleep(step_seconds)
+            task.step()
+    except Aborted:
+        r().set(f"side-effect:stopped:{label}", repr(time.time()))
+        raise
