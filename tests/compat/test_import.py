@@ -1,0 +1,145 @@
+"""``usertasks_import_user_tasks``: legacy django-user-tasks tables (created here with the schema
+of its migrations) imported into the usertasks tables, idempotently."""
+
+import uuid
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+
+from user_tasks.models import UserTaskStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SCHEMA = {
+    "sqlite": [
+        """CREATE TABLE "user_tasks_usertaskstatus" (
+            "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "created" datetime NOT NULL,
+            "modified" datetime NOT NULL, "uuid" char(32) NOT NULL UNIQUE,
+            "task_id" varchar(128) NOT NULL UNIQUE, "is_container" bool NOT NULL,
+            "task_class" varchar(128) NOT NULL, "name" varchar(255) NOT NULL, "state" varchar(128) NOT NULL,
+            "completed_steps" smallint unsigned NOT NULL, "total_steps" smallint unsigned NOT NULL,
+            "attempts" smallint unsigned NOT NULL,
+            "parent_id" integer NULL REFERENCES "user_tasks_usertaskstatus" ("id"),
+            "user_id" integer NOT NULL REFERENCES "auth_user" ("id"))""",
+        """CREATE TABLE "user_tasks_usertaskartifact" (
+            "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "created" datetime NOT NULL,
+            "modified" datetime NOT NULL, "uuid" char(32) NOT NULL UNIQUE, "name" varchar(255) NOT NULL,
+            "file" varchar(100) NULL, "url" text NOT NULL, "text" text NOT NULL,
+            "status_id" integer NOT NULL REFERENCES "user_tasks_usertaskstatus" ("id"))""",
+    ],
+    "postgresql": [
+        """CREATE TABLE "user_tasks_usertaskstatus" (
+            "id" serial NOT NULL PRIMARY KEY, "created" timestamp with time zone NOT NULL,
+            "modified" timestamp with time zone NOT NULL, "uuid" uuid NOT NULL UNIQUE,
+            "task_id" varchar(128) NOT NULL UNIQUE, "is_container" boolean NOT NULL,
+            "task_class" varchar(128) NOT NULL, "name" varchar(255) NOT NULL, "state" varchar(128) NOT NULL,
+            "completed_steps" smallint NOT NULL CHECK ("completed_steps" >= 0),
+            "total_steps" smallint NOT NULL CHECK ("total_steps" >= 0),
+            "attempts" smallint NOT NULL CHECK ("attempts" >= 0),
+            "parent_id" integer NULL REFERENCES "user_tasks_usertaskstatus" ("id") DEFERRABLE INITIALLY DEFERRED,
+            "user_id" integer NOT NULL REFERENCES "auth_user" ("id") DEFERRABLE INITIALLY DEFERRED)""",
+        """CREATE TABLE "user_tasks_usertaskartifact" (
+            "id" serial NOT NULL PRIMARY KEY, "created" timestamp with time zone NOT NULL,
+            "modified" timestamp with time zone NOT NULL, "uuid" uuid NOT NULL UNIQUE,
+            "name" varchar(255) NOT NULL, "file" varchar(100) NULL, "url" text NOT NULL, "text" text NOT NULL,
+            "status_id" integer NOT NULL REFERENCES "user_tasks_usertaskstatus" ("id") DEFERRABLE INITIALLY DEFERRED)""",
+    ],
+}
+
+
+@pytest.fixture
+def legacy_tables(transactional_db):
+    with connection.cursor() as cursor:
+        for sql in SCHEMA[connection.vendor]:
+            cursor.execute(sql)
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute('DROP TABLE "user_tasks_usertaskartifact"')
+        cursor.execute('DROP TABLE "user_tasks_usertaskstatus"')
+
+
+def _uuid_param(value):
+    return value.hex if connection.vendor == "sqlite" else str(value)
+
+
+def _dt(value):
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def add_status(user, *, state, name, parent=None, container=False, steps=(1, 1), age_days=3, task_class="app.tasks.export"):
+    uid = uuid.uuid4()
+    created = timezone.now() - timedelta(days=age_days)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'INSERT INTO "user_tasks_usertaskstatus" ("created", "modified", "uuid", "task_id", "is_container", '
+            '"task_class", "name", "state", "completed_steps", "total_steps", "attempts", "parent_id", "user_id") '
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [_dt(created), _dt(created + timedelta(hours=1)), _uuid_param(uid), str(uuid.uuid4()), container,
+             task_class, name, state, steps[0], steps[1], 1, parent, user.pk],
+        )
+        cursor.execute('SELECT "id" FROM "user_tasks_usertaskstatus" WHERE "uuid" = %s', [_uuid_param(uid)])
+        return cursor.fetchone()[0], uid
+
+
+def add_artifact(status_id, *, name="Output", file=None, url="", text=""):
+    uid = uuid.uuid4()
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'INSERT INTO "user_tasks_usertaskartifact" ("created", "modified", "uuid", "name", "file", "url", '
+            '"text", "status_id") VALUES (%s, %s, %s, %s, %s, %s, %s, %s)',
+            [_dt(now), _dt(now), _uuid_param(uid), name, file, url, text, status_id],
+        )
+    return uid
+
+
+def run():
+    out = StringIO()
+    call_command("usertasks_import_user_tasks", stdout=out)
+    return out.getvalue()
+
+
+def test_import_and_import_again(legacy_tables, user, other_user):
+    done_id, done_uuid = add_status(user, state="Succeeded", name="Export", steps=(5, 5))
+    failed_id, failed_uuid = add_status(other_user, state="Failed", name="Import", steps=(1, 3))
+    group_id, group_uuid = add_status(user, state="In Progress", name="Batch", container=True, steps=(1, 2),
+                                      task_class="celery.group")
+    add_status(user, state="Succeeded", name="Part 1", parent=group_id)
+    _, custom_uuid = add_status(user, state="Sending emails", name="Part 2", parent=group_id, steps=(0, 1))
+    art_uuid = add_artifact(done_id, file="user_tasks/2024/01/02/out.csv")
+    add_artifact(done_id, name="Link", url="https://example.com/x")
+    add_artifact(failed_id, name="Error", text="Boom")
+
+    assert run().startswith("Imported 5 tasks (0 already there) and 3 artifacts")
+
+    done = UserTaskStatus.objects.get(uuid=done_uuid)
+    assert (done.name, done.state, done.completed_steps, done.total_steps) == ("Export", "Succeeded", 5, 5)
+    assert done.user == user and done.backend == "celery" and done.finished is not None
+    assert done.created < timezone.now() - timedelta(days=2)
+    assert done.modified < timezone.now() - timedelta(days=2)
+    art = done.artifacts.get(uuid=art_uuid)
+    assert art.file.name == "user_tasks/2024/01/02/out.csv"
+    assert done.artifacts.get(name="Link").url == "https://example.com/x"
+    assert done.events.filter(kind="note").exists()
+    failed = UserTaskStatus.objects.get(uuid=failed_uuid)
+    assert failed.state == "Failed" and failed.error == "Boom" and failed.user == other_user
+    group = UserTaskStatus.objects.get(uuid=group_uuid)
+    assert group.is_container and group.children_total == 2 and group.children_succeeded == 1
+    part2 = UserTaskStatus.objects.get(uuid=custom_uuid)
+    assert part2.parent == group
+    assert part2.state == "In Progress" and part2.state_text == "Sending emails"
+
+    # Again: nothing new.  Then one new legacy row: only that one.
+    assert run().startswith("Imported 0 tasks (5 already there) and 0 artifacts (3 already there)")
+    add_status(user, state="Pending", name="Late")
+    assert run().startswith("Imported 1 tasks (5 already there)")
+    assert UserTaskStatus.objects.count() == 6
+
+
+def test_no_legacy_tables(transactional_db):
+    with pytest.raises(CommandError, match="nothing to import"):
+        run()
