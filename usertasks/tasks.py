@@ -2,3 +2,4 @@
 (``manage.py rundramatiq`` loads every installed app's ``tasks`` module)."""
 
 from .reaper import reap_lost_tasks  # noqa: F401  (the periodic reaper: "usertasks_reap")
+from .purge import purge_expired_tasks  # noqa: F401  (the periodic purge: "usertasks_purge")

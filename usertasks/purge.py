@@ -1,0 +1,237 @@
+"""Expiry: delete finished tasks, their artifacts and the artifacts' stored files.
+
+A task expires ``USERTASKS["MAX_AGE"]`` (default 30 days) after it *finished*.  :func:`purge`
+walks the expired top-level tasks in primary-key order, ``PURGE_BATCH_SIZE`` at a time, one
+short transaction per batch (no long lock, memory bounded by the batch size).  Children
+(fan-out subtasks, pipeline stages, at any depth), events and artifacts go with their task; the
+stored files are deleted once the transaction that deleted their rows has committed.
+
+An active task is never deleted: the guard (final state, finished before the cutoff, no child
+left) is part of the DELETE statement itself, not only of the query that picked the rows, and
+a batch whose DELETE did not remove exactly the rows it picked is rolled back.
+
+Entry points: ``manage.py usertasks_purge`` (``--dry-run``, ``--older-than``), the
+``usertasks_purge`` actor, or :func:`purge` from your own code.  See ``docs/expiry.md``.
+"""
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+import dramatiq
+from django.db import router, transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from .states import FINAL_STATES
+
+logger = logging.getLogger("usertasks.purge")
+
+__all__ = ["PurgeResult", "expired_tasks", "parse_age", "purge", "purge_expired_tasks"]
+
+
+@dataclass
+class PurgeResult:
+    tasks: int = 0  # top-level tasks deleted (or that would be, with dry_run)
+    children: int = 0  # their children (subtasks, stages)
+    artifacts: int = 0
+    files: int = 0  # stored files deleted (or that would be)
+    skipped: int = 0  # picked but left alone (became ineligible, or a child still active)
+    dry_run: bool = False
+
+    def __str__(self):
+        verb = "would delete" if self.dry_run else "deleted"
+        text = (
+            f"{verb} {self.tasks} task(s), {self.children} subtask(s), {self.artifacts} artifact(s), "
+            f"{self.files} file(s)"
+        )
+        return text + (f"; {self.skipped} left alone" if self.skipped else "")
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text):
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"``, ``"2w"`` or plain seconds -> ``timedelta``."""
+    if isinstance(text, timedelta):
+        return text
+    match = _AGE.match(str(text))
+    if not match:
+        raise ValueError(f"not an age: {text!r} (use e.g. 30d, 12h, 90m, 45s or seconds)")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _cutoff(older_than, now):
+    from .conf import app_settings
+
+    age = app_settings.MAX_AGE if older_than is None else parse_age(older_than)
+    return (now or timezone.now()) - age
+
+
+def expired_tasks(older_than=None, *, now=None, using=None):
+    """Top-level tasks that finished before the cutoff (children go with them)."""
+    from .models import UserTaskStatus
+
+    db = using or router.db_for_write(UserTaskStatus)
+    return UserTaskStatus.objects.using(db).filter(
+        parent__isnull=True, state__in=FINAL_STATES, finished__lt=_cutoff(older_than, now)
+    )
+
+
+def purge(older_than=None, *, now=None, batch_size=None, dry_run=False, using=None, progress=None):
+    """Delete expired tasks; returns a :class:`PurgeResult`.
+
+    ``older_than``: a ``timedelta`` or text like ``"30d"`` (default ``MAX_AGE``).
+    ``progress``: called as ``progress(done, total)`` after each batch (``total`` is the number
+    of expired top-level tasks when the purge started)."""
+    from .conf import app_settings
+    from .models import UserTaskStatus
+
+    db = using or router.db_for_write(UserTaskStatus)
+    now = now or timezone.now()
+    cutoff = _cutoff(older_than, now)
+    batch_size = max(1, int(batch_size or app_settings.PURGE_BATCH_SIZE))
+    candidates = expired_tasks(older_than, now=now, using=db)
+    total = candidates.count()
+    result = PurgeResult(dry_run=dry_run)
+    if progress:
+        progress(0, total)
+    last, done = 0, 0
+    while True:
+        ids = list(candidates.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            break
+        last = ids[-1]
+        if dry_run:
+            _count(ids, db, result, batch_size)
+        else:
+            _purge_batch(ids, cutoff, db, result, batch_size)
+        done += len(ids)
+        if progress:
+            progress(min(done, total), total)
+    if result.tasks and not dry_run:
+        logger.info("usertasks purge: %s", result)
+    return result
+
+
+def _files(model, status_ids, db):
+    from .models import artifact_storage
+
+    storage = artifact_storage()
+    return [
+        (storage, name)
+        for name in model.objects.using(db).filter(status_id__in=status_ids).exclude(file="").values_list("file", flat=True)
+    ]
+
+
+def _count(ids, db, result, batch_size):
+    from .models import UserTaskArtifact, UserTaskStatus
+
+    rows = UserTaskStatus.objects.using(db)
+    result.tasks += len(ids)
+    for level in _levels(rows, ids, batch_size):
+        result.children += len(level)
+        _count_artifacts(UserTaskArtifact, level, db, result)
+    _count_artifacts(UserTaskArtifact, ids, db, result)
+
+
+def _count_artifacts(model, ids, db, result):
+    qs = model.objects.using(db).filter(status_id__in=ids)
+    result.artifacts += qs.count()
+    result.files += qs.exclude(file="").count()
+
+
+def _levels(rows, ids, batch_size):
+    """Descendants of ``ids`` in chunks of at most ``batch_size`` ids (depth first)."""
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        last = 0
+        while True:
+            kids = list(
+                rows.filter(parent_id__in=chunk, pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size]
+            )
+            if not kids:
+                break
+            last = kids[-1]
+            yield from _levels(rows, kids, batch_size)
+            yield kids
+
+
+class _Changed(Exception):
+    """The DELETE removed other rows than the batch picked: roll the batch back."""
+
+
+def _purge_batch(ids, cutoff, db, result, batch_size):
+    from .models import UserTaskStatus
+
+    rows = UserTaskStatus.objects.using(db)
+    # Children first, deepest first, each chunk in its own short transaction; then the batch.
+    for level in _levels(rows, ids, batch_size):  # lazily: memory stays bounded by the batch
+        n, _ = _delete(level, None, db, result)
+        result.children += n
+    n, skipped = _delete(ids, cutoff, db, result)
+    result.tasks += n
+    result.skipped += skipped
+
+
+def _delete(ids, cutoff, db, result):
+    """Delete the rows ``ids`` that are final (and finished before ``cutoff``, when given) and have
+    no child left, with their events and artifacts; their files once committed.
+    Returns ``(deleted, left alone)``."""
+    from .artifacts import delete_files_on_commit
+    from .models import UserTaskArtifact, UserTaskEvent, UserTaskStatus
+
+    rows = UserTaskStatus.objects.using(db)
+    for _ in range(3):
+        try:
+            with transaction.atomic(using=db):
+                guard = rows.filter(pk__in=ids, state__in=FINAL_STATES).exclude(
+                    Exists(rows.filter(parent_id=OuterRef("pk")))
+                )
+                if cutoff is not None:
+                    guard = guard.filter(finished__lt=cutoff)
+                picked = list(guard.values_list("pk", flat=True))
+                if not picked:
+                    return 0, len(ids)
+                files = _files(UserTaskArtifact, picked, db)
+                artifacts = UserTaskArtifact.objects.using(db).filter(status_id__in=picked)
+                n_artifacts = artifacts.count()
+                artifacts._raw_delete(db)
+                UserTaskEvent.objects.using(db).filter(status_id__in=picked)._raw_delete(db)
+                # The guard again, in the DELETE itself.
+                deleted = guard.filter(pk__in=picked)._raw_delete(db)
+                if deleted != len(picked):
+                    raise _Changed()
+                delete_files_on_commit(files, using=db)
+                transaction.on_commit(lambda: _remove_empty_dirs(files), using=db)
+            result.artifacts += n_artifacts
+            result.files += len(files)
+            return deleted, len(ids) - deleted
+        except _Changed:
+            continue
+    return 0, len(ids)
+
+
+def _remove_empty_dirs(files):
+    """Local storages: remove the ``usertasks/<task>/<artifact>/`` folders left empty."""
+    for storage, name in files:
+        try:
+            path = storage.path(name)
+        except Exception:  # not a local storage
+            return
+        folder = os.path.dirname(path)
+        for _ in range(2):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+
+
+@dramatiq.actor(actor_name="usertasks_purge", max_retries=0, time_limit=60 * 60 * 1000)
+def purge_expired_tasks():
+    """Periodic actor: one purge of the tasks older than ``MAX_AGE``.  Schedule it daily."""
+    logger.info("usertasks purge: %s", purge())
