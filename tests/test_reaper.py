@@ -132,3 +132,16 @@ def test_periodic_actor_runs_a_pass(user, redis):
     reap_lost_tasks()  # what a scheduler's message makes a worker do
     row.refresh_from_db()
     assert row.state == State.FAILED
+
+
+def test_reaped_child_is_counted_on_its_container(user, redis):
+    redis.flushdb()
+    parent = stale_row(user, n=10, is_container=True, unique_key=None, children_total=2,
+                       heartbeat=timezone.now())
+    child = stale_row(user, n=11, parent=parent, unique_key=None)
+    reap()
+    child.refresh_from_db()
+    parent.refresh_from_db()
+    assert child.state == State.FAILED
+    assert parent.children_failed == 1
+    assert parent.state == State.IN_PROGRESS  # containers are not reaped themselves

@@ -52,9 +52,10 @@ def cancel_task(status, by=None):
     for _ in range(5):  # the state can move between our two guarded UPDATEs; try again then
         now = timezone.now()
         with transaction.atomic(using=db):
-            previous = rows.values_list("state", flat=True).first()
-            if previous is None:
+            found = rows.values_list("state", "parent_id").first()
+            if found is None:
                 raise UserTaskStatus.DoesNotExist(f"task {status.pk} no longer exists")
+            previous, parent_id = found
             if previous in FINAL_STATES:
                 break
             if previous in (State.PENDING, State.RETRYING):
@@ -68,6 +69,10 @@ def cancel_task(status, by=None):
                     UserTaskEvent.objects.using(db).create(
                         status_id=status.pk, kind=EventKind.CANCELED, created=now, actor=user, detail=detail,
                     )
+                    if parent_id is not None:  # a fan-out child: counted on its container
+                        from .fanout import child_ended
+
+                        child_ended(UserTaskStatus.objects.using(db), parent_id, status.pk, State.CANCELED)
                     outcome = CANCELED
                     break
             else:  # In Progress

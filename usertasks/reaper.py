@@ -94,15 +94,15 @@ def reap(now=None, *, dry_run=False, broker=None):
     result = ReapResult()
 
     stale = list(
-        rows.stale(now).filter(is_container=False).values("pk", "worker", "heartbeat", "queue_name", "attempts", "cancel_requested")
+        rows.stale(now).filter(is_container=False).values("pk", "worker", "heartbeat", "queue_name", "attempts", "cancel_requested", "parent_id")
     )
     cutoff = now - timedelta(seconds=float(app_settings.PENDING_TIMEOUT))
     overdue = list(
         rows.filter(state=State.PENDING, is_container=False).annotate(due=Coalesce("eta", "created"))
-        .filter(due__lt=cutoff).values("pk", "state", "attempts", "queue_name", "modified")
+        .filter(due__lt=cutoff).values("pk", "state", "attempts", "queue_name", "modified", "parent_id")
     ) + list(
         rows.filter(state=State.RETRYING, is_container=False, modified__lt=cutoff)
-        .values("pk", "state", "attempts", "queue_name", "modified")
+        .values("pk", "state", "attempts", "queue_name", "modified", "parent_id")
     )
     live = None
     if stale or overdue:
@@ -129,6 +129,10 @@ def reap(now=None, *, dry_run=False, broker=None):
                 UserTaskEvent.objects.using(db).create(
                     status_id=row["pk"], kind=kind, created=now, attempt=row["attempts"], detail=text,
                 )
+                if row.get("parent_id") is not None:  # a fan-out child: counted on its container
+                    from .fanout import child_ended
+
+                    child_ended(rows, row["parent_id"], row["pk"], state)
                 bucket.append(row["pk"])
 
     for row in stale:

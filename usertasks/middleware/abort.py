@@ -160,9 +160,12 @@ class UserTaskAbort(Middleware):
             # attempt that then failed and is being retried.  Guarded: a final row stays as is.
             text = "Canceled before it started."
             event = UserTaskEvent(status_id=status_id, kind=EventKind.CANCELED, detail=text)
+            from ..fanout import PARENT_OPTION
+
             op = Op("update", fields={
                 "_where": {"pk": status_id, "state__in": ACTIVE_STATES},
                 "state": State.CANCELED, "unique_key": None, "worker": "", "finished": event.created,
+                "_parent": message.options.get(PARENT_OPTION),  # a fan-out child: counted on its container
             }, events=[event])
             get_writer().submit(op).wait()
         clear_flags([status_id])
