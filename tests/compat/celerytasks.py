@@ -10,9 +10,7 @@ import redis as redis_lib
 from celery import shared_task
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.dispatch import receiver
-
-from user_tasks import user_task_stopped
+from tests.tasks_compat import record_stopped  # noqa: F401  (user_task_stopped -> Redis)
 from user_tasks.models import UserTaskArtifact
 from user_tasks.tasks import UserTask
 
@@ -20,13 +18,6 @@ from user_tasks.tasks import UserTask
 def mark(label, what="ran"):
     client = redis_lib.Redis.from_url(settings.REDIS_URL)
     client.incr(f"side-effect:compat:{label}:{what}")
-
-
-@receiver(user_task_stopped, dispatch_uid="tests.compat.record_stopped")
-def record_stopped(sender, status, **kwargs):
-    """Records ``user_task_stopped`` in Redis, so tests see it when a worker sent it."""
-    client = redis_lib.Redis.from_url(settings.REDIS_URL)
-    client.set(f"side-effect:compat:stopped:{status.task_id}", status.state)
 
 
 class CountingTask(UserTask):
