@@ -80,3 +80,13 @@ def test_stages_must_be_user_task_messages(user):
         pipeline(user, [t.stage])
     with pytest.raises(ValueError):
         pipeline(user, [])
+
+
+def test_canceling_a_waiting_stage_stops_the_pipeline(start_worker, user, redis):
+    status = pipeline(user, [t.stage.message("a"), t.stage.message("b"), t.stage.message("c")])
+    first = status.stages()[0]
+    assert first.cancel(by=user)  # canceled before any worker took it
+    status.refresh_from_db()
+    assert status.state == State.CANCELED
+    assert [s.state for s in status.stages()] == [State.CANCELED] * 3
+    assert (status.children_canceled, status.children_skipped) == (1, 2)

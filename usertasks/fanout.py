@@ -25,13 +25,14 @@ reaper, broker failure) calls :func:`children_ended` in the same transaction.
 """
 
 import logging
+import threading
 
 from django.db import router, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from .context import _clip
-from .exceptions import UserTasksError
+from .exceptions import Aborted, UserTasksError
 from .states import ACTIVE_STATES, State
 
 logger = logging.getLogger("usertasks.fanout")
@@ -131,6 +132,7 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
     if callback is not None:
         dramatiq.get_encoder().encode(callback)  # fail now, not when the last child ends
     calls = [_split(item) for item in items]
+    ctx.check_abort()
 
     # From here on this run writes no progress of its own: the steps are the children's.
     index = getattr(ctx, "fanout_calls", 0)
@@ -166,7 +168,9 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
             modified=now,
             heartbeat=now,
         )
-        options = rows.filter(pk=parent.pk).values_list("options", flat=True).get()
+        options, cancel_requested = rows.filter(pk=parent.pk).values_list("options", "cancel_requested").get()
+        if cancel_requested is not None:
+            raise Aborted()  # canceled before its children were started: start none
         spec = dict(options.get("fanout") or {})
         spec["policy"] = policy
         spec["calls"] = list(spec.get("calls") or []) + [n]
@@ -226,16 +230,47 @@ def enqueue_children(broker, parent_id, pairs, db=None):
 # -- children ending -------------------------------------------------------------------------
 
 
+_batch = threading.local()
+
+
+def begin_batch():
+    """Writer: a transaction starts; child ends are summed per container until
+    :func:`end_batch`."""
+    _batch.counts = {}
+
+
+def end_batch(rows):
+    """Writer: the last statements of the transaction: one counter UPDATE per container that had
+    children end in it (in primary-key order, so two writers never wait on each other in a
+    cycle), taken as late as possible so the container's row lock is held briefly."""
+    counts, _batch.counts = getattr(_batch, "counts", None), None
+    for parent_id in sorted(counts or ()):
+        entry = counts[parent_id]
+        child_id = entry.pop("child_id")
+        children_ended(rows, parent_id, child_id=child_id, **entry)
+
+
 def child_ended(rows, parent_id, child_id, state):
-    """Hook for the writer: the run of child ``child_id`` ended in ``state`` (a final state or
-    Retrying).  Runs inside the writer's transaction."""
+    """Child ``child_id`` of ``parent_id`` ended in ``state`` (a final state, or Retrying).  Call
+    it in the transaction that stored that state; in the writer's transaction the counts are
+    summed and applied once per container by :func:`end_batch`."""
     if state == State.RETRYING:
-        rows.filter(pk=parent_id).update(children_retried=F("children_retried") + 1)
+        key = "retried"
+    else:
+        counter = _COUNTER_FOR.get(state)
+        if counter is None:
+            return
+        key = counter[len("children_"):]
+    counts = getattr(_batch, "counts", None)
+    if counts is None:
+        children_ended(rows, parent_id, child_id=child_id, **{key: 1})
         return
-    counter = _COUNTER_FOR.get(state)
-    if counter is None:
-        return
-    children_ended(rows, parent_id, child_id=child_id, **{counter[len("children_"):]: 1})
+    entry = counts.setdefault(
+        parent_id, {"succeeded": 0, "failed": 0, "canceled": 0, "skipped": 0, "retried": 0, "child_id": None}
+    )
+    entry[key] += 1
+    if key != "retried":
+        entry["child_id"] = child_id
 
 
 def children_ended(rows, parent_id, *, succeeded=0, failed=0, canceled=0, skipped=0, retried=0, child_id=None):

@@ -199,7 +199,10 @@ class Writer:
         rows = UserTaskStatus.objects.using(db)
         events = []
         applied = []
+        from . import fanout
+
         with transaction.atomic(using=db):
+            fanout.begin_batch()  # children's ends are counted on their containers once per batch
             for op in ops:
                 ok = APPLY[op.kind](rows, op)
                 applied.append(ok)
@@ -214,6 +217,7 @@ class Writer:
                 rows.filter(pk__in=[c.status_id for c in beating], state=State.IN_PROGRESS).update(heartbeat=now)
             if events:
                 UserTaskEvent.objects.using(db).bulk_create(events)
+            fanout.end_batch(rows)
         for op, ok in zip(ops, applied):
             op.applied = ok
             if op.kind == "start" and ok:
