@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from usertasks import models as core
-from usertasks.states import ACTIVE_STATES, State
+from usertasks.states import ACTIVE_STATES, ALLOWED_FROM, State
 
 from .exceptions import TaskCanceledException
 
@@ -259,19 +259,19 @@ class UserTaskStatus(core.UserTaskStatus):
         dashboard, the reaper and the purge keep working); the text is the row's message and
         :attr:`state_text`."""
         custom_state = str(custom_state)
-        with transaction.atomic():
-            row = UserTaskStatus.objects.select_for_update().get(pk=self.pk)
-            if not self.is_container and (row.state == State.CANCELED or row.cancel_requested is not None):
-                raise TaskCanceledException()
-            if custom_state in State.values:
-                row.state = custom_state
-                row.options = dict(row.options or {}, custom_state=None)
-            else:
-                if row.state in (State.PENDING, State.RETRYING):
-                    row.state = State.IN_PROGRESS
-                row.options = dict(row.options or {}, custom_state=custom_state)
-                row.message = custom_state[:1000]
-            row.save(update_fields=["state", "options", "message", "modified"])
+        if self._cancel_requested():
+            raise TaskCanceledException()
+        self.refresh_from_db(fields=["options"])
+        if custom_state in State.values:
+            allowed = ALLOWED_FROM.get(custom_state, ())
+            self._rows().filter(state__in=allowed).update(
+                state=custom_state, options=dict(self.options or {}, custom_state=None), modified=timezone.now())
+        else:
+            # One guarded UPDATE per case (no read-then-write transaction: SQLite-friendly).
+            fields = {"options": dict(self.options or {}, custom_state=custom_state),
+                      "message": custom_state[:1000], "modified": timezone.now()}
+            self._rows().filter(state=State.IN_PROGRESS).update(**fields)
+            self._rows().filter(state__in=(State.PENDING, State.RETRYING)).update(state=State.IN_PROGRESS, **fields)
         self.refresh_from_db()
         if self.parent_id and self.parent.task_class != GROUP:
             self.parent.set_state(custom_state)

@@ -60,7 +60,7 @@ def test_cancel_pending_checked_at_pickup_without_revoke(eager, user, redis):
 
 @pytest.mark.parametrize("via", ["compat", "usertasks"])
 def test_cancel_running_stops_at_next_progress_call(celery_worker, user, redis, via):
-    result = celerytasks.count.delay(user.pk, 200, label="run", delay=0.05)
+    result = celerytasks.count.delay(user.pk, 100, label="run", delay=0.2)
     status = UserTaskStatus.objects.get(task_id=result.id)
     wait_for(lambda: side_effects(redis, "run", "started"), 60, message="the task to start")
     wait_state(status, "In Progress")
@@ -70,7 +70,7 @@ def test_cancel_running_stops_at_next_progress_call(celery_worker, user, redis, 
         assert CoreStatus.objects.get(pk=status.pk).cancel(by=user) is True
     wait_state(status, FINAL)
     assert status.state == UserTaskStatus.CANCELED
-    assert status.completed_steps < 200
+    assert status.completed_steps < 100
     assert side_effects(redis, "run") == 0  # the loop never finished
     kinds = list(status.events.values_list("kind", flat=True))
     assert kinds[-2:] == [EventKind.CANCEL_REQUESTED, EventKind.CANCELED]
