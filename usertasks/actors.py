@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import dramatiq
 from dramatiq import Actor
+from dramatiq.middleware import SkipMessage
 
 from .context import TaskContext, _clip, current_task
 from .exceptions import Aborted, ArgumentsNotSerializable, EnqueueError, ForcedAbort
@@ -142,6 +143,11 @@ def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT
                 ctx = TaskContext(status_id=None, message_id=None, actor_name=actor.actor_name)
             if not ctx.tracked:
                 return func(ctx, *args, **kwargs)
+            start = getattr(ctx, "start_op", None)
+            if start is not None and not start.wait() and ctx.abort_requested:
+                # The row was canceled (or ended) between the worker's cancel check and this
+                # run's start: the body must not run.  Acknowledged, not dead-lettered.
+                raise SkipMessage(f"task {ctx.status_id} was canceled before it started")
             with ctx.body_lock:
                 ctx.in_body = True
             try:

@@ -145,7 +145,9 @@ class UserTaskAbort(Middleware):
         state, cancel_requested = row
         if state in FINAL_STATES:
             return "final"
-        if cancel_requested is not None and state != State.IN_PROGRESS:
+        if cancel_requested is not None:
+            # Canceled while a run was going on, and now delivered again (a retry, a redelivery
+            # after the worker died): the cancel stands.
             return "flag"
         return None
 
@@ -158,7 +160,7 @@ class UserTaskAbort(Middleware):
         if reason == "flag":
             # Normally cancel() already made the row Canceled; not when the cancel hit a running
             # attempt that then failed and is being retried.  Guarded: a final row stays as is.
-            text = "Canceled before it started."
+            text = "Canceled before this attempt started."
             event = UserTaskEvent(status_id=status_id, kind=EventKind.CANCELED, detail=text)
             from ..fanout import PARENT_OPTION
 
