@@ -74,3 +74,9 @@ def unique_sleep(task, key, delay=0.5):
 def with_file(task, label):
     task.add_artifact("Report", file=ContentFile(b"x,y\n", name=f"{label}.csv"))
     task.add_artifact("Link", url="https://example.com/x")
+
+
+@user_task(name="Fan-out stage {label}", max_retries=0)
+def fanout_stage(task, label, n):
+    task.fan_out(fan_child, [{"i": i, "label": label} for i in range(n)])
+    r().rpush("side-effect:stages", label)

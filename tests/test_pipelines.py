@@ -90,3 +90,14 @@ def test_canceling_a_waiting_stage_stops_the_pipeline(start_worker, user, redis)
     assert status.state == State.CANCELED
     assert [s.state for s in status.stages()] == [State.CANCELED] * 3
     assert (status.children_canceled, status.children_skipped) == (1, 2)
+
+
+def test_a_stage_that_fans_out_ends_with_its_children(start_worker, user, redis):
+    start_worker(processes=2, threads=4)
+    status = pipeline(user, [t.fanout_stage.message("f", 30), t.stage.message("after")])
+    wait_final(status, timeout=60)
+    assert status.state == State.SUCCEEDED
+    assert ran(redis) == ["f", "after"]
+    fan = status.stages()[0]
+    assert (fan.is_container, fan.children_total, fan.children_succeeded) == (True, 30, 30)
+    assert int(redis.get("side-effect:fanchild:f")) == 30

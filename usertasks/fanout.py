@@ -313,7 +313,7 @@ def children_ended(rows, parent_id, *, succeeded=0, failed=0, canceled=0, skippe
 
 def _info(rows, parent_id):
     return rows.filter(pk=parent_id).values(
-        "pk", "state", "worker", "children_total", "cancel_requested", "options", *_COUNTERS
+        "pk", "parent_id", "state", "worker", "children_total", "cancel_requested", "options", *_COUNTERS
     ).first()
 
 
@@ -360,6 +360,9 @@ def try_complete(rows, info):
     callback = (options.get("fanout") or options.get("pipeline") or {}).get("on_complete")
     pk, db = info["pk"], rows.db
     transaction.on_commit(lambda: _container_finished(pk, state, callback, db), using=db)
+    if info.get("parent_id") is not None:
+        # A container inside a container (a pipeline stage that fans out): count it there.
+        child_ended(rows, info["parent_id"], pk, state)
     return True
 
 
