@@ -30,6 +30,14 @@ TIME_ZONE = "UTC"
 
 _tmp = os.environ.setdefault("USERTASKS_TEST_TMP", tempfile.mkdtemp(prefix="usertasks-tests-"))
 
+if os.environ.get("DATABASE_URL", "").startswith("mysql"):
+    # MySQL/MariaDB through PyMySQL when mysqlclient is not installed (pip install PyMySQL).
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
     # USERTASKS_TEST_DB_SUFFIX lets several suites share one server without colliding.
@@ -59,6 +67,14 @@ INSTALLED_APPS = [
     "usertasks",
     "demo",
     "tests",
+    # The django-user-tasks compatibility layer (tests/compat/).
+    "rest_framework",
+    "user_tasks",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "rules.permissions.ObjectPermissionBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 MIDDLEWARE = [
