@@ -7,6 +7,7 @@ missing; ``make test`` installs Chromium when it can."""
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -29,8 +30,23 @@ def browser(monkeypatch):
     with playwright_sync.sync_playwright() as p:
         executable = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
         b = p.chromium.launch(executable_path=executable, headless=True, args=ARGS)
-        yield b
-        b.close()
+        try:
+            yield b
+        finally:
+            close_db_connections()
+            b.close()
+
+
+# Every test asks for ``django_db_setup`` before the session-scoped ``live_server``, so the live
+# server (and its threads' database connections) stops before the test database is dropped.
+
+
+def close_db_connections():
+    """ORM calls made while Playwright's sync API runs happen in another context (a greenlet),
+    so Django gives them their own connection: close it, or it outlives the test database."""
+    from django.db import connections
+
+    connections.close_all()
 
 
 def shot(page, name, tmp_path):
@@ -43,8 +59,12 @@ def progress(page):
     return int(value) if value else 0
 
 
-def test_demo_flow_in_chromium(browser, live_server, worker, user, tmp_path):
+def test_demo_flow_in_chromium(django_db_setup, browser, live_server, worker, user, tmp_path, settings):
     from usertasks.models import UserTaskStatus
+
+    # Short streams: the browser reconnects (so this also covers reconnection), and a stream the
+    # browser dropped releases its server thread and database connection soon after.
+    settings.USERTASKS = {**settings.USERTASKS, "LIVE_STREAM_SECONDS": 3}
 
     context = browser.new_context(viewport={"width": 1100, "height": 820}, accept_downloads=True)
     page = context.new_page()
@@ -106,9 +126,11 @@ def test_demo_flow_in_chromium(browser, live_server, worker, user, tmp_path):
     assert "Canceled" in rows.nth(0).inner_text() and "Succeeded" in rows.nth(1).inner_text()
     shot(page, "dashboard.png", tmp_path)
     context.close()
+    time.sleep(4)  # let the live server's streams notice their end (see LIVE_STREAM_SECONDS above)
+    close_db_connections()
 
 
-def test_pages_work_with_javascript_off(browser, live_server, user):
+def test_pages_work_with_javascript_off(django_db_setup, browser, live_server, user):
     from tests.tasks_web import make_task
 
     task = make_task(user, "No script", "In Progress", total_steps=4, completed_steps=1)
@@ -127,3 +149,4 @@ def test_pages_work_with_javascript_off(browser, live_server, user):
     task.refresh_from_db()
     assert task.cancel_requested is not None
     context.close()
+    close_db_connections()
