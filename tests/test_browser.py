@@ -92,6 +92,18 @@ def test_demo_flow_in_chromium(django_db_setup, browser, live_server, worker, us
     page.wait_for_timeout(300)
     shot(page, "status-page.png", tmp_path)
 
+    # The dashboard's row of the running export moves too, without a reload.
+    board = context.new_page()
+    board.set_default_timeout(60000)
+    board.goto(live_server.url + "/tasks/")
+    row_bar = "tr[data-uuid] [role=progressbar]"
+    start_value = int(board.get_attribute(row_bar, "aria-valuenow") or 0)
+    board.evaluate("window.__no_reload = 1")
+    board.wait_for_function(
+        f"() => Number(document.querySelector('{row_bar}').getAttribute('aria-valuenow') || 0) > {start_value}")
+    assert board.evaluate("window.__no_reload") == 1
+    board.close()
+
     # Start another one and cancel it from its page (confirm dialog accepted).
     other = context.new_page()
     other.set_default_timeout(60000)
