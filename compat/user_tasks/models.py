@@ -126,12 +126,13 @@ class UserTaskStatus(core.UserTaskStatus):
         """Enter a final state from an active one; events, parent counters and signals."""
         fields.setdefault("finished", timezone.now())
         fields["unique_key"] = None
-        if not self._move(state, ACTIVE_STATES, **fields):
-            return False
-        self._event(kind, detail, actor=actor)
-        if self.parent_id:
-            counter = _COUNTER[state]
-            UserTaskStatus.objects.filter(pk=self.parent_id).update(**{counter: F(counter) + 1})
+        with transaction.atomic():  # the state, its event and the parent's counter together
+            if not self._move(state, ACTIVE_STATES, **fields):
+                return False
+            self._event(kind, detail, actor=actor)
+            if self.parent_id:
+                counter = _COUNTER[state]
+                UserTaskStatus.objects.filter(pk=self.parent_id).update(**{counter: F(counter) + 1})
         if state == State.CANCELED or self.cancel_requested is not None:
             from .tracking import clear_flag
 
@@ -159,9 +160,11 @@ class UserTaskStatus(core.UserTaskStatus):
         fields = {"started": now, "eta": None, "attempts": Greatest(F("attempts"), 1)}
         if not self.is_container:
             fields.update(heartbeat=now, worker=worker[:255])
-        if self._move(State.IN_PROGRESS, (State.PENDING, State.RETRYING), **fields):
-            self._event(core.EventKind.STARTED, worker)
-        elif self.state == State.CANCELED and not self.is_container:
+        with transaction.atomic():
+            started = self._move(State.IN_PROGRESS, (State.PENDING, State.RETRYING), **fields)
+            if started:
+                self._event(core.EventKind.STARTED, worker)
+        if not started and self.state == State.CANCELED and not self.is_container:
             raise TaskCanceledException()
         if self.parent_id:
             parent = self.parent
@@ -228,8 +231,8 @@ class UserTaskStatus(core.UserTaskStatus):
             )
             if failed or self.is_container:
                 UserTaskArtifact.objects.create(status=self, name="Error", text=message)
-        if failed and self.is_container and self.task_class in (CHAIN, CHORD):
-            self._skip_pending_children()
+            if failed and self.is_container and self.task_class in (CHAIN, CHORD):
+                self._skip_pending_children()
         if self.parent_id:
             self.parent.fail(message)
 
@@ -243,8 +246,9 @@ class UserTaskStatus(core.UserTaskStatus):
         fields = {"attempts": F("attempts") + 1, "worker": ""}
         if reason:
             fields.update(error=str(reason)[:4000])
-        if self._move(State.RETRYING, (State.IN_PROGRESS, State.PENDING), **fields):
-            self._event(core.EventKind.RETRYING, reason)
+        with transaction.atomic():
+            if self._move(State.RETRYING, (State.IN_PROGRESS, State.PENDING), **fields):
+                self._event(core.EventKind.RETRYING, reason)
 
     def set_name(self, name):
         """Name this task and its containers."""
