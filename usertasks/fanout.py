@@ -146,6 +146,8 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
     if index < len(done_before):
         # A retry of a task that already fanned out: its children exist and were sent.
         logger.info("usertasks: task %s already started its children; not starting them again", parent.pk)
+        # This run's start wrote its own (zero) progress: put the children's back.
+        rows.filter(pk=parent.pk).update(completed_steps=_done(), total_steps=F("children_total"))
         return rows.filter(parent_id=parent.pk)
 
     prepared = []
