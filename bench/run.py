@@ -225,7 +225,7 @@ def _r(v, base):
     return "—" if v is None or not base else f"{v / base:.2f}×"
 
 
-def chart(rows, kinds, cmas, path):
+def chart(rows, kinds, cmas, path, subtitle=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,16 +246,33 @@ def chart(rows, kinds, cmas, path):
                 ax.annotate(f"{v:,.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
                             fontsize=7, rotation=90, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([LABELS[k].replace(" (", "\n(") for k in keys], fontsize=8)
+    ax.set_xticklabels([LABELS[k].replace(" (", "\n(").replace(" + ", "\n+ ") for k in keys], fontsize=8)
     ax.set_ylabel("no-op tasks per second (median)")
     ax.set_yscale("log")
-    ax.set_title("Throughput: 1 worker process, 8 threads, same Redis (higher is better)")
+    ax.set_title("Throughput of no-op tasks: 1 worker process, same Redis (higher is better)"
+                 + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def subtitle(result):
+    args, facts = result["args"], result["facts"]
+    text = (f"{args['n']:,} tasks per run, median of {args['runs']}, {args['threads']} threads, "
+            f"{facts['nproc']} CPUs, load {facts['loadavg_start'][0]:.1f}")
+    return text + (f"; {args['note']}" if args.get("note") else "")
+
+
+def replot(path, out):
+    with open(path) as fh:
+        result = json.load(fh)
+    rows = result["throughput"]
+    kinds = [k for k in ("sqlite", "postgres") if any(r["db"] == k for r in rows)]
+    chart(rows, kinds, result["args"]["conn_max_age"], out, subtitle(result))
+    log(f"chart: {os.path.relpath(out, ROOT)}")
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -278,6 +295,7 @@ def parse():
     p.add_argument("--chart", default=CHART, help="where to draw the PNG")
     p.add_argument("--all", action="store_true", help="also run abort_latency.py, fanout.py, page_latency.py")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine under load')")
+    p.add_argument("--replot", metavar="RESULTS_JSON", help="only redraw the chart from a saved result")
     a = p.parse_args()
     a.n = a.n or (1000 if a.quick else 5000)
     a.scaling_n = a.scaling_n or max(500, a.n // 2)
@@ -289,6 +307,8 @@ def parse():
 
 def main():
     a = parse()
+    if a.replot:
+        return replot(a.replot, a.chart)
     started = time.time()
     kinds = []
     for kind in a.db:
@@ -382,7 +402,7 @@ def report(result, kinds, a):
     log(f"\nresults: {os.path.relpath(path, ROOT)}  ({result['seconds']:.0f} s, load {result['facts']['loadavg_end']})")
     if rows and not a.no_chart:
         try:
-            chart(rows, kinds, a.conn_max_age, a.chart)
+            chart(rows, kinds, a.conn_max_age, a.chart, subtitle(result))
             log(f"chart: {os.path.relpath(a.chart, ROOT)}")
         except ImportError:
             log("chart skipped: matplotlib is not installed (pip install -r bench/requirements.txt)")
