@@ -43,13 +43,18 @@ def test_failed_email_carries_the_user_facing_error(user):
 
 
 def test_strings_are_translated(user, settings):
-    from django.utils import translation
+    task = make_task(user, "Export", "Failed", error="bad")
+    settings.LANGUAGE_CODE = "fr"
+    message = build_message(task)
+    assert message.subject == "Échec : Export"
+    assert "Bonjour alice," in message.body and "Voir la tâche" in message.body
+    assert "Échouée" in message.alternatives[0][0]
 
+
+def test_email_uses_the_users_language(user, settings):
     task = make_task(user, "Export", "Succeeded")
-    with translation.override("de"):
-        # No catalogue ships for German: the English text comes back, through gettext.
-        message = build_message(task)
-    assert message.subject == "Done: Export"
+    user.language = "fr"  # a user model with a ``language`` attribute
+    assert build_message(task).subject == "Terminée : Export"
 
 
 def test_children_never_email(user):

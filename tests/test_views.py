@@ -297,3 +297,24 @@ def test_demo_page_starts_a_task(client, user):
     status = UserTaskStatus.objects.get()
     assert response.status_code == 302 and response["Location"] == status.get_absolute_url()
     assert status.user == user and status.task_class == "export_report"
+
+
+def test_pages_are_translated(client, user):
+    from django.utils import translation
+
+    task = make_task(user, "Export", "In Progress", total_steps=4, completed_steps=1)
+    client.force_login(user)
+    with translation.override("fr"):
+        # No LocaleMiddleware in the test settings: activate the language around the view.
+        from django.test import RequestFactory
+
+        from usertasks.views import status_page
+
+        request = RequestFactory().get(task.get_absolute_url())
+        request.user = user
+        request.session = client.session
+        from django.contrib.messages.storage.fallback import FallbackStorage
+
+        request._messages = FallbackStorage(request)
+        html = status_page(request, task.uuid).content.decode()
+    assert "Annuler la tâche" in html and "En cours" in html and "étape 1 sur 4" in html

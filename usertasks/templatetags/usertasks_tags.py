@@ -2,7 +2,6 @@
 
 from django import template
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
 
 register = template.Library()
 
@@ -20,7 +19,7 @@ def duration(value):
         return _("%(h)d h %(m)d min") % {"h": hours, "m": minutes}
     if minutes:
         return _("%(m)d min %(s)d s") % {"m": minutes, "s": secs}
-    return ngettext("%(s)d s", "%(s)d s", secs) % {"s": secs}
+    return _("%(s)d s") % {"s": secs}
 
 
 @register.filter
