@@ -11,7 +11,9 @@ class UserTaskArtifactAdmin(admin.ModelAdmin):
     list_filter = ("name",)
     ordering = ("-created",)
     search_fields = ("uuid", "name", "text")
-    raw_id_fields = ("status",)
+    # Artifacts are outputs of tasks: shown, not edited.
+    readonly_fields = ("uuid", "status", "name", "file", "url", "text", "created")
+    fields = readonly_fields
 
 
 @admin.register(UserTaskStatus)

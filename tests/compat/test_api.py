@@ -129,3 +129,11 @@ def test_status_page_shows_a_celery_task(client, user, tasks):
 class OnlyReports:
     def filter_queryset(self, request, queryset, view):
         return queryset.filter(name="Report")
+
+
+def test_admin_pages(client, superuser, tasks):
+    client.force_login(superuser)
+    for url in ("/admin/user_tasks/usertaskstatus/", "/admin/user_tasks/usertaskartifact/",
+                f"/admin/user_tasks/usertaskstatus/{tasks['done'].pk}/change/",
+                f"/admin/user_tasks/usertaskartifact/{tasks['art'].pk}/change/"):
+        assert client.get(url).status_code == 200, url
