@@ -143,3 +143,24 @@ def test_import_and_import_again(legacy_tables, user, other_user):
 def test_no_legacy_tables(transactional_db):
     with pytest.raises(CommandError, match="nothing to import"):
         run()
+
+
+def test_migration_history_of_django_user_tasks_does_not_clash(transactional_db):
+    """A database that ran django-user-tasks' migrations (same app label) migrates cleanly: our
+    migration has another name, theirs are ignored."""
+    from django.db.migrations.executor import MigrationExecutor
+    from django.db.migrations.recorder import MigrationRecorder
+
+    legacy = ["0001_initial", "0002_artifact_file_storage", "0003_url_max_length", "0004_url_textfield",
+              "0005_mariadb_uuid_conversion"]
+    recorder = MigrationRecorder(connection)
+    for name in legacy:
+        recorder.record_applied("user_tasks", name)
+    try:
+        executor = MigrationExecutor(connection)
+        executor.loader.check_consistent_history(connection)
+        assert executor.migration_plan(executor.loader.graph.leaf_nodes()) == []
+        assert ("user_tasks", "0001_proxies") in executor.loader.applied_migrations
+    finally:
+        for name in legacy:
+            recorder.record_unapplied("user_tasks", name)
