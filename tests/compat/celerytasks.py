@@ -106,3 +106,10 @@ def no_user(self, n, label="x"):
 def plain(label="x"):
     mark(label)
     return 1
+
+
+@shared_task(base=UserTask, name="compat.unbound")
+def unbound(user_id, n, *rest, label="x", **extra):
+    """Not bound: no ``self``."""
+    mark(label)
+    return n

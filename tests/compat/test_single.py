@@ -238,3 +238,19 @@ def test_artifact_storage_alias_is_honoured(user, transactional_db, settings, tm
     assert (tmp_path / art.file.name).read_bytes() == b"x"
     assert ut_settings.USER_TASKS_ARTIFACT_STORAGE.location == str(tmp_path)
     assert storages["user_task_artifacts"].exists(art.file.name)
+
+
+def test_arguments_as_dict_and_default_hooks():
+    assert celerytasks.count.arguments_as_dict(5, 3) == {"user_id": 5, "n": 3, "label": "x", "delay": 0.0}
+    assert celerytasks.count.arguments_as_dict(user_id=5, n=3, label="y")["label"] == "y"
+    assert celerytasks.unbound.arguments_as_dict(5, 3, 4, label="z", k=1) == {
+        "user_id": 5, "n": 3, "rest": (4,), "label": "z", "extra": {"k": 1}}
+    assert celerytasks.fail.generate_name({}) == "fail"
+    assert celerytasks.fail.calculate_total_steps({}) == 1
+    assert celerytasks.count.generate_name({"n": 7}) == "Count to 7"
+
+
+def test_unbound_task_is_tracked(eager, user, redis):
+    result = celerytasks.unbound.delay(user.pk, 2, label="ub")
+    assert result.get() == 2
+    assert UserTaskStatus.objects.get(task_id=result.id).state == UserTaskStatus.SUCCEEDED
