@@ -78,3 +78,14 @@ def test_sigterm_requeues_the_running_task(start_worker, user, redis):
     assert status.state == State.SUCCEEDED
     assert status.attempts == 2
     assert effect(redis, "done:term") == 1
+
+
+def test_forced_abort_is_not_an_exception_and_never_retried():
+    from dramatiq.middleware.threading import Interrupt
+
+    from usertasks import Aborted
+    from usertasks.exceptions import ForcedAbort
+
+    assert issubclass(ForcedAbort, Interrupt) and not issubclass(ForcedAbort, Exception)
+    for actor in (t.stuck, t.wait_steps):
+        assert Aborted in actor.options["throws"] and ForcedAbort in actor.options["throws"]

@@ -50,14 +50,16 @@ def cancel_task(status, by=None):
     rows = UserTaskStatus.objects.using(db).filter(pk=status.pk)
     outcome = ALREADY_FINAL
     for _ in range(5):  # the state can move between our two guarded UPDATEs; try again then
+        # Read outside the transaction: on SQLite a read-then-write transaction can fail with
+        # "database is locked" at once; the UPDATE below is guarded by this state anyway.
+        found = rows.values_list("state", "parent_id").first()
+        if found is None:
+            raise UserTaskStatus.DoesNotExist(f"task {status.pk} no longer exists")
+        previous, parent_id = found
+        if previous in FINAL_STATES:
+            break
         now = timezone.now()
         with transaction.atomic(using=db):
-            found = rows.values_list("state", "parent_id").first()
-            if found is None:
-                raise UserTaskStatus.DoesNotExist(f"task {status.pk} no longer exists")
-            previous, parent_id = found
-            if previous in FINAL_STATES:
-                break
             if previous in (State.PENDING, State.RETRYING):
                 n = rows.filter(state=previous).update(
                     state=State.CANCELED, cancel_requested=now, canceled_by=user, finished=now, modified=now,
