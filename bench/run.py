@@ -169,20 +169,34 @@ class Bench:
         return out
 
 
+QUICK_ARGS = {
+    "abort_latency.py": ["--runs", "10"],
+    "fanout.py": ["--quick"],
+    "page_latency.py": ["--rows", "100000", "--requests", "100"],
+}
+
+
 def run_optional(args):
-    """The other benchmark scripts of ``bench/`` (when present), as extra sections."""
+    """The other benchmark scripts of ``bench/`` (when present), as extra sections.  They run
+    with this process's environment (``DATABASE_URL`` selects PostgreSQL for them)."""
     out = {}
     for name in OPTIONAL:
         path = os.path.join(BENCH, name)
         if not os.path.exists(path):
             continue
-        log(f"== {name}")
-        argv = [sys.executable, path] + (["--quick"] if args.quick else [])
-        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0 and args.quick and "--quick" in proc.stderr:
-            proc = subprocess.run(argv[:2], cwd=ROOT, capture_output=True, text=True)
-        print(proc.stdout[-4000:], flush=True)
-        out[name] = {"returncode": proc.returncode, "stdout": proc.stdout[-20000:], "stderr": proc.stderr[-4000:]}
+        argv = [sys.executable, path] + (QUICK_ARGS.get(name, []) if args.quick else [])
+        log(f"== {' '.join([name] + argv[2:])}")
+        try:
+            proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+        except subprocess.TimeoutExpired:
+            log("   timed out after 3600 s")
+            out[name] = {"returncode": None, "error": "timeout"}
+            continue
+        print(proc.stdout[-6000:], flush=True)
+        if proc.returncode != 0:
+            log(f"   exited with {proc.returncode}: {proc.stderr[-1500:]}")
+        out[name] = {"argv": argv[1:], "returncode": proc.returncode, "stdout": proc.stdout[-20000:],
+                     "stderr": proc.stderr[-4000:]}
     return out
 
 
@@ -365,6 +379,8 @@ def main():
         redis.stop()
     result["facts"]["loadavg_end"] = os.getloadavg()
     result["seconds"] = time.time() - started
+    result["worker_log"] = bench.log_file
+    log(f"worker and driver output: {bench.log_file}")
     report(result, kinds, a)
 
 
