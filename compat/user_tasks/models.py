@@ -122,8 +122,9 @@ class UserTaskStatus(core.UserTaskStatus):
 
         return abort_flag_set(self)
 
-    def _finish(self, state, kind, detail="", actor=None, **fields):
-        """Enter a final state from an active one; events, parent counters and signals."""
+    def _finish(self, state, kind, detail="", actor=None, notify_parent=True, **fields):
+        """Enter a final state from an active one; events, parent counters and signals; then
+        let the container see whether it is done."""
         fields.setdefault("finished", timezone.now())
         fields["unique_key"] = None
         with transaction.atomic():  # the state, its event and the parent's counter together
@@ -139,7 +140,28 @@ class UserTaskStatus(core.UserTaskStatus):
             pk = self.pk
             transaction.on_commit(lambda: clear_flag(pk))
         transaction.on_commit(lambda: _send_finished(self, state))
+        if notify_parent and self.parent_id and state != State.FAILED:  # fail() tells its parent
+            self.parent._children_changed()
         return True
+
+    def _children_changed(self):
+        """A task of this container ended.  A chain or chord whose task failed or was canceled
+        skips the tasks that can no longer run; once no task is active the container ends:
+        Succeeded if all succeeded, else Failed (a task failed) or Canceled."""
+        self.refresh_from_db(fields=["state"])
+        if self.state not in ACTIVE_STATES:
+            return
+        kids = UserTaskStatus.objects.filter(parent_id=self.pk)
+        if self.task_class in (CHAIN, CHORD) and kids.filter(state__in=(State.FAILED, State.CANCELED)).exists():
+            self._skip_pending_children()
+        if kids.filter(state__in=ACTIVE_STATES).exists():
+            return
+        if not kids.exclude(state=State.SUCCEEDED).exists():
+            self.succeed()
+        elif kids.filter(state=State.FAILED).exists():
+            self.fail("A task of the group failed.")
+        else:
+            self._finish(State.CANCELED, core.EventKind.CANCELED, "A task of the group was canceled.")
 
     # -- the django-user-tasks API ------------------------------------------------------------
 
@@ -202,10 +224,10 @@ class UserTaskStatus(core.UserTaskStatus):
 
         user = by if getattr(by, "pk", None) is not None and getattr(by, "is_authenticated", False) else None
         if self.is_container:
+            done = self._finish(State.CANCELED, core.EventKind.CANCELED, actor=user, notify_parent=False,
+                                cancel_requested=timezone.now(), canceled_by=user)
             for child in UserTaskStatus.objects.filter(parent_id=self.pk, state__in=ACTIVE_STATES):
                 child.cancel(by=by)
-            done = self._finish(State.CANCELED, core.EventKind.CANCELED, actor=user,
-                                cancel_requested=timezone.now(), canceled_by=user)
             self.refresh_from_db()
             self.cancel_outcome = CANCELED if done else ALREADY_FINAL
             return done
@@ -215,9 +237,9 @@ class UserTaskStatus(core.UserTaskStatus):
         if self.cancel_outcome == CANCELED:
             if self.backend == "celery" and was in (State.PENDING, State.RETRYING):
                 revoke(self.task_id)
-            if self.parent_id:
-                UserTaskStatus.objects.filter(pk=self.parent_id).update(children_canceled=F("children_canceled") + 1)
             transaction.on_commit(lambda: _send_finished(self, State.CANCELED))
+            if self.parent_id:  # (cancel_task counted it on the container already)
+                self.parent._children_changed()
         return done
 
     def fail(self, message, *, error_class="", traceback=""):
@@ -239,7 +261,8 @@ class UserTaskStatus(core.UserTaskStatus):
     def _skip_pending_children(self):
         """A failed chain or chord never runs its remaining tasks: end them Canceled."""
         for child in UserTaskStatus.objects.filter(parent_id=self.pk, state=State.PENDING, is_container=False):
-            child._finish(State.CANCELED, core.EventKind.SKIPPED, "An earlier task of the group failed.")
+            child._finish(State.CANCELED, core.EventKind.SKIPPED, "An earlier task of the group did not succeed.",
+                          notify_parent=False)
 
     def retry(self, reason=""):
         """Record that this attempt failed and the task will run again."""
@@ -286,7 +309,7 @@ class UserTaskStatus(core.UserTaskStatus):
         self.refresh_from_db(fields=["completed_steps", "total_steps"])
         missing = max(0, self.total_steps - self.completed_steps)
         done = self._finish(
-            State.SUCCEEDED, core.EventKind.SUCCEEDED,
+            State.SUCCEEDED, core.EventKind.SUCCEEDED, notify_parent=False,
             completed_steps=Greatest(F("completed_steps"), F("total_steps")),
         )
         if not done or not self.parent_id:
@@ -294,9 +317,7 @@ class UserTaskStatus(core.UserTaskStatus):
         parent = self.parent
         if missing:
             parent._add_completed(missing)
-        siblings = UserTaskStatus.objects.filter(parent_id=self.parent_id).exclude(state=State.SUCCEEDED)
-        if not siblings.exists():
-            parent.succeed()
+        parent._children_changed()
 
     def _add_completed(self, steps):
         self._rows().update(completed_steps=F("completed_steps") + steps, modified=timezone.now())

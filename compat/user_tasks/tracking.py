@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.db.models import F
 from django.utils.dateparse import parse_datetime
 from django.utils.module_loading import import_string
@@ -152,11 +151,28 @@ def _new_row(*, task_id, user_id, name, task_class, total_steps=0, parent=None, 
         eta=eta, attempts=1, options={"notify": bool(notify)},
     )
     UserTaskEvent.objects.create(status_id=row.pk, kind=EventKind.ENQUEUED)
+    if parent is not None and parent.is_container:
+        _reopen(parent)
     if parent is not None:
         UserTaskStatus.objects.filter(pk=parent.pk).update(children_total=F("children_total") + 1)
         if total_steps:
             parent.increment_total_steps(total_steps)
     return row
+
+
+def _reopen(container):
+    """A group learns its size only as its tasks are published: when its first tasks ended
+    before the next one was published, it may have ended already.  Make it active again."""
+    from usertasks.states import State
+
+    from .models import UserTaskStatus
+
+    n = UserTaskStatus.objects.filter(pk=container.pk, state=State.SUCCEEDED).update(
+        state=State.IN_PROGRESS, finished=None)
+    if n:
+        UserTaskEvent.objects.create(status_id=container.pk, kind=EventKind.NOTE,
+                                     detail="More tasks joined after the first ones had ended.")
+        container.refresh_from_db()
 
 
 def _container(task_id, kind, user_id, name, parent=None):
@@ -196,25 +212,27 @@ def track_publish(sender, body, headers, routing_key=None):
         notify=getattr(task, "notify", False),
     )
     container_name = msg.kwargs.get("user_task_name") or ""
-    with transaction.atomic():
-        steps = [s for s in msg.chain if s.get("task") and not s.get("subtask_type")]
-        if steps:
-            import uuid
+    # No transaction around these writes: on SQLite a transaction that reads before it writes
+    # fails at once ("database is locked") when a worker writes meanwhile, and the tasks of a
+    # group or chord are published one by one while the first ones already run.
+    steps = [s for s in msg.chain if s.get("task") and not s.get("subtask_type")]
+    if steps:
+        import uuid
 
-            chain, _ = _container(str(uuid.uuid4()), CHAIN, user_id, container_name or name)
-            _new_row(task_id=msg.id, name=name, total_steps=total, parent=chain, **row_kwargs)
-            for sig in steps:
-                _chain_step(sig, chain, user_id)
-            return
-        if msg.chord and msg.group:
-            _chord_member(task, msg, name, total, container_name, row_kwargs)
-            return
-        parent = None
-        if msg.group:
-            parent, _ = _container(msg.group, GROUP, user_id, container_name or name)
-            if container_name and parent.name != container_name:
-                parent.set_name(container_name)
-        _new_row(task_id=msg.id, name=name, total_steps=total, parent=parent, **row_kwargs)
+        chain, _ = _container(str(uuid.uuid4()), CHAIN, user_id, container_name or name)
+        _new_row(task_id=msg.id, name=name, total_steps=total, parent=chain, **row_kwargs)
+        for sig in steps:
+            _chain_step(sig, chain, user_id)
+        return
+    if msg.chord and msg.group:
+        _chord_member(task, msg, name, total, container_name, row_kwargs)
+        return
+    parent = None
+    if msg.group:
+        parent, _ = _container(msg.group, GROUP, user_id, container_name or name)
+        if container_name and parent.name != container_name:
+            parent.set_name(container_name)
+    _new_row(task_id=msg.id, name=name, total_steps=total, parent=parent, **row_kwargs)
 
 
 def _chain_step(sig, chain, user_id):
@@ -233,7 +251,7 @@ def _chord_member(task, msg, name, total, container_name, row_kwargs):
     from .models import CHORD, GROUP, UserTaskStatus
 
     user_id = row_kwargs["user_id"]
-    group = UserTaskStatus.objects.select_for_update().filter(task_id=msg.group).first()
+    group = UserTaskStatus.objects.filter(task_id=msg.group).first()
     if group is None:
         chord, _ = _container(str(uuid.uuid4()), CHORD, user_id, container_name or name)
         group, _ = _container(msg.group, GROUP, user_id, container_name or name, parent=chord)

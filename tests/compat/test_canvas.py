@@ -106,3 +106,33 @@ def test_group_name_from_user_task_name(celery_worker, user, redis):
     container = UserTaskStatus.objects.get(task_id=result.id)
     assert container.name == "Count to 1"  # the first task's name when none is given
     result.get(timeout=60)
+
+
+def test_group_with_a_canceled_task_ends_canceled_when_the_rest_is_done(celery_app, protocol, user, transactional_db):
+    result = group(celerytasks.count.s(user.pk, 1), celerytasks.count.s(user.pk, 2)).apply_async(
+        queue="nobody-listens")
+    container = UserTaskStatus.objects.get(task_id=result.id)
+    a, b = children(container)
+    assert a.cancel() is True
+    container.refresh_from_db()
+    assert container.state == UserTaskStatus.PENDING and container.children_canceled == 1
+    b.start()
+    b.succeed()
+    container.refresh_from_db()
+    assert container.state == UserTaskStatus.CANCELED
+    assert (container.children_canceled, container.children_succeeded) == (1, 1)
+
+
+def test_chain_with_a_canceled_running_step(celery_worker, user, redis):
+    u = user.pk
+    result = chain(
+        celerytasks.count.si(u, 100, label="k1", delay=0.2),
+        celerytasks.step.s(user_id=u, label="k2"),
+    ).apply_async()
+    first = UserTaskStatus.objects.get(task_id=result.parent.id)
+    wait_state(first, "In Progress")
+    first.cancel()
+    container = wait_state(first.parent, FINAL)
+    assert container.state == UserTaskStatus.CANCELED
+    assert [c.state for c in children(container)] == ["Canceled", "Canceled"]
+    assert side_effects(redis, "k2") == 0
