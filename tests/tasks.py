@@ -75,3 +75,8 @@ def _helper():
     ctx = current_task()
     ctx.set_total_steps(2)
     ctx.step(2, message="deep")
+
+
+@user_task(name="Notify on failure {label}", notify={"Failed", "Canceled"}, max_retries=0)
+def notify_set(task, label=""):
+    mark(f"notify_set:{label}")

@@ -230,3 +230,9 @@ def test_broker_down_at_enqueue_fails_the_rows(user, dead_broker):
     bulk = UserTaskStatus.objects.filter(name__in=["Down m1", "Down m2", "Down m3"])
     assert sorted(bulk.values_list("state", flat=True)) == [State.FAILED] * 3
     assert UserTaskStatus.objects.get(pk=ok.pk).state == State.PENDING  # untouched
+
+
+def test_notify_given_as_a_set_is_stored_as_a_sorted_list(user):
+    status = tasks.notify_set.send_for(user, label="x")
+    status.refresh_from_db()
+    assert status.options["notify"] == ["Canceled", "Failed"]

@@ -72,6 +72,8 @@ def prepare(actor, user, args, kwargs, *, delay=None, parent=None, options=None)
     row_options = {}
     for key in ("notify", "abort_grace"):
         value = actor.usertask_options.get(key)
+        if isinstance(value, (set, frozenset, tuple)):
+            value = sorted(str(v) for v in value)  # the row's options are JSON
         if value is not None:
             row_options[key] = value
     return Prepared(
