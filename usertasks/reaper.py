@@ -23,7 +23,6 @@ from datetime import timedelta
 import dramatiq
 from dramatiq.common import dq_name
 from django.db import router, transaction
-from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
