@@ -147,6 +147,9 @@ def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT
             if start is not None and not start.wait() and ctx.abort_requested:
                 # The row was canceled (or ended) between the worker's cancel check and this
                 # run's start: the body must not run.  Acknowledged, not dead-lettered.
+                from .abort import clear_flags
+
+                clear_flags([ctx.status_id])
                 raise SkipMessage(f"task {ctx.status_id} was canceled before it started")
             with ctx.body_lock:
                 ctx.in_body = True
