@@ -11,7 +11,7 @@ task's event history, and final states send ``usertasks.signals.task_finished`` 
 import logging
 import uuid as uuid_lib
 
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone

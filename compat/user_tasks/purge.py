@@ -3,33 +3,20 @@
 Unlike django-user-tasks (which deletes by creation date, running tasks included, and leaves the
 stored files behind), only tasks whose whole tree is final are deleted, ``USER_TASKS_MAX_AGE``
 after they *finished*, together with the files of their artifacts, ``USER_TASKS_PURGE_BATCH_SIZE``
-tasks per transaction.
+tasks per transaction (this is ``usertasks.purge`` with the ``USER_TASKS_*`` settings).
 """
 
 import logging
 
 from django.db import router, transaction
-from django.db.models import Exists, OuterRef
-from django.utils import timezone
 
 from usertasks.artifacts import delete_files_on_commit
 from usertasks.models import UserTaskArtifact, UserTaskStatus
-from usertasks.states import ACTIVE_STATES, FINAL_STATES
+from usertasks.states import FINAL_STATES
 
 from .conf import settings
 
 logger = logging.getLogger("user_tasks")
-
-
-def expired(now=None, max_age=None):
-    """Top-level tasks finished more than ``max_age`` ago with no task of theirs still active."""
-    now = now or timezone.now()
-    max_age = settings.USER_TASKS_MAX_AGE if max_age is None else max_age
-    active_child = UserTaskStatus.objects.filter(parent=OuterRef("pk"), state__in=ACTIVE_STATES)
-    return (
-        UserTaskStatus.objects.filter(parent__isnull=True, state__in=FINAL_STATES, finished__lt=now - max_age)
-        .exclude(Exists(active_child))
-    )
 
 
 def _tree(pks):
@@ -61,22 +48,14 @@ def delete_tasks(pks, using=None, only_final=False):
 
 
 def purge(now=None, max_age=None, batch_size=None):
-    """Delete expired tasks (see the module doc); returns how many top-level tasks went."""
-    batch_size = batch_size or settings.USER_TASKS_PURGE_BATCH_SIZE
-    now = now or timezone.now()
-    db = router.db_for_write(UserTaskStatus)
-    deleted = 0
-    while True:
-        with transaction.atomic(using=db):
-            pks = list(expired(now, max_age).using(db).order_by("pk").values_list("pk", flat=True)[:batch_size])
-            if not pks:
-                break
-            # Re-checked inside the transaction: a task that became active again is kept.
-            delete_tasks(pks, using=db, only_final=True)
-        deleted += len(pks)
-        if len(pks) < batch_size:
-            break
-    if deleted:
-        logger.info("user_tasks: purged %d finished tasks", deleted)
-    return deleted
+    """Delete expired tasks (see the module doc) with ``usertasks.purge``; returns how many
+    top-level tasks went."""
+    from usertasks.purge import purge as core_purge
 
+    result = core_purge(
+        settings.USER_TASKS_MAX_AGE if max_age is None else max_age,
+        now=now, batch_size=batch_size or settings.USER_TASKS_PURGE_BATCH_SIZE,
+    )
+    if result.tasks:
+        logger.info("user_tasks: purged %s", result)
+    return result.tasks

@@ -13,6 +13,19 @@ PROTOCOLS = (1, 2)
 
 
 @pytest.fixture(autouse=True)
+def _artifact_files(settings):
+    """Remove the artifact files the test stored (in this process or a worker)."""
+    import shutil
+
+    root = os.path.join(settings.MEDIA_ROOT, "usertasks")
+    before = set(os.listdir(root)) if os.path.isdir(root) else set()
+    yield
+    if os.path.isdir(root):
+        for name in set(os.listdir(root)) - before:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
 def _rules():
     import user_tasks.rules
 
