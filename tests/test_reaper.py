@@ -145,3 +145,19 @@ def test_reaped_child_is_counted_on_its_container(user, redis):
     assert child.state == State.FAILED
     assert parent.children_failed == 1
     assert parent.state == State.IN_PROGRESS  # containers are not reaped themselves
+
+
+def test_waiting_pipeline_stages_are_not_taken_for_lost_messages(user, redis):
+    from usertasks import pipeline
+
+    redis.flushdb()
+    container = pipeline(user, [t.side_effect.message(label="one"), t.side_effect.message(label="two")])
+    stages = list(container.children.order_by("pk"))
+    assert stages[1].options.get("waiting")
+    # The first stage's message is in the broker; the second has none yet, by design.
+    with override_settings(USERTASKS=FAST):
+        result = reap(now=timezone.now() + timedelta(seconds=5))
+    assert stages[1].pk not in result.never_started
+    stages[1].refresh_from_db()
+    assert stages[1].state == State.PENDING
+    redis.flushdb()

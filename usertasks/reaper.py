@@ -93,11 +93,15 @@ def reap(now=None, *, dry_run=False, broker=None):
     result = ReapResult()
 
     stale = list(
-        rows.stale(now).filter(is_container=False).values("pk", "worker", "heartbeat", "queue_name", "attempts", "cancel_requested", "parent_id")
+        # stale() leaves out containers that wait for their children (they have no run of their
+        # own); a container whose worker died during its body is reaped like any task.
+        rows.stale(now).values("pk", "worker", "heartbeat", "queue_name", "attempts", "cancel_requested", "parent_id")
     )
     cutoff = now - timedelta(seconds=float(app_settings.PENDING_TIMEOUT))
     overdue = list(
-        rows.filter(state=State.PENDING, is_container=False).annotate(due=Coalesce("eta", "created"))
+        rows.filter(state=State.PENDING, is_container=False)
+        .exclude(pk__in=rows.waiting_stages().values("pk"))  # no message is due for them yet
+        .annotate(due=Coalesce("eta", "created"))
         .filter(due__lt=cutoff).values("pk", "state", "attempts", "queue_name", "modified", "parent_id")
     ) + list(
         rows.filter(state=State.RETRYING, is_container=False, modified__lt=cutoff)
