@@ -263,6 +263,8 @@ def chart(rows, kinds, cmas, path, subtitle=""):
     ax.set_xticklabels([LABELS[k].replace(" (", "\n(").replace(" + ", "\n+ ") for k in keys], fontsize=8)
     ax.set_ylabel("no-op tasks per second (median)")
     ax.set_yscale("log")
+    top = max((v for v in m.values() if v), default=1)
+    ax.set_ylim(top=top * 2.5)  # room for the labels
     ax.set_title("Throughput of no-op tasks: 1 worker process, same Redis (higher is better)"
                  + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     ax.legend(fontsize=8)
