@@ -16,7 +16,7 @@ import logging
 from django.db import router, transaction
 from django.utils import timezone
 
-from .states import FINAL_STATES, State
+from .states import ACTIVE_STATES, FINAL_STATES, State
 
 logger = logging.getLogger("usertasks")
 
@@ -59,6 +59,8 @@ def cancel_task(status, by=None):
         if previous in FINAL_STATES:
             break
         now = timezone.now()
+        if previous in (State.PENDING, State.RETRYING) and _claimed(status.pk):
+            previous = State.IN_PROGRESS  # a worker has just taken it: ask it to stop
         with transaction.atomic(using=db):
             if previous in (State.PENDING, State.RETRYING):
                 n = rows.filter(state=previous).update(
@@ -77,8 +79,8 @@ def cancel_task(status, by=None):
                         child_ended(UserTaskStatus.objects.using(db), parent_id, status.pk, State.CANCELED)
                     outcome = CANCELED
                     break
-            else:  # In Progress
-                n = rows.filter(state=State.IN_PROGRESS).update(
+            else:  # In Progress (or claimed by a worker that has not stored its start yet)
+                n = rows.filter(state__in=ACTIVE_STATES).update(
                     cancel_requested=now, canceled_by=user, modified=now,
                 )
                 if n:
@@ -100,6 +102,25 @@ def cancel_task(status, by=None):
     status.refresh_from_db()
     status.cancel_outcome = outcome
     return outcome != ALREADY_FINAL
+
+
+def _claimed(status_id):
+    """With an atomic abort store: raise the flag of a task that looks not started and tell
+    whether a worker claimed it first (then its body may be running although the row still says
+    Pending; see ``usertasks.abort.redis``).  Either way the flag is up before the row changes,
+    so no worker can start the body after this returns ``False``."""
+    from .abort import get_backend
+
+    try:
+        backend = get_backend()
+        if not backend.atomic_claims:
+            return False
+        return backend.cancel_pending(status_id)
+    except Exception as exc:
+        # The store is down: the database decides (workers that cannot claim take the path
+        # where the body waits for its guarded start).
+        logger.warning("usertasks: cannot reach the abort store to cancel task %s: %s", status_id, exc)
+        return False
 
 
 def _raise_flag(status_id, outcome):

@@ -451,8 +451,13 @@ def _cancel_pending(rows, parent_id, *, reason, by=None, now=None):
     fields = dict(state=State.CANCELED, cancel_requested=now, finished=now, modified=now, unique_key=None)
     if by is not None:
         fields["canceled_by"] = by
-    n = rows.filter(parent_id=parent_id, state__in=(State.PENDING, State.RETRYING)).update(**fields)
+    pending = rows.filter(parent_id=parent_id, state__in=(State.PENDING, State.RETRYING))
+    claimed = _claimed(pending)
+    if claimed:  # a worker has just taken them: they are running, whatever the row says yet
+        pending = pending.exclude(pk__in=claimed)
+    n = pending.update(**fields)
     running = list(rows.filter(parent_id=parent_id, state=State.IN_PROGRESS).values_list("pk", flat=True))
+    running += sorted(claimed)
     if running:
         rows.filter(pk__in=running, cancel_requested__isnull=True).update(cancel_requested=now)
         transaction.on_commit(lambda: request_abort(running, rows.db), using=rows.db)
@@ -468,6 +473,23 @@ def _cancel_pending(rows, parent_id, *, reason, by=None, now=None):
         if not counted:
             return 0
     return n
+
+
+def _claimed(pending):
+    """Raise the abort flags of the children in ``pending`` and return those a worker has
+    already claimed (atomic abort stores; see ``usertasks.abort.redis``).  Their bodies may be
+    running although their rows still say Pending, so they must be asked to stop, not marked
+    Canceled-before-start."""
+    from .abort import get_backend
+
+    try:
+        backend = get_backend()
+        if not backend.atomic_claims:
+            return set()
+        return backend.cancel_pending_many(list(pending.values_list("pk", flat=True)))
+    except Exception as exc:
+        logger.warning("usertasks: cannot raise the abort flags of pending subtasks (%s)", exc)
+        return set()
 
 
 def cancel_children(status, *, by=None, reason="The task was canceled."):

@@ -28,8 +28,13 @@ logger = logging.getLogger(__name__)
 
 def notify_states(status):
     """The set of final states for which ``status`` emails its requester."""
-    options = status.options or {}
-    value = options["notify"] if options.get("notify") is not None else app_settings.NOTIFY
+    return notify_states_for((status.options or {}).get("notify"))
+
+
+def notify_states_for(value):
+    """The final states that notify, for a task ``notify`` option (``None``: the setting)."""
+    if value is None:
+        value = app_settings.NOTIFY
     if value is True:
         return set(FINAL_STATES)
     if not value:
@@ -90,8 +95,13 @@ def send_notification(status, state=None):
     return True
 
 
-def on_task_finished(sender, status, state, **kwargs):
-    """Receiver of :data:`usertasks.signals.task_finished`."""
+def on_task_finished(sender, status, state, parent_id=None, notify=None, **kwargs):
+    """Receiver of :data:`usertasks.signals.task_finished`.  Decides from the signal's hints
+    first, so a task that does not email never loads its row."""
+    if parent_id is not None:
+        return
+    if "status_id" in kwargs and state not in notify_states_for(notify):
+        return
     try:
         send_notification(status, state)
     except Exception:

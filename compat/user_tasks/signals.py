@@ -22,6 +22,7 @@ from celery.signals import (
 )
 from django.db import close_old_connections, transaction
 from django.dispatch import receiver
+from django.utils.functional import LazyObject, empty
 
 from usertasks.exceptions import Aborted
 from usertasks.models import EventKind
@@ -146,7 +147,13 @@ def send_user_task_stopped(sender=None, status=None, state=None, **kwargs):
     """``user_task_stopped`` for every task (not container) that reaches a final state, Celery
     and Dramatiq alike, so receivers written for django-user-tasks keep working after a task
     moves to Dramatiq."""
-    if status is None or status.is_container:
+    if status is None or not user_task_stopped.has_listeners(UserTaskStatus):
+        return
+    if isinstance(status, LazyObject):  # usertasks loads the row on first use
+        if status._wrapped is empty:
+            status._setup()
+        status = status._wrapped
+    if status.is_container:
         return
     if not isinstance(status, UserTaskStatus):
         proxy = UserTaskStatus()

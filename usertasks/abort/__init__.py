@@ -9,11 +9,11 @@ import logging
 import os
 import threading
 
-from .base import AbortBackend
+from .base import AGAIN, FIRST, SKIP, AbortBackend
 
 logger = logging.getLogger("usertasks.abort")
 
-__all__ = ["AbortBackend", "get_backend", "set_flag", "clear_flags"]
+__all__ = ["AGAIN", "FIRST", "SKIP", "AbortBackend", "get_backend", "set_flag", "clear_flags"]
 
 ALIASES = {
     "redis": "usertasks.abort.redis.RedisAbortBackend",

@@ -1,4 +1,11 @@
-"""Abort flags in Redis: one key per canceled task, no expiry, read with one ``MGET``."""
+"""Abort flags in Redis: one key per canceled task, no expiry, read with one ``MGET``.
+
+Claims make cancel and start linearizable without a database round trip on the worker: a
+worker's claim checks the flags of the task and of its container and sets the task's claim
+marker in one Lua script; ``cancel_pending`` raises the flag and reads the marker in another.
+Whichever runs first decides: either the worker sees the flag and skips the message, or the
+cancel sees the claim and treats the task as running.
+"""
 
 import time
 
@@ -6,6 +13,32 @@ from .base import AbortBackend
 
 #: Key prefix of the flags.
 PREFIX = "usertasks:abort:"
+#: Key prefix of the claim markers.
+CLAIM_PREFIX = "usertasks:claim:"
+#: Seconds a claim marker lives at most (it is deleted when a run ends without a final state;
+#: it only matters until the run's start is stored, see ``usertasks.cancel``).
+CLAIM_TTL = 86400
+
+# KEYS: flags to check..., claim marker.  Returns 0 when a flag is raised, 1 for a first
+# claim, 2 when the task was claimed before (a redelivery: the worker takes the safe path).
+_CLAIM = """
+for i = 1, #KEYS - 1 do
+  if redis.call('exists', KEYS[i]) == 1 then return 0 end
+end
+if redis.call('set', KEYS[#KEYS], '1', 'EX', ARGV[1], 'NX') then return 1 end
+redis.call('expire', KEYS[#KEYS], ARGV[1])
+return 2
+"""
+# KEYS: flag, claim marker (pairs, one per task).  Raises the flags; returns for each task 1
+# when it is claimed, else 0.
+_CANCEL_PENDING = """
+local claimed = {}
+for i = 1, #KEYS, 2 do
+  redis.call('set', KEYS[i], ARGV[1])
+  claimed[#claimed + 1] = redis.call('exists', KEYS[i + 1])
+end
+return claimed
+"""
 
 
 def _client():
@@ -37,10 +70,52 @@ def _client():
 
 class RedisAbortBackend(AbortBackend):
     poll_interval = 0.05
+    atomic_claims = True
 
-    def __init__(self, client=None, prefix=PREFIX):
+    def __init__(self, client=None, prefix=PREFIX, claim_prefix=CLAIM_PREFIX):
         self.client = client or _client()
         self.prefix = prefix
+        self.claim_prefix = claim_prefix
+        self._claim = self.client.register_script(_CLAIM)
+        self._cancel_pending = self.client.register_script(_CANCEL_PENDING)
+
+    def claim_key(self, status_id):
+        return f"{self.claim_prefix}{status_id}"
+
+    def claim(self, status_id, parent_id=None):
+        keys = [self.key(status_id)]
+        if parent_id is not None:
+            keys.append(self.key(parent_id))
+        keys.append(self.claim_key(status_id))
+        return int(self._claim(keys=keys, args=[CLAIM_TTL]))
+
+    def cancel_pending(self, status_id):
+        return status_id in self.cancel_pending_many([status_id])
+
+    def cancel_pending_many(self, status_ids):
+        ids = list(status_ids)
+        found = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            keys = [k for pk in chunk for k in (self.key(pk), self.claim_key(pk))]
+            result = self._cancel_pending(keys=keys, args=[repr(time.time())])
+            found.update(pk for pk, claimed in zip(chunk, result) if claimed)
+        return found
+
+    def claimed(self, status_ids):
+        ids = list(status_ids)
+        found = set()
+        for i in range(0, len(ids), 1000):
+            chunk = ids[i:i + 1000]
+            values = self.client.mget([self.claim_key(pk) for pk in chunk])
+            found.update(pk for pk, v in zip(chunk, values) if v is not None)
+        return found
+
+    def release(self, status_id, *, clear_flag=False):
+        keys = [self.claim_key(status_id)]
+        if clear_flag:
+            keys.append(self.key(status_id))
+        self.client.delete(*keys)
 
     def key(self, status_id):
         return f"{self.prefix}{status_id}"
@@ -56,7 +131,7 @@ class RedisAbortBackend(AbortBackend):
         return {i for i, v in zip(ids, values) if v is not None}
 
     def clear(self, status_ids):
-        keys = [self.key(i) for i in status_ids]
+        keys = [k for i in status_ids for k in (self.key(i), self.claim_key(i))]
         if keys:
             self.client.delete(*keys)
 

@@ -63,7 +63,10 @@ class AbortPoller:
         from ..abort import get_backend
 
         try:
-            flagged = get_backend().flagged([c.status_id for c in contexts])
+            # A task stops when its own flag or its container's is raised (fan-out, pipeline).
+            ids = {c.status_id for c in contexts}
+            ids.update(c.parent_id for c in contexts if getattr(c, "parent_id", None) is not None)
+            flagged = get_backend().flagged(sorted(ids))
         except Exception as exc:
             self._next_try = now + RETRY_AFTER
             if not self._failing:
@@ -77,7 +80,7 @@ class AbortPoller:
             self._failing = False
             logger.warning("usertasks: abort flags readable again")
         for ctx in contexts:
-            if ctx.status_id in flagged:
+            if ctx.status_id in flagged or getattr(ctx, "parent_id", None) in flagged:
                 ctx.request_abort()
 
 
@@ -123,22 +126,39 @@ class UserTaskAbort(Middleware):
         if not isinstance(actor, UserTaskActor):
             return
         install_poller()
-        reason = self.canceled(status_id)
-        if reason is None:
-            return
-        self.skip(message, status_id, reason)
+        from ..fanout import PARENT_OPTION
+
+        reason, wait = self.claim(status_id, message.options.get(PARENT_OPTION))
+        # Read by the tracking middleware: must the body wait until its start is stored?
+        message._usertasks_wait_start = wait
+        if reason is not None:
+            self.skip(message, status_id, reason)
+
+    def claim(self, status_id, parent_id):
+        """``(reason to skip or None, whether the body must wait for its stored start)``.
+
+        With an atomic store (Redis) a first claim needs no database round trip: the store
+        alone linearizes the claim with ``cancel()``.  A redelivered message, a store that
+        cannot tell, or a store that does not answer take the safe path: the database says
+        whether the task may run, and the body waits until its start is stored (guarded)."""
+        from ..abort import FIRST, SKIP, get_backend
+
+        try:
+            result = get_backend().claim(status_id, parent_id)
+        except Exception as exc:
+            logger.info("usertasks: cannot claim task %s in the abort store (%s); asking the database", status_id, exc)
+            return self.canceled(status_id), True
+        if result == SKIP:
+            return "flag", True
+        if result == FIRST:
+            return None, False
+        return self.canceled(status_id), True
 
     @staticmethod
     def canceled(status_id):
-        """Why the message of ``status_id`` must not run, or ``None``."""
-        from ..abort import get_backend
+        """Why the message of ``status_id`` must not run, or ``None`` (asks the database)."""
         from ..models import UserTaskStatus
 
-        try:
-            if get_backend().is_set(status_id):
-                return "flag"
-        except Exception as exc:
-            logger.info("usertasks: cannot read the abort flag of task %s (%s); asking the database", status_id, exc)
         row = UserTaskStatus.objects.filter(pk=status_id).values_list("state", "cancel_requested").first()
         if row is None:
             return None  # no row: the tracking middleware runs it untracked and says so

@@ -9,6 +9,7 @@ hands the message back to its consumer for acknowledgement.
 import logging
 import traceback
 
+from django.utils.functional import SimpleLazyObject
 from dramatiq.middleware import Middleware, Retries, Shutdown, TimeLimitExceeded
 
 from ..actors import STATUS_OPTION, UserTaskActor
@@ -49,10 +50,14 @@ class UserTaskTracking(Middleware):
         _current.set(ctx)
         if status_id is None:
             return
+        # Set by UserTaskAbort: a first claim in an atomic abort store lets the body start at
+        # once, and the writer may then fold this start into the run's end (one UPDATE for a
+        # short task).  Otherwise the body waits until its guarded start is stored.
+        ctx.wait_for_start = getattr(message, "_usertasks_wait_start", True)
         writer = get_writer()
         writer.register(ctx)
         event = UserTaskEvent(status_id=status_id, kind=EventKind.STARTED, attempt=ctx.attempt, detail=ctx.worker)
-        ctx.start_op = writer.submit(Op("start", ctx, events=[event]))
+        ctx.start_op = writer.submit_start(Op("start", ctx, events=[event]), defer=not ctx.wait_for_start)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         ctx = _current.get()
@@ -168,9 +173,23 @@ class UserTaskTracking(Middleware):
             from ..abort import clear_flags
 
             clear_flags([ctx.status_id])
+        elif op.applied and state not in FINAL:
+            _release(ctx)
         if op.applied and state in FINAL:
             _finished(ctx, state)
         return op.applied
+
+
+def _release(ctx):
+    """A run ended without a final state (a retry is due, or it was requeued): forget its claim,
+    so that a cancel before the next run cancels the task at once."""
+    from ..abort import get_backend
+
+    try:
+        get_backend().release(ctx.status_id)
+    except Exception as exc:
+        # Harmless: a cancel then takes the "running" path and the next run is skipped.
+        logger.info("usertasks: could not release the claim of task %s: %s", ctx.status_id, exc)
 
 
 def _time_limit(broker, message):
@@ -238,10 +257,11 @@ def _finished(ctx, state):
 
     if not task_finished.receivers:
         return
-    try:
-        status = UserTaskStatus.objects.get(pk=ctx.status_id)
-    except UserTaskStatus.DoesNotExist:
-        return
-    for receiver, response in task_finished.send_robust(sender=UserTaskStatus, status=status, state=state):
+    # Loaded on first access only: receivers that can decide from the hints (the built-in
+    # notifier, when the task does not email) cost no query on the worker's path.
+    status = SimpleLazyObject(lambda: UserTaskStatus.objects.get(pk=ctx.status_id))
+    hints = {"status_id": ctx.status_id, "parent_id": getattr(ctx, "parent_id", None),
+             "notify": (ctx.options or {}).get("notify")}
+    for receiver, response in task_finished.send_robust(sender=UserTaskStatus, status=status, state=state, **hints):
         if isinstance(response, Exception):
             logger.error("usertasks: task_finished receiver %r failed: %r", receiver, response)
