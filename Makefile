@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The suite runs in 3 pytest-xdist processes (most of its time is spent waiting on worker
+# processes); each has its own Redis, temporary directory and test database.  PYTEST_ARGS=-n0
+# runs it in one process.
+PYTEST_ARGS ?= -n 3 --dist worksteal
 
 .PHONY: demo test test-sqlite test-postgres bench lint clean
 
@@ -22,17 +26,17 @@ test: $(STAMP)
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \
 		|| echo "== Chromium could not be installed: the browser test will be skipped"; }
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ -n "$$DATABASE_URL" ]; then \
 		echo "== again on $$DATABASE_URL"; \
-		$(BIN)/python -m pytest; \
+		$(BIN)/python -m pytest $(PYTEST_ARGS); \
 	fi
 
 test-sqlite: $(STAMP)
-	env -u DATABASE_URL $(BIN)/python -m pytest
+	env -u DATABASE_URL $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: $(STAMP)
-	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} $(BIN)/python -m pytest
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## bench: benchmarks (not tests); results go to bench/results and docs/benchmarks.md
 bench: $(STAMP)

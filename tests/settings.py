@@ -14,6 +14,15 @@ import dj_database_url
 
 BASE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Under pytest-xdist every worker (gw0, gw1, ...) gets its own Redis, temporary directory
+# (MEDIA_ROOT, SQLite files) and test database: the values the controller exported are not
+# inherited.  Processes started by a test inherit the worker's values (USERTASKS_TEST_OWNER).
+_xdist_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _xdist_worker and os.environ.get("USERTASKS_TEST_OWNER") != _xdist_worker:
+    os.environ.pop("USERTASKS_TEST_REDIS_URL", None)
+    os.environ.pop("USERTASKS_TEST_TMP", None)
+    os.environ["USERTASKS_TEST_OWNER"] = _xdist_worker
+
 if not os.environ.get("USERTASKS_TEST_REDIS_URL"):
     from usertasks.devredis import RedisServer
 
@@ -28,7 +37,12 @@ ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 TIME_ZONE = "UTC"
 
-_tmp = os.environ.setdefault("USERTASKS_TEST_TMP", tempfile.mkdtemp(prefix="usertasks-tests-"))
+if not os.environ.get("USERTASKS_TEST_TMP"):
+    import shutil
+
+    os.environ["USERTASKS_TEST_TMP"] = tempfile.mkdtemp(prefix="usertasks-tests-")
+    atexit.register(shutil.rmtree, os.environ["USERTASKS_TEST_TMP"], ignore_errors=True)
+_tmp = os.environ["USERTASKS_TEST_TMP"]
 
 if os.environ.get("DATABASE_URL", "").startswith("mysql"):
     # MySQL/MariaDB through PyMySQL when mysqlclient is not installed (pip install PyMySQL).
