@@ -202,3 +202,39 @@ def test_duplicate_delivery_only_the_latest_run_ends_the_task(user, writer):
     assert end(writer, second, State.SUCCEEDED) is True
     fresh = UserTaskStatus.objects.get(pk=row.pk)
     assert (fresh.state, fresh.error) == (State.SUCCEEDED, "")
+
+
+def test_many_updates_of_one_shape_in_one_statement(user):
+    """The writer's multi-row UPDATE: each row is guarded on its own, and results say which
+    rows changed."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from usertasks.writer import _Statements
+
+    rows = [
+        UserTaskStatus.objects.create(user=user, task_id=f"many-{i}", task_class="x", name=f"n{i}",
+                                      state=State.IN_PROGRESS, worker=f"w{i}")
+        for i in range(5)
+    ]
+    now = timezone.now()
+    plans = []
+    for i, row in enumerate(rows):
+        worker = "someone-else" if i == 2 else f"w{i}"  # this guard must fail
+        plans.append((
+            {"state": State.SUCCEEDED, "completed_steps": i, "finished": now, "unique_key": None},
+            {"pk": row.pk, "state": State.IN_PROGRESS, "worker": worker},
+        ))
+    sql = _Statements.get(connection)
+    with CaptureQueriesContext(connection) as queries:
+        results = sql.update_many(plans)
+    assert results == [True, True, False, True, True]
+    if sql.multi_row:
+        assert len(queries) == 1
+    for i, row in enumerate(rows):
+        row.refresh_from_db()
+        if i == 2:
+            assert row.state == State.IN_PROGRESS and row.finished is None
+        else:
+            assert row.state == State.SUCCEEDED and row.completed_steps == i and row.finished is not None

@@ -213,6 +213,15 @@ class Writer:
                     self._failing_since = None
                 break
             except (OperationalError, InterfaceError) as exc:
+                if not _transient(exc):
+                    if len(ops) > 1:  # a statement the database refuses: isolate it
+                        for op in ops:
+                            self._write([op], (), ())
+                        return
+                    logger.exception("usertasks: dropped a state change the database refused: %r", ops)
+                    for op in ops:
+                        op.error = exc
+                    break
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     logger.warning("usertasks: cannot write task states (%s); retrying until it works", exc)
@@ -256,8 +265,17 @@ class Writer:
         sql = _Statements.get(connections[db])
         with transaction.atomic(using=db):
             fanout.begin_batch()  # children's ends are counted on their containers once per batch
+            # Starts and ends: one multi-row UPDATE per statement shape (starts before ends, so a
+            # run's start lands before its end); everything else one by one, in order.
+            results = {}
+            for kinds in (("start",), ("end",)):
+                group = [op for op in ops if op.kind in kinds]
+                if group:
+                    oks = sql.update_many([PLAN[op.kind](op) for op in group])
+                    for op, ok in zip(group, oks):
+                        results[id(op)] = POST[op.kind](rows, op, ok)
             for op in ops:
-                ok = APPLY[op.kind](rows, op, sql)
+                ok = results[id(op)] if id(op) in results else APPLY[op.kind](rows, op, sql)
                 applied.append(ok)
                 if ok:
                     if op.start is not None:
@@ -278,6 +296,17 @@ class Writer:
             if op.start is not None:
                 op.start.applied = ok
                 op.start.done.set()
+
+
+def _transient(exc):
+    """Whether a database error is an outage worth waiting out (connection lost, server gone,
+    "database is locked"), as opposed to a statement the database will never accept."""
+    if isinstance(exc, InterfaceError):
+        return True
+    text = str(exc).lower()
+    refused = ("no such column", "no such table", "syntax error", "unknown column", "does not exist",
+               "has no column", "datatype mismatch", "invalid input")
+    return not any(marker in text for marker in refused)
 
 
 class _Statements:
@@ -339,6 +368,102 @@ class _Statements:
             cursor.execute(sql, params)
             return cursor.rowcount
 
+    def update_many(self, plans):
+        """Run many ``(fields, where)`` updates; returns, for each, whether it changed its row.
+
+        Plans of the same shape (same fields and guards; ``pk`` and ``worker`` may differ) go
+        into ONE ``UPDATE ... FROM (VALUES ...) RETURNING`` on PostgreSQL and SQLite >= 3.35,
+        so a batch costs one round trip per shape, not one per task."""
+        results = [False] * len(plans)
+        groups = {}
+        for i, (fields, where) in enumerate(plans):
+            wkey = tuple(
+                (k, tuple(map(str, v)) if k.endswith("__in") else (str(v) if k == "state" else None))
+                for k, v in where.items()
+            )
+            groups.setdefault((tuple(fields), wkey), []).append(i)
+        for (names, wkey), indexes in groups.items():
+            if len(indexes) == 1 or not self.multi_row:
+                for i in indexes:
+                    fields, where = plans[i]
+                    results[i] = self.update(fields, **where) > 0
+                continue
+            sql = self._many_sql(names, wkey, len(indexes))
+            params = []
+            for i in indexes:
+                fields, where = plans[i]
+                params.append(where["pk"])
+                params.extend(self._adapt(v) for v in fields.values())
+                if "worker" in where:
+                    params.append(where["worker"])
+            for key, value in wkey:
+                if key.endswith("__in"):
+                    params.extend(value)
+                elif key == "state":
+                    params.append(value)
+            with self.connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                changed = {row[0] for row in cursor.fetchall()}
+            for i in indexes:
+                results[i] = plans[i][1]["pk"] in changed
+        return results
+
+    @property
+    def multi_row(self):
+        import sqlite3
+
+        if self.connection.vendor == "postgresql":
+            return True
+        return self.connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
+
+    def _many_sql(self, names, wkey, rows):
+        key = ("many", names, wkey, rows)
+        sql = self.cache.get(key)
+        if sql is not None:
+            return sql
+        from .models import UserTaskStatus
+
+        pg = self.connection.vendor == "postgresql"
+        t = self.table  # SQLite does not take an alias on the target of UPDATE ... FROM
+        worker = any(k == "worker" for k, _ in wkey)
+        cols = ["k"] + [f"c{j}" for j in range(len(names))] + (["w"] if worker else [])
+        width = len(cols)
+
+        def cast(expr, name):
+            if not pg:
+                return expr
+            field = UserTaskStatus._meta.get_field("id" if name == "pk" else name)
+            return f"CAST({expr} AS {field.db_type(self.connection)})"
+
+        sets = []
+        for j, name in enumerate(names):
+            col = self.columns[name]
+            value = cast(f"v.c{j}", name)
+            if name == "attempts":
+                value = f"{self.greatest}({t}.{col} + 1, {value})"
+            sets.append(f"{col} = {value}")
+        select = ", ".join(f"column{j + 1} AS {c}" for j, c in enumerate(cols))
+        values = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * rows)
+        conds = [f"{t}.{self.columns['pk']} = {cast('v.k', 'pk')}"]
+        for k, v in wkey:
+            name, _, lookup = k.partition("__")
+            if name == "pk":
+                continue
+            if name == "worker":
+                conds.append(f"{t}.{self.columns['worker']} = v.w")
+            elif lookup == "in":
+                conds.append(f"{t}.{self.columns[name]} IN ({', '.join(['%s'] * len(v))})")
+            else:
+                conds.append(f"{t}.{self.columns[name]} = %s")
+        sql = (
+            f"UPDATE {t} SET {', '.join(sets)} "
+            f"FROM (SELECT {select} FROM (VALUES {values}) AS vv) AS v "
+            f"WHERE {' AND '.join(conds)} RETURNING {t}.{self.columns['pk']}"
+        )
+        if len(self.cache) < 256:
+            self.cache[key] = sql
+        return sql
+
     def _adapt(self, value):
         if isinstance(value, NextAttempt):
             return value.n
@@ -379,14 +504,20 @@ def _start_fields(ctx, at):
     }
 
 
-def _apply_start(rows, op, sql):
+def _plan_start(op):
     ctx = op.ctx
     fields = _start_fields(ctx, op.at)
     fields.update(_progress(ctx))
-    n = sql.update(fields, pk=ctx.status_id, state__in=ACTIVE_STATES)
-    if n:
-        return True
-    return _start_refused(rows, ctx)
+    return fields, {"pk": ctx.status_id, "state__in": ACTIVE_STATES}
+
+
+def _post_start(rows, op, ok):
+    return True if ok else _start_refused(rows, op.ctx)
+
+
+def _apply_start(rows, op, sql):
+    fields, where = _plan_start(op)
+    return _post_start(rows, op, sql.update(fields, **where) > 0)
 
 
 def _start_refused(rows, ctx):
@@ -400,7 +531,7 @@ def _start_refused(rows, ctx):
     return False
 
 
-def _apply_end(rows, op, sql):
+def _plan_end(op):
     """Retrying or a final state, for the attempt this context runs; with ``op.start``, the
     run's start too, in the same statement."""
     ctx = op.ctx
@@ -413,13 +544,22 @@ def _apply_end(rows, op, sql):
     else:
         fields["worker"] = ""
     if op.start is not None:
-        n = sql.update(fields, pk=ctx.status_id, state__in=ACTIVE_STATES)
+        return fields, {"pk": ctx.status_id, "state__in": ACTIVE_STATES}
+    return fields, {"pk": ctx.status_id, "state": State.IN_PROGRESS, "worker": ctx.worker}
+
+
+def _apply_end(rows, op, sql):
+    fields, where = _plan_end(op)
+    return _post_end(rows, op, sql.update(fields, **where) > 0)
+
+
+def _post_end(rows, op, n):
+    ctx = op.ctx
+    if op.start is not None:
         if n:
             ctx.started_written = True
         else:
             _start_refused(rows, ctx)
-    else:
-        n = sql.update(fields, pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker)
     if n and (getattr(ctx, "parent_id", None) is not None or getattr(ctx, "fanout", False)):
         from . import fanout  # counters of the container, in this same transaction
 
@@ -447,6 +587,9 @@ def _apply_body_done(rows, op, sql):
 
     return body_done(rows, op)
 
+
+PLAN = {"start": _plan_start, "end": _plan_end}
+POST = {"start": _post_start, "end": _post_end}
 
 APPLY = {
     "start": _apply_start,
