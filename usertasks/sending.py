@@ -147,6 +147,11 @@ def _insert_one(p, now, db):
     from .models import UserTaskEvent, UserTaskStatus
 
     manager = UserTaskStatus.objects.using(db)
+    if not p.unique_key:  # nothing can collide: no savepoint round trips
+        row = _row(p, now)
+        row.save(force_insert=True, using=db)
+        UserTaskEvent.objects.using(db).bulk_create([_event(row, now)])
+        return row, True
     for _ in range(10):
         row = _row(p, now)
         try:
