@@ -7,6 +7,7 @@ hands the message back to its consumer for acknowledgement.
 """
 
 import logging
+import sys
 import traceback
 
 from django.utils.functional import SimpleLazyObject
@@ -59,12 +60,33 @@ class UserTaskTracking(Middleware):
         event = UserTaskEvent(status_id=status_id, kind=EventKind.STARTED, attempt=ctx.attempt, detail=ctx.worker)
         ctx.start_op = writer.submit_start(Op("start", ctx, events=[event]), defer=not ctx.wait_for_start)
 
+    def before_enqueue(self, broker, message, delay):
+        """``Retries`` is sending the retry of the running task: store Retrying first.
+
+        ``after_*`` hooks run in reverse order, so ``Retries`` enqueues the retry before this
+        middleware's ``after_process_message``.  Were Retrying written only then, the next
+        attempt (short backoff, another worker) could start or even finish first and the
+        Retrying write would be refused, losing its event and its count on a container.  Here
+        it is committed before the retry exists."""
+        ctx = _current.get()
+        if ctx is None or not ctx.tracked or ctx.message_id != message.message_id or getattr(ctx, "ended", False):
+            return
+        exception = sys.exc_info()[1]
+        if exception is None:
+            return  # not a retry of a failed run (e.g. an actor sending its own message again)
+        from ..writer import get_writer
+
+        get_writer().unregister(ctx)
+        ctx.ended = True
+        state, kind, fields, detail = self.outcome(broker, message, ctx, exception, retrying=True)
+        self.end(ctx, state, kind, fields, detail)
+
     def after_process_message(self, broker, message, *, result=None, exception=None):
         ctx = _current.get()
         if ctx is None or ctx.message_id != message.message_id:
             return
         _current.set(None)
-        if not ctx.tracked:
+        if not ctx.tracked or getattr(ctx, "ended", False):
             return
         from ..writer import get_writer
 
@@ -115,8 +137,9 @@ class UserTaskTracking(Middleware):
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod
-    def outcome(broker, message, ctx, exception):
-        """``(state, event kind, row fields, event detail)`` for how this run ended."""
+    def outcome(broker, message, ctx, exception, retrying=None):
+        """``(state, event kind, row fields, event detail)`` for how this run ended.
+        ``retrying``: whether a retry is scheduled (default: read ``Retries``' decision)."""
         from ..models import EventKind
 
         if exception is None:
@@ -140,8 +163,9 @@ class UserTaskTracking(Middleware):
             "error_class": _clip(f"{type(exception).__module__}.{type(exception).__qualname__}", 255),
             "traceback": "".join(traceback.format_exception(type(exception), exception, exception.__traceback__)),
         }
-        retried = not message.failed and any(isinstance(m, Retries) for m in broker.middleware)
-        if retried:
+        if retrying is None:
+            retrying = not message.failed and any(isinstance(m, Retries) for m in broker.middleware)
+        if retrying:
             fields["state"] = State.RETRYING
             return State.RETRYING, EventKind.RETRYING, fields, text
         fields["state"] = State.FAILED
