@@ -103,10 +103,11 @@ class UserTaskStatus(core.UserTaskStatus):
             status_id=self.pk, kind=kind, attempt=self.attempts, detail=str(detail)[:4000], actor=actor
         )
 
-    def _move(self, state, allowed, **fields):
-        """Conditional UPDATE to ``state`` from one of ``allowed``; ``True`` when it happened."""
+    def _move(self, state, allowed, where=None, **fields):
+        """Conditional UPDATE to ``state`` from one of ``allowed`` (and ``where``); ``True`` when
+        it happened."""
         now = timezone.now()
-        n = self._rows().filter(state__in=allowed).update(state=state, modified=now, **fields)
+        n = self._rows().filter(state__in=allowed, **(where or {})).update(state=state, modified=now, **fields)
         if n:
             self.refresh_from_db()
         return bool(n)
@@ -122,13 +123,13 @@ class UserTaskStatus(core.UserTaskStatus):
 
         return abort_flag_set(self)
 
-    def _finish(self, state, kind, detail="", actor=None, notify_parent=True, **fields):
+    def _finish(self, state, kind, detail="", actor=None, notify_parent=True, where=None, **fields):
         """Enter a final state from an active one; events, parent counters and signals; then
         let the container see whether it is done."""
         fields.setdefault("finished", timezone.now())
         fields["unique_key"] = None
         with transaction.atomic():  # the state, its event and the parent's counter together
-            if not self._move(state, ACTIVE_STATES, **fields):
+            if not self._move(state, ACTIVE_STATES, where=where, **fields):
                 return False
             self._event(kind, detail, actor=actor)
             if self.parent_id:
@@ -200,9 +201,10 @@ class UserTaskStatus(core.UserTaskStatus):
         update = {"completed_steps": F("completed_steps") + steps, "modified": now}
         if not self.is_container:
             update["heartbeat"] = now
-        self._rows().update(**update)
+        rows = self._rows().filter(state__in=ACTIVE_STATES) if self.is_container else self._rows()
+        counted = rows.update(**update)
         canceled = self._cancel_requested()
-        if self.parent_id:
+        if self.parent_id and counted:  # an ended container counted its steps when it succeeded
             self.parent.increment_completed_steps(steps)
         if canceled:
             raise TaskCanceledException()
@@ -306,13 +308,23 @@ class UserTaskStatus(core.UserTaskStatus):
     def succeed(self):
         """Mark the task as done (completing its steps); its container too once every task of
         it has succeeded."""
-        self.refresh_from_db(fields=["completed_steps", "total_steps"])
-        missing = max(0, self.total_steps - self.completed_steps)
-        done = self._finish(
-            State.SUCCEEDED, core.EventKind.SUCCEEDED, notify_parent=False,
-            completed_steps=Greatest(F("completed_steps"), F("total_steps")),
-        )
-        if not done or not self.parent_id:
+        for _ in range(50):
+            self.refresh_from_db(fields=["completed_steps", "total_steps", "state"])
+            if self.state not in ACTIVE_STATES:
+                return
+            seen = self.completed_steps
+            missing = max(0, self.total_steps - seen)
+            # Only if no step landed since the read: otherwise the steps added to the containers
+            # below would count that step a second time (it is on its way up already).
+            done = self._finish(
+                State.SUCCEEDED, core.EventKind.SUCCEEDED, notify_parent=False,
+                where={"completed_steps": seen}, completed_steps=Greatest(F("completed_steps"), F("total_steps")),
+            )
+            if done:
+                break
+        else:  # pragma: no cover - steps kept arriving
+            return
+        if not self.parent_id:
             return
         parent = self.parent
         if missing:
@@ -320,8 +332,11 @@ class UserTaskStatus(core.UserTaskStatus):
         parent._children_changed()
 
     def _add_completed(self, steps):
-        self._rows().update(completed_steps=F("completed_steps") + steps, modified=timezone.now())
-        if self.parent_id:
+        # A container that has ended already counted all its steps when it succeeded.
+        n = self._rows().filter(state__in=ACTIVE_STATES).update(
+            completed_steps=F("completed_steps") + steps, modified=timezone.now()
+        )
+        if n and self.parent_id:
             self.parent._add_completed(steps)
 
 
