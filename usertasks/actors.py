@@ -11,7 +11,7 @@ from dramatiq import Actor
 from dramatiq.middleware import SkipMessage
 
 from .context import TaskContext, _clip, current_task
-from .exceptions import Aborted, ArgumentsNotSerializable, EnqueueError, ForcedAbort
+from .exceptions import Aborted, ForcedAbort
 
 logger = logging.getLogger("usertasks")
 

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from datetime import datetime
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
 from .states import ACTIVE_STATES, State
@@ -212,8 +212,8 @@ class Writer:
                     )
                     self._failing_since = None
                 break
-            except (OperationalError, InterfaceError) as exc:
-                if not _transient(exc):
+            except Exception as exc:
+                if not isinstance(exc, (OperationalError, InterfaceError)) or not _transient(exc):
                     if len(ops) > 1:  # a statement the database refuses: isolate it
                         for op in ops:
                             self._write([op], (), ())
@@ -230,15 +230,6 @@ class Writer:
                 self._close()
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            except Exception as exc:
-                if len(ops) > 1:
-                    for op in ops:
-                        self._write([op], (), ())
-                    return
-                logger.exception("usertasks: dropped a state change the database refused: %r", ops)
-                for op in ops:
-                    op.error = exc
-                break
         for op in ops:
             op.done.set()
         self.batches += 1

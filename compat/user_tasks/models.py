@@ -308,7 +308,7 @@ class UserTaskStatus(core.UserTaskStatus):
     def succeed(self):
         """Mark the task as done (completing its steps); its container too once every task of
         it has succeeded."""
-        for _ in range(50):
+        for _try in range(50):
             self.refresh_from_db(fields=["completed_steps", "total_steps", "state"])
             if self.state not in ACTIVE_STATES:
                 return
