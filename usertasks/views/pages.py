@@ -99,16 +99,28 @@ def _confirm_page(request, status, action):
     return render(request, "usertasks/confirm.html", context)
 
 
-@require_POST
-def cancel(request, uuid):
+def _confirmed_action(request, uuid, allowed, refusal, action):
+    """The shared steps of cancel and delete: the task if visible (else 404), the policy's
+    answer (else 403), the confirmation (else the confirmation page).  Returns ``(status,
+    response)``; go on only when ``response`` is ``None``."""
     try:
         status = get_visible(request.user, uuid)
     except Http404:
-        return _not_found(request)
-    if not get_policy().can_cancel(request.user, status):
-        return HttpResponseForbidden(_("You may not cancel this task."))
+        return None, _not_found(request)
+    if not allowed(request.user, status):
+        return status, HttpResponseForbidden(refusal)
     if not _confirmed(request):
-        return _confirm_page(request, status, "cancel")
+        return status, _confirm_page(request, status, action)
+    return status, None
+
+
+@require_POST
+def cancel(request, uuid):
+    status, response = _confirmed_action(
+        request, uuid, get_policy().can_cancel, _("You may not cancel this task."), "cancel"
+    )
+    if response is not None:
+        return response
     if status.cancel(by=request.user):
         messages.info(request, _("Cancel requested."))
     else:
@@ -118,14 +130,11 @@ def cancel(request, uuid):
 
 @require_POST
 def delete(request, uuid):
-    try:
-        status = get_visible(request.user, uuid)
-    except Http404:
-        return _not_found(request)
-    if not get_policy().can_delete(request.user, status):
-        return HttpResponseForbidden(_("You may not delete this task."))
-    if not _confirmed(request):
-        return _confirm_page(request, status, "delete")
+    status, response = _confirmed_action(
+        request, uuid, get_policy().can_delete, _("You may not delete this task."), "delete"
+    )
+    if response is not None:
+        return response
     if not status.delete_with_files():
         messages.warning(request, _("Only finished tasks can be deleted."))
         return redirect(status)
