@@ -108,3 +108,20 @@ def test_cancel_twice(worker, user, redis):
     assert status.cancel(by=user) is True
     assert status.cancel(by=user) is False
     assert UserTaskStatus.objects.get(pk=status.pk).state == State.CANCELED
+
+
+def test_canceling_a_pending_task_sends_task_finished(user, other_user, redis):
+    from usertasks.signals import task_finished
+
+    seen = []
+
+    def receiver(sender, status, state, **kwargs):
+        seen.append((status.pk, state))
+
+    task_finished.connect(receiver)
+    try:
+        status = t.side_effect.send_for(user, label="signal")
+        assert status.cancel(by=other_user)
+        assert seen == [(status.pk, State.CANCELED)]
+    finally:
+        task_finished.disconnect(receiver)

@@ -78,6 +78,9 @@ def cancel_task(status, by=None):
 
                         child_ended(UserTaskStatus.objects.using(db), parent_id, status.pk, State.CANCELED)
                     outcome = CANCELED
+                    from .signals import send_task_finished
+
+                    send_task_finished(status.pk, State.CANCELED, using=db)
                     break
             else:  # In Progress (or claimed by a worker that has not stored its start yet)
                 n = rows.filter(state__in=ACTIVE_STATES).update(

@@ -136,6 +136,9 @@ def reap(now=None, *, dry_run=False, broker=None):
                     from .fanout import child_ended
 
                     child_ended(rows, row["parent_id"], row["pk"], state)
+                from .signals import send_task_finished
+
+                send_task_finished(row["pk"], state, using=db)
                 bucket.append(row["pk"])
 
     for row in stale:

@@ -239,7 +239,7 @@ class UserTaskStatus(core.UserTaskStatus):
         if self.cancel_outcome == CANCELED:
             if self.backend == "celery" and was in (State.PENDING, State.RETRYING):
                 revoke(self.task_id)
-            transaction.on_commit(lambda: _send_finished(self, State.CANCELED))
+            # (usertasks' cancel_task sends task_finished, hence user_task_stopped, on commit)
             if self.parent_id:  # (cancel_task counted it on the container already)
                 self.parent._children_changed()
         return done
