@@ -143,7 +143,7 @@ def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT
                 ctx = TaskContext(status_id=None, message_id=None, actor_name=actor.actor_name)
             if not ctx.tracked:
                 return func(ctx, *args, **kwargs)
-            start = getattr(ctx, "start_op", None) if getattr(ctx, "wait_for_start", True) else None
+            start = ctx.start_op if ctx.wait_for_start else None
             if start is not None and not start.wait() and ctx.abort_requested:
                 # The row was canceled (or ended) between the worker's cancel check and this
                 # run's start: the body must not run.  Acknowledged, not dead-lettered.

@@ -60,7 +60,16 @@ class TaskContext:
         # raised inside the body, under this lock (see ``usertasks.middleware.abort``).
         self.in_body = False
         self.body_lock = threading.Lock()
-        self.broker_message = None  # the Dramatiq MessageProxy of this run (worker side)
+        # Worker-side bookkeeping of the run, set by the middleware and the writer.
+        self.broker_message = None  # the Dramatiq MessageProxy of this run
+        self.parent_id = None  # container of a fan-out child or pipeline stage
+        self.fanout = False  # this run made its task a container (usertasks.fanout)
+        self.fanout_calls = 0
+        self.wait_for_start = True  # the body waits until its start is stored
+        self.start_op = None  # the writer op storing this run's start
+        self.started_written = False  # that op has committed
+        self.row_gone = False  # the start found the row final or missing
+        self.ended = False  # the end of the run has been stored (see UserTaskTracking)
 
     @property
     def tracked(self):

@@ -135,7 +135,7 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
     ctx.check_abort()
 
     # From here on this run writes no progress of its own: the steps are the children's.
-    index = getattr(ctx, "fanout_calls", 0)
+    index = ctx.fanout_calls
     ctx.fanout_calls = index + 1
     ctx.fanout = True
 
@@ -383,7 +383,7 @@ def _container_finished(pk, state, callback, db):
     import dramatiq
 
     from .models import UserTaskStatus
-    from .signals import task_finished
+    from .signals import emit_task_finished, task_finished
 
     if callback:
         try:
@@ -400,15 +400,9 @@ def _container_finished(pk, state, callback, db):
             broker.enqueue(message)
         except Exception:
             logger.exception("usertasks: could not send the completion callback of task %s", pk)
-    if not task_finished.receivers:
-        return
-    try:
-        status = UserTaskStatus.objects.using(db).get(pk=pk)
-    except UserTaskStatus.DoesNotExist:
-        return
-    for receiver, response in task_finished.send_robust(sender=UserTaskStatus, status=status, state=state):
-        if isinstance(response, Exception):
-            logger.error("usertasks: task_finished receiver %r failed: %r", receiver, response)
+    status = UserTaskStatus.objects.using(db).filter(pk=pk).first() if task_finished.receivers else None
+    if status is not None:
+        emit_task_finished(status, state)
 
 
 def body_done(rows, op):

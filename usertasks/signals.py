@@ -8,25 +8,36 @@ from django.dispatch import Signal
 task_finished = Signal()
 
 
-def send_task_finished(status_id, state, *, using=None):
-    """Send :data:`task_finished` for a task that a cancel or the reaper made final (outside a
-    worker run), once the current transaction commits.  Receivers' errors are logged."""
+_FROM_ROW = object()
+
+
+def emit_task_finished(status, state, *, notify=_FROM_ROW):
+    """Send :data:`task_finished` for ``status`` (a row, or a lazy object loading it) with the
+    hints receivers can decide from without touching the row (``notify``: the task's option,
+    read from the row unless given); receivers' errors are logged."""
     import logging
 
+    from .models import UserTaskStatus
+
+    if notify is _FROM_ROW:
+        notify = (status.options or {}).get("notify")
+    hints = {"status_id": status.pk, "parent_id": status.parent_id, "notify": notify}
+    for receiver, response in task_finished.send_robust(sender=UserTaskStatus, status=status, state=state, **hints):
+        if isinstance(response, Exception):
+            logging.getLogger("usertasks").error("usertasks: task_finished receiver %r failed: %r", receiver, response)
+
+
+def send_task_finished(status_id, state, *, using=None):
+    """Send :data:`task_finished` for a task that a cancel or the reaper made final (outside a
+    worker run), once the current transaction commits."""
     from django.db import transaction
 
     def send():
         from .models import UserTaskStatus
 
         status = UserTaskStatus.objects.using(using).filter(pk=status_id).first()
-        if status is None:
-            return
-        for receiver, response in task_finished.send_robust(
-            sender=UserTaskStatus, status=status, state=state, status_id=status.pk, parent_id=status.parent_id,
-            notify=(status.options or {}).get("notify"),
-        ):
-            if isinstance(response, Exception):
-                logging.getLogger("usertasks").error("usertasks: task_finished receiver %r failed: %r", receiver, response)
+        if status is not None:
+            emit_task_finished(status, state)
 
     if task_finished.receivers:
         transaction.on_commit(send, using=using)

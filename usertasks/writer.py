@@ -186,7 +186,7 @@ class Writer:
                 now = time.monotonic()
                 progress = now >= self._next_progress or any(op.kind == "flush" for op in ops)
                 heartbeat = now >= self._next_heartbeat
-                started = [c for c in running if c.tracked and getattr(c, "started_written", False)]
+                started = [c for c in running if c.tracked and c.started_written]
                 dirty = [c for c in started if c.dirty] if progress else []
                 beating = started if heartbeat else []
                 if progress:
@@ -476,7 +476,7 @@ class NextAttempt:
 
 def _progress(ctx, **extra):
     completed, total, message = ctx.snapshot()
-    if getattr(ctx, "fanout", False):  # a container's steps are its children's (usertasks.fanout)
+    if ctx.fanout:  # a container's steps are its children's (usertasks.fanout)
         fields = {} if message is None else {"message": message}
         fields.update(extra)
         return fields
@@ -551,12 +551,12 @@ def _post_end(rows, op, n):
             ctx.started_written = True
         else:
             _start_refused(rows, ctx)
-    if n and (getattr(ctx, "parent_id", None) is not None or getattr(ctx, "fanout", False)):
+    if n and (ctx.parent_id is not None or ctx.fanout):
         from . import fanout  # counters of the container, in this same transaction
 
-        if getattr(ctx, "fanout", False):
+        if ctx.fanout:
             fanout.body_ended(rows, ctx, op.fields.get("state"))
-        if getattr(ctx, "parent_id", None) is not None:
+        if ctx.parent_id is not None:
             fanout.child_ended(rows, ctx.parent_id, ctx.status_id, op.fields.get("state"))
     return bool(n)
 

@@ -367,8 +367,6 @@ class UserTaskArtifact(core.UserTaskArtifact):
 
 
 def _send_finished(status, state):
-    from usertasks.signals import task_finished
+    from usertasks.signals import emit_task_finished
 
-    for receiver, response in task_finished.send_robust(sender=core.UserTaskStatus, status=status, state=state):
-        if isinstance(response, Exception):
-            logger.error("user_tasks: task_finished receiver %r failed: %r", receiver, response)
+    emit_task_finished(status, state)

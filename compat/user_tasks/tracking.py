@@ -285,13 +285,9 @@ def register_running(status, task):
     ctx.started_written = True  # heartbeats only: progress is written by the status methods
     with _running_lock:
         _running[status.task_id] = ctx
-    writer = get_writer()
-    try:
-        from usertasks.middleware.abort import install_poller
+    from usertasks.middleware.abort import install_poller
 
-        install_poller(writer)  # delivers cancels to ``ctx.abort_requested``
-    except ImportError:  # pragma: no cover - older usertasks
-        pass
+    writer = install_poller(get_writer())  # delivers cancels to ``ctx.abort_requested``
     writer.register(ctx)
     return ctx
 

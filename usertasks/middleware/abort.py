@@ -65,7 +65,7 @@ class AbortPoller:
         try:
             # A task stops when its own flag or its container's is raised (fan-out, pipeline).
             ids = {c.status_id for c in contexts}
-            ids.update(c.parent_id for c in contexts if getattr(c, "parent_id", None) is not None)
+            ids.update(c.parent_id for c in contexts if c.parent_id is not None)
             flagged = get_backend().flagged(sorted(ids))
         except Exception as exc:
             self._next_try = now + RETRY_AFTER
@@ -80,7 +80,7 @@ class AbortPoller:
             self._failing = False
             logger.warning("usertasks: abort flags readable again")
         for ctx in contexts:
-            if ctx.status_id in flagged or getattr(ctx, "parent_id", None) in flagged:
+            if ctx.status_id in flagged or ctx.parent_id in flagged:
                 ctx.request_abort()
 
 

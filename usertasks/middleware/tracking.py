@@ -69,7 +69,7 @@ class UserTaskTracking(Middleware):
         Retrying write would be refused, losing its event and its count on a container.  Here
         it is committed before the retry exists."""
         ctx = _current.get()
-        if ctx is None or not ctx.tracked or ctx.message_id != message.message_id or getattr(ctx, "ended", False):
+        if ctx is None or not ctx.tracked or ctx.message_id != message.message_id or ctx.ended:
             return
         exception = sys.exc_info()[1]
         if exception is None:
@@ -86,7 +86,7 @@ class UserTaskTracking(Middleware):
         if ctx is None or ctx.message_id != message.message_id:
             return
         _current.set(None)
-        if not ctx.tracked or getattr(ctx, "ended", False):
+        if not ctx.tracked or ctx.ended:
             return
         from ..writer import get_writer
 
@@ -96,7 +96,7 @@ class UserTaskTracking(Middleware):
         if state == State.CANCELED:
             # Canceled is an outcome, not an error: acknowledge, do not dead-letter.
             message.failed = False
-        if state == State.SUCCEEDED and getattr(ctx, "fanout", False):
+        if state == State.SUCCEEDED and ctx.fanout:
             # A container's body returned: it ends with its last child (usertasks.fanout).
             self.body_done(ctx)
             return
@@ -146,7 +146,7 @@ class UserTaskTracking(Middleware):
             # The error of an earlier, retried attempt stays in the event history only.
             fields = {"state": State.SUCCEEDED, "error": "", "error_class": "", "traceback": ""}
             return State.SUCCEEDED, EventKind.SUCCEEDED, fields, ""
-        if isinstance(exception, (Aborted, ForcedAbort)) or getattr(ctx, "forced", False):
+        if isinstance(exception, (Aborted, ForcedAbort)) or ctx.forced:
             detail = "Stopped by force after the grace period." if ctx.forced else ""
             return State.CANCELED, EventKind.CANCELED, {"state": State.CANCELED}, detail
         if isinstance(exception, Shutdown) and not message.failed:
@@ -275,17 +275,26 @@ def _timed_out_text(limit_ms):
     return f"The task timed out after {seconds / 60:.3g} minutes."
 
 
-def _finished(ctx, state):
-    from ..models import UserTaskStatus
-    from ..signals import task_finished
+class _LazyStatus(SimpleLazyObject):
+    """The status row of a finished run, loaded on first use of anything but what the run
+    already knows (``pk``, ``parent_id``): receivers that can decide from those and the
+    signal's hints (the built-in notifier, when the task does not email) cost no query."""
 
-    if not task_finished.receivers:
-        return
-    # Loaded on first access only: receivers that can decide from the hints (the built-in
-    # notifier, when the task does not email) cost no query on the worker's path.
-    status = SimpleLazyObject(lambda: UserTaskStatus.objects.get(pk=ctx.status_id))
-    hints = {"status_id": ctx.status_id, "parent_id": getattr(ctx, "parent_id", None),
-             "notify": (ctx.options or {}).get("notify")}
-    for receiver, response in task_finished.send_robust(sender=UserTaskStatus, status=status, state=state, **hints):
-        if isinstance(response, Exception):
-            logger.error("usertasks: task_finished receiver %r failed: %r", receiver, response)
+    def __init__(self, ctx):
+        from ..models import UserTaskStatus
+
+        super().__init__(lambda: UserTaskStatus.objects.get(pk=ctx.status_id))
+        self.__dict__["_hints"] = {"pk": ctx.status_id, "parent_id": ctx.parent_id}
+
+    def __getattr__(self, name):
+        hints = self.__dict__["_hints"]
+        if name in hints:
+            return hints[name]
+        return super().__getattr__(name)
+
+
+def _finished(ctx, state):
+    from ..signals import emit_task_finished, task_finished
+
+    if task_finished.receivers:
+        emit_task_finished(_LazyStatus(ctx), state, notify=(ctx.options or {}).get("notify"))
