@@ -130,3 +130,26 @@ def test_worker_emails_once_the_task_is_final(start_worker, user, tmp_path):
     text = "".join((outbox / f).read_text() for f in files)
     assert "Failed: Web notify bad" in text and f"http://testserver/tasks/{bad.uuid}/" in text
     assert "Web notify ok" not in text
+
+
+def test_a_finished_run_that_does_not_email_costs_no_query(user):
+    """The worker's task_finished carries hints (status_id, parent_id, notify); the built-in
+    notifier decides from them, so the row is never loaded for a task that does not email."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from usertasks.context import TaskContext
+    from usertasks.middleware.tracking import _finished
+
+    status = make_task(user, "Quiet run", "Succeeded", options={"notify": False})
+    ctx = TaskContext(status_id=status.pk, message_id=status.task_id, actor_name="x", options={"notify": False})
+    with CaptureQueriesContext(connection) as queries:
+        _finished(ctx, State.SUCCEEDED)
+    assert len(queries) == 0
+    assert not mail.outbox
+
+    loud = make_task(user, "Loud run", "Succeeded", options={"notify": True})
+    ctx = TaskContext(status_id=loud.pk, message_id=loud.task_id, actor_name="x", options={"notify": True})
+    with override_settings(USERTASKS={"BASE_URL": "http://testserver"}):
+        _finished(ctx, State.SUCCEEDED)
+    assert len(mail.outbox) == 1 and "Loud run" in mail.outbox[0].subject
