@@ -125,3 +125,45 @@ def test_canceling_a_pending_task_sends_task_finished(user, other_user, redis):
         assert seen == [(status.pk, State.CANCELED)]
     finally:
         task_finished.disconnect(receiver)
+
+
+def test_flags_of_another_database_sharing_the_redis_are_not_seen(start_worker, user, redis):
+    """Ids are a database's own: a flag left under the same id by another database (a reset
+    development database, another site on the same Redis) must not cancel this task."""
+    from usertasks.abort.redis import RedisAbortBackend, key_namespace
+
+    status = t.side_effect.send_for(user, label="ns")
+    other = RedisAbortBackend(key_prefix="usertasks:elsewhere:")
+    other.set(status.pk)
+    assert other.claim(status.pk) == 0  # that database's task of this id is canceled there
+    start_worker()
+    wait_final(status)
+    assert status.state == State.SUCCEEDED and effect(redis, "ran:ns") == 1
+    assert other.is_set(status.pk)
+    other.clear([status.pk])
+
+
+def test_default_key_prefix_follows_the_database(monkeypatch):
+    from django.db import connection
+
+    from usertasks.abort.redis import key_namespace
+
+    here = key_namespace()
+    assert here.startswith("usertasks:") and here.endswith(":") and len(here) == len("usertasks:") + 9
+    monkeypatch.setitem(connection.settings_dict, "NAME", "another_database")
+    assert key_namespace() not in (here, "usertasks:")
+
+
+def test_redis_key_prefix_setting(settings, redis):
+    from usertasks.abort.redis import RedisAbortBackend, key_namespace
+
+    settings.USERTASKS = {"REDIS_KEY_PREFIX": "site-a:"}
+    assert key_namespace() == "site-a:"
+    backend = RedisAbortBackend()
+    backend.set(12345)
+    try:
+        assert redis.exists("site-a:abort:12345")
+        assert backend.flagged([12345, 12346]) == {12345}
+    finally:
+        backend.clear([12345])
+    assert not redis.exists("site-a:abort:12345")

@@ -31,6 +31,8 @@ DEFAULTS = {
     "ABORT_BACKEND": None,
     # Redis URL for the abort flags when the broker is not a RedisBroker.
     "REDIS_URL": None,
+    # Prefix of usertasks' Redis keys (abort flags, claims); None derives one from the database.
+    "REDIS_KEY_PREFIX": None,
     # Maximum number of status changes written in one transaction.
     "WRITE_BATCH_SIZE": 500,
     # Longest message kept on a row (longer ones are cut with an ellipsis).

@@ -49,8 +49,13 @@ def get_backend():
     from ..broker import configured_broker
     from ..conf import app_settings
 
+    from django.db import connections, router
+
+    from ..models import UserTaskStatus
+
     path = backend_path()
-    key = (os.getpid(), path, app_settings.REDIS_URL, id(configured_broker()))
+    database = connections[router.db_for_write(UserTaskStatus)].settings_dict.get("NAME")
+    key = (os.getpid(), path, app_settings.REDIS_URL, app_settings.REDIS_KEY_PREFIX, database, id(configured_broker()))
     backend = _cache.get(key)
     if backend is None:
         with _lock:

@@ -1,5 +1,10 @@
 """Abort flags in Redis: one key per canceled task, no expiry, read with one ``MGET``.
 
+Keys are ``<prefix>abort:<id>`` and ``<prefix>claim:<id>``.  The prefix is
+``USERTASKS["REDIS_KEY_PREFIX"]``, by default ``usertasks:<hash of the database NAME>:``: ids are
+a database's own, so two databases sharing one Redis (a reset development database, staging and
+a test run) never see each other's flags or claims.
+
 Claims make cancel and start linearizable without a database round trip on the worker: a
 worker's claim checks the flags of the task and of its container and sets the task's claim
 marker in one Lua script; ``cancel_pending`` raises the flag and reads the marker in another.
@@ -11,10 +16,8 @@ import time
 
 from .base import AbortBackend
 
-#: Key prefix of the flags.
-PREFIX = "usertasks:abort:"
-#: Key prefix of the claim markers.
-CLAIM_PREFIX = "usertasks:claim:"
+#: Prefix of every key when ``REDIS_KEY_PREFIX`` is not set; the database's hash follows.
+DEFAULT_PREFIX = "usertasks:"
 #: Seconds a claim marker lives at most (it is deleted when a run ends without a final state;
 #: it only matters until the run's start is stored, see ``usertasks.cancel``).
 CLAIM_TTL = 86400
@@ -68,14 +71,32 @@ def _client():
     )
 
 
+def key_namespace():
+    """``REDIS_KEY_PREFIX``, or ``usertasks:<8 hex digits>:`` from the NAME of the database that
+    holds the status rows (web servers and workers must agree: they share the settings)."""
+    import hashlib
+
+    from django.db import connections, router
+
+    from ..conf import app_settings
+    from ..models import UserTaskStatus
+
+    if app_settings.REDIS_KEY_PREFIX:
+        return app_settings.REDIS_KEY_PREFIX
+    db = connections[router.db_for_write(UserTaskStatus)]
+    name = f"{db.vendor}:{db.settings_dict.get('NAME')}"
+    return f"{DEFAULT_PREFIX}{hashlib.sha1(name.encode()).hexdigest()[:8]}:"
+
+
 class RedisAbortBackend(AbortBackend):
     poll_interval = 0.05
     atomic_claims = True
 
-    def __init__(self, client=None, prefix=PREFIX, claim_prefix=CLAIM_PREFIX):
+    def __init__(self, client=None, key_prefix=None):
         self.client = client or _client()
-        self.prefix = prefix
-        self.claim_prefix = claim_prefix
+        key_prefix = key_prefix or key_namespace()
+        self.prefix = f"{key_prefix}abort:"
+        self.claim_prefix = f"{key_prefix}claim:"
         self._claim = self.client.register_script(_CLAIM)
         self._cancel_pending = self.client.register_script(_CANCEL_PENDING)
 
