@@ -236,3 +236,98 @@ def test_notify_given_as_a_set_is_stored_as_a_sorted_list(user):
     status = tasks.notify_set.send_for(user, label="x")
     status.refresh_from_db()
     assert status.options["notify"] == ["Canceled", "Failed"]
+
+
+class _RefuseLabel:
+    """Broker middleware refusing to enqueue the message whose ``label`` argument is given."""
+
+    def __init__(self, label):
+        self.label = label
+        self.seen = []
+
+    def __getattr__(self, name):
+        if name.startswith(("before_", "after_")):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def before_enqueue(self, broker, message, delay):
+        from dramatiq.middleware import MiddlewareError
+
+        if message.kwargs.get("label") == self.label:
+            raise MiddlewareError(f"refused {self.label}")
+
+    def after_enqueue(self, broker, message, delay):
+        self.seen.append(message.kwargs.get("label"))
+
+
+def test_send_many_for_pipelines_the_messages(user, dead_broker, monkeypatch):
+    """The messages of a bulk send go in MULTI/EXEC pipelines: a few round trips, the broker's
+    own middleware hooks run for every message, all arrive in order."""
+    import redis.connection
+
+    from usertasks import broker as broker_module
+
+    server, broker, actor = dead_broker
+    client = broker.client
+    client.ping()
+    monkeypatch.setattr(broker_module, "PIPELINE_SIZE", 40)
+    hooks = _RefuseLabel(label=None)
+    broker.middleware.append(hooks)
+    trips = [0]
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):
+        trips[0] += 1
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    rows = actor.send_many_for(user, [{"label": f"p{i}"} for i in range(100)])
+    monkeypatch.undo()
+    # 3 pipelines (each with redis-py's SCRIPT EXISTS check), and the broker's first-use calls
+    # (loading its scripts, reading Lua's stack size): about 10, against 100 one message at a time
+    assert trips[0] <= 15
+    assert hooks.seen == [f"p{i}" for i in range(100)]
+    queued_ids = [json.loads(m)["options"][STATUS_OPTION] for m in client.hvals("dramatiq:default.msgs")]
+    assert sorted(queued_ids) == sorted(r.pk for r in rows)
+    assert client.llen("dramatiq:default") == 100
+    assert [json.loads(client.hget("dramatiq:default.msgs", mid))["kwargs"]["label"]
+            for mid in client.lrange("dramatiq:default", 0, -1)[::-1]] == [f"p{i}" for i in range(100)]
+
+
+def test_a_failed_pipeline_fails_its_tasks_and_the_later_ones_only(user, dead_broker, monkeypatch):
+    from usertasks import broker as broker_module
+
+    server, broker, actor = dead_broker
+    monkeypatch.setattr(broker_module, "PIPELINE_SIZE", 4)
+    broker.middleware.append(_RefuseLabel(label="f5"))
+    with pytest.raises(EnqueueError, match="refused f5"):
+        actor.send_many_for(user, [{"label": f"f{i}"} for i in range(10)])
+    states = dict(UserTaskStatus.objects.values_list("name", "state"))
+    # The first pipeline (f0-f3) went out; the second failed before EXEC, so nothing of it did.
+    assert [states[f"Down f{i}"] for i in range(10)] == [State.PENDING] * 4 + [State.FAILED] * 6
+    assert broker.client.hlen("dramatiq:default.msgs") == 4
+
+
+def test_bulk_insert_prepares_values_like_the_orm(user):
+    """usertasks.bulk.insert stores exactly what bulk_create would, shared values included."""
+    from django.utils import timezone
+
+    from usertasks import bulk
+    from usertasks.sending import _event, _row, prepare
+
+    now = timezone.now()
+    prepared = [prepare(tasks_core.fixed_total, user, (), {}) for _ in range(3)]
+    prepared[1].row_options = {"notify": ["Failed"]}
+    prepared[2].delay = 5000
+    rows = bulk.insert([_row(p, now) for p in prepared], connection.alias)
+    assert all(r.pk and not r._state.adding for r in rows)
+    stored = list(UserTaskStatus.objects.order_by("pk"))
+    assert [s.pk for s in stored] == [r.pk for r in rows]
+    assert [s.uuid for s in stored] == [r.uuid for r in rows] and len({s.uuid for s in stored}) == 3
+    assert [s.options for s in stored] == [{}, {"notify": ["Failed"]}, {}]
+    assert [s.eta is None for s in stored] == [True, True, False]
+    assert all(s.created == now and s.total_steps == 10 and s.state == State.PENDING for s in stored)
+    events = bulk.insert([_event(r, now) for r in rows], connection.alias)
+    assert list(UserTaskEvent.objects.order_by("pk").values_list("status_id", "kind")) == [
+        (r.pk, EventKind.ENQUEUED) for r in rows]
+    assert all(e.pk for e in events)

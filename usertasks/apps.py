@@ -15,6 +15,6 @@ class UserTasksConfig(AppConfig):
         install_middleware()
 
         from .notifications import on_task_finished
-        from .signals import task_finished
+        from .signals import NOTIFIER_UID, task_finished
 
-        task_finished.connect(on_task_finished, dispatch_uid="usertasks.notifications")
+        task_finished.connect(on_task_finished, dispatch_uid=NOTIFIER_UID)

@@ -31,6 +31,7 @@ from django.db import router, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from . import bulk
 from .context import _clip
 from .exceptions import Aborted, UserTasksError
 from .states import ACTIVE_STATES, State
@@ -119,7 +120,7 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
 
     from .actors import UserTaskActor
     from .conf import app_settings
-    from .models import EventKind, UserTaskEvent, UserTaskStatus
+    from .models import EventKind, UserTaskEvent
     from .sending import _row, prepare
 
     if not ctx.tracked:
@@ -182,9 +183,7 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
         rows.filter(pk=parent.pk).update(options=options)
         created = []
         for start in range(0, n, batch):
-            chunk = [_row(p, now) for p in prepared[start:start + batch]]
-            UserTaskStatus.objects.using(db).bulk_create(chunk)
-            created.extend(chunk)
+            created.extend(bulk.insert([_row(p, now) for p in prepared[start:start + batch]], db))
         if created and any(r.pk is None for r in created):  # backends without RETURNING
             ids = dict(rows.filter(parent_id=parent.pk).values_list("task_id", "pk"))
             for r in created:
@@ -202,31 +201,31 @@ def enqueue_children(broker, parent_id, pairs, db=None):
     """Send the messages of committed child rows.  A broker failure fails the children not
     sent (counted on the parent) and is logged; the parent carries on with the others."""
     from .actors import STATUS_OPTION
+    from .broker import EnqueueFailed, enqueue_many
     from .models import EventKind, UserTaskEvent
 
-    for i, (message, pk) in enumerate(pairs):
-        try:
-            broker.enqueue(message.copy(options={STATUS_OPTION: pk}))
-        except Exception as exc:
-            failed = [k for _, k in pairs[i:]]
-            text = _clip(f"The task could not be queued: {exc}", 2000)
-            logger.error("usertasks: could not enqueue %d subtask(s) of task %s: %s", len(failed), parent_id, exc)
-            now = timezone.now()
-            rows = _rows(db)
-            with transaction.atomic(using=db or _db()):
-                n = 0
-                for start in range(0, len(failed), 1000):
-                    n += rows.filter(pk__in=failed[start:start + 1000], state=State.PENDING).update(
-                        state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now,
-                        modified=now, unique_key=None,
-                    )
-                UserTaskEvent.objects.using(db or _db()).create(
-                    status_id=parent_id, kind=EventKind.NOTE, created=now,
-                    detail=f"{n} subtask(s) could not be queued: {text}",
+    try:
+        enqueue_many(broker, [(message.copy(options={STATUS_OPTION: pk}), None) for message, pk in pairs])
+    except EnqueueFailed as failure:
+        exc = failure.error
+        failed = [k for _, k in pairs[failure.sent:]]
+        text = _clip(f"The task could not be queued: {exc}", 2000)
+        logger.error("usertasks: could not enqueue %d subtask(s) of task %s: %s", len(failed), parent_id, exc)
+        now = timezone.now()
+        rows = _rows(db)
+        with transaction.atomic(using=db or _db()):
+            n = 0
+            for start in range(0, len(failed), 1000):
+                n += rows.filter(pk__in=failed[start:start + 1000], state=State.PENDING).update(
+                    state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now,
+                    modified=now, unique_key=None,
                 )
-                if n:
-                    children_ended(rows, parent_id, failed=n)
-            return
+            UserTaskEvent.objects.using(db or _db()).create(
+                status_id=parent_id, kind=EventKind.NOTE, created=now,
+                detail=f"{n} subtask(s) could not be queued: {text}",
+            )
+            if n:
+                children_ended(rows, parent_id, failed=n)
 
 
 # -- children ending -------------------------------------------------------------------------

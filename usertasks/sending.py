@@ -10,6 +10,7 @@ import dramatiq
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
+from . import bulk
 from .actors import STATUS_OPTION
 from .context import _clip
 from .exceptions import ArgumentsNotSerializable, EnqueueError
@@ -112,7 +113,7 @@ def send_prepared(prepared):
     """Insert the rows (one INSERT for one task, a bulk INSERT for many) in the caller's
     transaction and register the enqueue on commit.  Returns the rows, in order; a unique
     task identical to an active one returns that one instead (nothing is sent for it)."""
-    from .models import UserTaskEvent, UserTaskStatus
+    from .models import UserTaskStatus
 
     db = router.db_for_write(UserTaskStatus)
     now = timezone.now()
@@ -125,8 +126,7 @@ def send_prepared(prepared):
                 if created:
                     to_send.append((p, row))
         else:
-            new = [_row(p, now) for p in prepared]
-            UserTaskStatus.objects.using(db).bulk_create(new)
+            new = bulk.insert([_row(p, now) for p in prepared], db)
             if any(r.pk is None for r in new):  # backends that do not return ids from bulk inserts
                 ids = dict(
                     UserTaskStatus.objects.using(db)
@@ -135,7 +135,7 @@ def send_prepared(prepared):
                 )
                 for r in new:
                     r.pk = r.id = ids[r.task_id]
-            UserTaskEvent.objects.using(db).bulk_create([_event(r, now) for r in new])
+            bulk.insert([_event(r, now) for r in new], db)
             rows = new
             to_send = list(zip(prepared, new))
         if to_send:
@@ -173,27 +173,29 @@ def _insert_one(p, now, db):
 
 
 def enqueue(pairs, db):
-    """Send the messages of freshly committed rows.  A broker failure fails the rows that were
-    not sent (so no page waits for ever) and raises :class:`EnqueueError`."""
+    """Send the messages of freshly committed rows (pipelined on Redis).  A broker failure fails
+    the rows that were not sent (so no page waits for ever) and raises :class:`EnqueueError`."""
+    from .broker import EnqueueFailed, enqueue_many
     from .models import EventKind, UserTaskEvent, UserTaskStatus
     from .states import State
 
-    broker = pairs[0][0].actor.broker
-    for i, (p, row) in enumerate(pairs):
-        message = p.message.copy(options={STATUS_OPTION: row.pk})
-        try:
-            broker.enqueue(message, delay=p.delay)
-        except Exception as exc:
-            failed = [r.pk for _, r in pairs[i:]]
-            now = timezone.now()
-            text = _clip(f"The task could not be queued: {exc}", 2000)
-            n = UserTaskStatus.objects.using(db).filter(pk__in=failed, state=State.PENDING).update(
+    actor = pairs[0][0].actor
+    try:
+        enqueue_many(actor.broker, [(p.message.copy(options={STATUS_OPTION: row.pk}), p.delay) for p, row in pairs])
+    except EnqueueFailed as failure:
+        exc = failure.error
+        failed = [r.pk for _, r in pairs[failure.sent:]]
+        now = timezone.now()
+        text = _clip(f"The task could not be queued: {exc}", 2000)
+        n = 0
+        for start in range(0, len(failed), 1000):
+            n += UserTaskStatus.objects.using(db).filter(pk__in=failed[start:start + 1000], state=State.PENDING).update(
                 state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now, modified=now,
                 unique_key=None,
             )
-            if n:
-                UserTaskEvent.objects.using(db).bulk_create(
-                    [UserTaskEvent(status_id=pk, kind=EventKind.FAILED, detail=text, created=now) for pk in failed]
-                )
-            logger.error("usertasks: could not enqueue %s (%d task(s) failed): %s", p.actor.actor_name, len(failed), exc)
-            raise EnqueueError(f"Could not send {p.actor.actor_name} to the broker: {exc}") from exc
+        if n:
+            UserTaskEvent.objects.using(db).bulk_create(
+                [UserTaskEvent(status_id=pk, kind=EventKind.FAILED, detail=text, created=now) for pk in failed]
+            )
+        logger.error("usertasks: could not enqueue %s (%d task(s) failed): %s", actor.actor_name, len(failed), exc)
+        raise EnqueueError(f"Could not send {actor.actor_name} to the broker: {exc}") from exc

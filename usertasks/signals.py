@@ -7,6 +7,14 @@ from django.dispatch import Signal
 
 task_finished = Signal()
 
+#: ``dispatch_uid`` of the built-in email receiver (``usertasks.notifications``).
+NOTIFIER_UID = "usertasks.notifications"
+
+
+def builtin_receivers_only():
+    """Whether the built-in email receiver is the only one connected to :data:`task_finished`."""
+    return all(entry[0][0] == NOTIFIER_UID for entry in task_finished.receivers)
+
 
 _FROM_ROW = object()
 

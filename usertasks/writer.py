@@ -245,13 +245,13 @@ class Writer:
     # -- SQL -----------------------------------------------------------------------------------
 
     def _apply(self, ops, dirty, beating):
-        from .models import UserTaskEvent, UserTaskStatus
+        from .models import UserTaskStatus
 
         db = router.db_for_write(UserTaskStatus)
         rows = UserTaskStatus.objects.using(db)
         events = []
         applied = []
-        from . import fanout
+        from . import bulk, fanout
 
         sql = _Statements.get(connections[db])
         with transaction.atomic(using=db):
@@ -278,7 +278,7 @@ class Writer:
             if beating:
                 sql.update({"heartbeat": now}, pk__in=[c.status_id for c in beating], state=State.IN_PROGRESS)
             if events:
-                UserTaskEvent.objects.using(db).bulk_create(events)
+                bulk.insert(events, db)
             fanout.end_batch(rows)
         for op, ok in zip(ops, applied):
             op.applied = ok

@@ -100,7 +100,32 @@ class UserTaskTracking(Middleware):
             # A container's body returned: it ends with its last child (usertasks.fanout).
             self.body_done(ctx)
             return
+        if _quiet_end(ctx, state, message):
+            # Nothing to do after the commit but the acknowledgement: the acker makes it once the
+            # end is committed, and this thread takes its next message now (usertasks.acks).
+            from ..acks import defer
+
+            defer(message, self.submit_end(ctx, kind, fields, detail))
+            return
         self.end(ctx, state, kind, fields, detail)
+
+    def after_consumer_thread_boot(self, broker, thread):
+        from ..acks import install
+
+        install(thread)
+
+    def before_consumer_thread_shutdown(self, broker, thread):
+        from ..acks import drain
+        from ..writer import get_writer
+
+        # Worker threads have stopped: commit their last ends and acknowledge them before
+        # Dramatiq closes the consumer (left unacknowledged, they would run again).
+        try:
+            get_writer().flush()
+        except TimeoutError:
+            logger.error("usertasks: could not store the last task states before shutdown")
+        if not drain():
+            logger.error("usertasks: messages left unacknowledged at shutdown; the broker will redeliver them")
 
     def after_skip_message(self, broker, message):
         ctx = _current.get()
@@ -185,13 +210,18 @@ class UserTaskTracking(Middleware):
         return op.applied
 
     @staticmethod
-    def end(ctx, state, kind, fields, detail=""):
-        """Store how the run ended and wait until it is committed."""
+    def submit_end(ctx, kind, fields, detail=""):
+        """Hand how the run ended to the writer; returns its op (not yet committed)."""
         from ..models import UserTaskEvent
         from ..writer import Op, get_writer
 
         event = UserTaskEvent(status_id=ctx.status_id, kind=kind, attempt=ctx.attempt, detail=_clip(detail, 4000))
-        op = get_writer().submit(Op("end", ctx, fields=fields, events=[event]))
+        return get_writer().submit(Op("end", ctx, fields=fields, events=[event]))
+
+    @classmethod
+    def end(cls, ctx, state, kind, fields, detail=""):
+        """Store how the run ended and wait until it is committed."""
+        op = cls.submit_end(ctx, kind, fields, detail)
         op.wait()
         if op.applied and state in FINAL and (state == State.CANCELED or ctx.abort_requested):
             from ..abort import clear_flags
@@ -202,6 +232,28 @@ class UserTaskTracking(Middleware):
         if op.applied and state in FINAL:
             _finished(ctx, state)
         return op.applied
+
+
+def _quiet_end(ctx, state, message):
+    """Whether nothing but the acknowledgement follows the commit of this run's end: a success
+    or failure without a cancel to clear, on a consumer whose acknowledgements can wait for the
+    commit, and no ``task_finished`` receiver that would act (the built-in notifier decides
+    from the run alone that it sends no email)."""
+    if state not in (State.SUCCEEDED, State.FAILED) or ctx.abort_requested or ctx.fanout:
+        return False
+    from ..acks import deferring
+
+    if not deferring(message):
+        return False
+    from ..signals import builtin_receivers_only, task_finished
+
+    if not task_finished.receivers:
+        return True
+    if not builtin_receivers_only():
+        return False
+    from ..notifications import notify_states_for
+
+    return ctx.parent_id is not None or state not in notify_states_for((ctx.options or {}).get("notify"))
 
 
 def _release(ctx):

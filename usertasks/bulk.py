@@ -1,0 +1,65 @@
+"""Multi-row INSERTs for the hot paths (``send_many_for``, fan-out children, the writer's events).
+
+``QuerySet.bulk_create`` prepares every value of every row through its field (a ``UUIDField``,
+a ``JSONField``, time zones for each ``DateTimeField``): for thousands of rows that share most
+of their values, that costs more than the database.  :func:`insert` builds one
+``INSERT ... VALUES (...), (...) RETURNING pk`` per batch and prepares a value only when it
+differs from the same column's value in the previous row.
+"""
+
+import sqlite3
+
+from django.db import connections
+
+__all__ = ["insert", "supported"]
+
+_UNSET = object()
+
+
+def supported(connection):
+    """Whether :func:`insert` can return the new primary keys on this connection."""
+    if connection.vendor == "postgresql":
+        return True
+    return connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
+
+
+def insert(objs, using):
+    """Insert unsaved instances of one model (with an automatic primary key) and set their
+    primary keys.  Falls back to ``bulk_create`` where ``RETURNING`` is not available (the
+    caller then finds ``pk`` unset on backends that cannot return ids)."""
+    if not objs:
+        return objs
+    model = type(objs[0])
+    connection = connections[using]
+    if not supported(connection):
+        return model._default_manager.using(using).bulk_create(objs)
+    opts = model._meta
+    pk = opts.pk
+    fields = [f for f in opts.concrete_fields if f is not pk]
+    stamped = [getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False) for f in fields]
+    qn = connection.ops.quote_name
+    head = f"INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in fields)}) VALUES "
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    size = max(1, min(500, connection.ops.bulk_batch_size(fields, objs)))
+    last_raw = [_UNSET] * len(fields)
+    last_value = [None] * len(fields)
+    for start in range(0, len(objs), size):
+        chunk = objs[start:start + size]
+        params = []
+        for obj in chunk:
+            for j, field in enumerate(fields):
+                raw = field.pre_save(obj, True) if stamped[j] else getattr(obj, field.attname)
+                previous = last_raw[j]
+                if raw is not previous and (type(raw) is not type(previous) or raw != previous):
+                    last_raw[j] = raw
+                    last_value[j] = field.get_db_prep_save(raw, connection=connection)
+                params.append(last_value[j])
+        sql = f"{head}{', '.join([row] * len(chunk))} RETURNING {qn(pk.column)}"
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            ids = [r[0] for r in cursor.fetchall()]
+        for obj, value in zip(chunk, ids):
+            obj.pk = value
+            obj._state.adding = False
+            obj._state.db = using
+    return objs
