@@ -291,7 +291,7 @@ def test_send_many_for_pipelines_the_messages(user, dead_broker, monkeypatch):
     assert sorted(queued_ids) == sorted(r.pk for r in rows)
     assert client.llen("dramatiq:default") == 100
     assert [json.loads(client.hget("dramatiq:default.msgs", mid))["kwargs"]["label"]
-            for mid in client.lrange("dramatiq:default", 0, -1)[::-1]] == [f"p{i}" for i in range(100)]
+            for mid in client.lrange("dramatiq:default", 0, -1)] == [f"p{i}" for i in range(100)]
 
 
 def test_a_failed_pipeline_fails_its_tasks_and_the_later_ones_only(user, dead_broker, monkeypatch):
