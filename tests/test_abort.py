@@ -94,3 +94,37 @@ def test_forced_abort_is_not_an_exception_and_never_retried():
     assert issubclass(ForcedAbort, Interrupt) and not issubclass(ForcedAbort, Exception)
     for actor in (t.stuck, t.wait_steps):
         assert Aborted in actor.options["throws"] and ForcedAbort in actor.options["throws"]
+
+
+def test_sigkill_in_the_middle_of_group_commits(start_worker, user, redis):
+    """Many short tasks flowing through the writer's batches and the deferred acknowledgements
+    when the worker is killed: no final state is lost or written twice, and a task whose final
+    state was committed never runs again, even if its acknowledgement was lost."""
+    from django.db.models import Count, Q
+
+    from usertasks.models import UserTaskStatus
+
+    n = 400
+    first = start_worker(processes=2, threads=4)
+    rows = t.side_effect.send_many_for(user, [{"label": f"b{i}"} for i in range(n)])
+    labels = {r.pk: f"b{i}" for i, r in enumerate(rows)}
+    wait_for(lambda: UserTaskStatus.objects.filter(state=State.SUCCEEDED).count() >= 60, interval=0.005,
+             message="some tasks done")
+    first.kill()
+    committed = set(UserTaskStatus.objects.filter(state=State.SUCCEEDED).values_list("pk", flat=True))
+    assert 60 <= len(committed) < n, "kill the worker while tasks are still flowing"
+    ran_before = {pk: effect(redis, f"ran:{labels[pk]}") for pk in labels}
+    start_worker(processes=1, threads=4)  # redelivers the killed worker's messages (heartbeat 4 s)
+    wait_for(lambda: UserTaskStatus.objects.filter(state=State.SUCCEEDED).count() == n, timeout=90,
+             message="every task final")
+    wait_for(lambda: not redis.hlen("dramatiq:default.msgs"), timeout=30, message="every message acknowledged")
+    succeeded = UserTaskStatus.objects.annotate(
+        ends=Count("events", filter=Q(events__kind=EventKind.SUCCEEDED))
+    ).values_list("pk", "ends")
+    assert {pk: ends for pk, ends in succeeded} == {pk: 1 for pk in labels}  # none lost, none twice
+    for pk, label in labels.items():
+        runs = effect(redis, f"ran:{label}")
+        if pk in committed:
+            assert runs == ran_before[pk] == 1  # final before the kill: never run again
+        else:
+            assert 1 <= runs <= 2  # run again if it was cut off before its commit

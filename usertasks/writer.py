@@ -244,6 +244,24 @@ class Writer:
 
     # -- SQL -----------------------------------------------------------------------------------
 
+    def _apply_one_statement(self, ops, rows, sql):
+        """The batch as ONE statement in autocommit (see ``_one_statement``): its updates and
+        their events, committed together in a single round trip."""
+        plans = [PLAN[op.kind](op) for op in ops]
+        events = [
+            (i, event) for i, op in enumerate(ops)
+            for event in ((op.start.events if op.start is not None else []) + op.events)
+        ]
+        changed = sql.update_many_with_events(plans, events)
+        for op, (_, where) in zip(ops, plans):
+            ok = POST[op.kind](rows, op, where["pk"] in changed)
+            op.applied = ok
+            if op.kind == "start" and ok:
+                op.ctx.started_written = True
+            if op.start is not None:
+                op.start.applied = ok
+                op.start.done.set()
+
     def _apply(self, ops, dirty, beating):
         from .models import UserTaskStatus
 
@@ -254,6 +272,8 @@ class Writer:
         from . import bulk, fanout
 
         sql = _Statements.get(connections[db])
+        if not dirty and not beating and _one_statement(ops, sql.connection):
+            return self._apply_one_statement(ops, rows, sql)
         with transaction.atomic(using=db):
             fanout.begin_batch()  # children's ends are counted on their containers once per batch
             # Starts and ends: one multi-row UPDATE per statement shape (starts before ends, so a
@@ -287,6 +307,22 @@ class Writer:
             if op.start is not None:
                 op.start.applied = ok
                 op.start.done.set()
+
+
+def _one_statement(ops, connection):
+    """Whether a batch can be written as one autocommitted statement: PostgreSQL, only starts
+    and ends of runs outside containers, one change per row, each with its event."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return False
+    seen = set()
+    for op in ops:
+        ctx = op.ctx
+        if op.kind not in ("start", "end") or not op.events or ctx.parent_id is not None or ctx.fanout:
+            return False
+        if ctx.status_id in seen:
+            return False
+        seen.add(ctx.status_id)
+    return True
 
 
 def _transient(exc):
@@ -366,6 +402,55 @@ class _Statements:
         into ONE ``UPDATE ... FROM (VALUES ...) RETURNING`` on PostgreSQL and SQLite >= 3.35,
         so a batch costs one round trip per shape, not one per task."""
         results = [False] * len(plans)
+        for (names, wkey), indexes in self._shapes(plans).items():
+            if len(indexes) == 1 or not self.multi_row:
+                for i in indexes:
+                    fields, where = plans[i]
+                    results[i] = self.update(fields, **where) > 0
+                continue
+            sql, params = self._many(plans, names, wkey, indexes)
+            with self.connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                changed = {row[0] for row in cursor.fetchall()}
+            for i in indexes:
+                results[i] = plans[i][1]["pk"] in changed
+        return results
+
+    def update_many_with_events(self, plans, events):
+        """PostgreSQL: the updates of :meth:`update_many` and the INSERT of the events of the
+        rows they changed, as ONE statement (data-modifying CTEs).  Run outside a transaction
+        it is its own transaction: a batch costs one round trip, commit included.  ``events``:
+        ``(plan index, UserTaskEvent)``.  Returns the set of primary keys changed."""
+        from .models import UserTaskEvent
+
+        parts, params = [], []
+        for n, ((names, wkey), indexes) in enumerate(self._shapes(plans).items()):
+            sql, p = self._many(plans, names, wkey, indexes)
+            parts.append(f"u{n} AS ({sql})")
+            params.extend(p)
+        fields = [f for f in UserTaskEvent._meta.concrete_fields if not f.primary_key]
+        qn = self.connection.ops.quote_name
+        width = len(fields)
+        rows = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(events))
+        names = [f"e{j}" for j in range(width)]
+        parts.append(f"e({', '.join(names)}) AS (VALUES {rows})")
+        for _, event in events:
+            params.extend(f.get_db_prep_save(getattr(event, f.attname), connection=self.connection) for f in fields)
+        changed = " UNION ALL ".join(f"SELECT {self.columns['pk']} FROM u{n}" for n in range(len(parts) - 1))
+        status = next(j for j, f in enumerate(fields) if f.name == "status")
+        select = ", ".join(f"CAST(e{j} AS {f.db_type(self.connection)})" for j, f in enumerate(fields))
+        sql = (
+            f"WITH {', '.join(parts)} INSERT INTO {qn(UserTaskEvent._meta.db_table)} "
+            f"({', '.join(qn(f.column) for f in fields)}) SELECT {select} FROM e "
+            f"WHERE CAST(e{status} AS bigint) IN ({changed}) RETURNING {qn(fields[status].column)}"
+        )
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return {row[0] for row in cursor.fetchall()}
+
+    @staticmethod
+    def _shapes(plans):
+        """Indexes of ``plans`` grouped by statement shape."""
         groups = {}
         for i, (fields, where) in enumerate(plans):
             wkey = tuple(
@@ -373,31 +458,24 @@ class _Statements:
                 for k, v in where.items()
             )
             groups.setdefault((tuple(fields), wkey), []).append(i)
-        for (names, wkey), indexes in groups.items():
-            if len(indexes) == 1 or not self.multi_row:
-                for i in indexes:
-                    fields, where = plans[i]
-                    results[i] = self.update(fields, **where) > 0
-                continue
-            sql = self._many_sql(names, wkey, len(indexes))
-            params = []
-            for i in indexes:
-                fields, where = plans[i]
-                params.append(where["pk"])
-                params.extend(self._adapt(v) for v in fields.values())
-                if "worker" in where:
-                    params.append(where["worker"])
-            for key, value in wkey:
-                if key.endswith("__in"):
-                    params.extend(value)
-                elif key == "state":
-                    params.append(value)
-            with self.connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                changed = {row[0] for row in cursor.fetchall()}
-            for i in indexes:
-                results[i] = plans[i][1]["pk"] in changed
-        return results
+        return groups
+
+    def _many(self, plans, names, wkey, indexes):
+        """SQL and parameters of one multi-row UPDATE ... RETURNING pk for one shape."""
+        sql = self._many_sql(names, wkey, len(indexes))
+        params = []
+        for i in indexes:
+            fields, where = plans[i]
+            params.append(where["pk"])
+            params.extend(self._adapt(v) for v in fields.values())
+            if "worker" in where:
+                params.append(where["worker"])
+        for key, value in wkey:
+            if key.endswith("__in"):
+                params.extend(value)
+            elif key == "state":
+                params.append(value)
+        return sql, params
 
     @property
     def multi_row(self):
