@@ -12,13 +12,16 @@ acknowledgement of a run whose end needs nothing else after its commit to this m
   the worker thread takes the next message at once.
 * The acker thread waits for each such end to be committed, then runs the original
   ``post_process_message``.  Ends are committed in the order they were submitted, so waiting
-  for them one after another costs no more than waiting for the last.
+  for them one after another costs no more than waiting for the last.  On a Redis broker the
+  acknowledgements of everything that committed together go to Redis in one pipeline (the
+  consumer's own ``ack``, with the broker's ``before_ack``/``after_ack`` hooks around each).
 
 A message is thus still acknowledged only after its final state is durable; what changes is
-which thread waits.  The number of messages a process holds unacknowledged stays bounded by
-Dramatiq's prefetch (twice the worker threads), which also bounds how many ends can share a
-transaction.  A crash before the acknowledgement leaves the message in the broker, and its
-redelivery finds the row final and is skipped (``docs/guarantees.md``).
+which thread waits.  A finished run no longer counts against the prefetch window of a Redis
+consumer, so the consumer keeps the worker threads busy while ends wait for their commit, and
+more ends share a transaction; :data:`MAX_PENDING` bounds how many acknowledgements may wait.
+A crash before the acknowledgement leaves the message in the broker, and its redelivery finds
+the row final and is skipped (``docs/guarantees.md``).
 """
 
 import logging
@@ -48,6 +51,12 @@ def install(consumer_thread):
         if op is None or op.done.is_set():
             return original(message)
         setattr(message, PENDING, None)
+        # The run is over: it no longer counts against the prefetch window of a Redis consumer
+        # (which would otherwise stop fetching, and back off, while ends wait for a commit).
+        # The acker's own limit (MAX_PENDING) bounds what waits.
+        outstanding = getattr(consumer_thread.consumer, "queued_message_ids", None)
+        if isinstance(outstanding, set):
+            outstanding.discard(message.message_id)
         get_acker().defer(op, original, message)
 
     post_process_message.usertasks_original = original
@@ -55,9 +64,18 @@ def install(consumer_thread):
     _queues.add(consumer_thread.queue_name)
 
 
+#: Acknowledgements the acker may hold at once; beyond, worker threads wait for their own
+#: commits again (a database that cannot keep up, or is down, slows the consumers down instead
+#: of piling up finished runs).
+MAX_PENDING = 1000
+
+
 def deferring(message):
     """Whether the acknowledgement of ``message`` can be handed to the acker."""
-    return message.queue_name in _queues
+    if message.queue_name not in _queues:
+        return False
+    a = _acker
+    return a is None or a.pid != os.getpid() or a.pending < MAX_PENDING
 
 
 def defer(message, op):
@@ -73,8 +91,14 @@ class Acker:
         self._cond = threading.Condition()
         self._queue = deque()
         self._busy = False
+        self._in_hand = 0
         self._thread = threading.Thread(target=self._run, name="usertasks-acker", daemon=True)
         self._thread.start()
+
+    @property
+    def pending(self):
+        """Acknowledgements waiting (queued, or being made)."""
+        return len(self._queue) + self._in_hand
 
     def defer(self, op, post_process, message):
         with self._cond:
@@ -94,12 +118,77 @@ class Acker:
                     self._cond.notify_all()
                     self._cond.wait()
                 self._busy = True
-                op, post_process, message = self._queue.popleft()
-            try:
+                items = list(self._queue)
+                self._queue.clear()
+                self._in_hand = len(items)
+            ready = []
+            for op, post_process, message in items:
                 op.done.wait()
-                post_process(message)  # Dramatiq's own: retries broker errors, logs the rest
-            except Exception:
-                logger.exception("usertasks: could not acknowledge message %s", message.message_id)
+                ready.append((post_process, message))
+            try:
+                self._post_process(ready)
+            except Exception:  # pragma: no cover - _post_process falls back message by message
+                logger.exception("usertasks: could not acknowledge %d message(s)", len(ready))
+            self._in_hand = 0
+
+    @staticmethod
+    def _post_process(ready):
+        """Acknowledge committed messages: the successes of one Redis consumer in one pipeline,
+        everything else through Dramatiq's own ``post_process_message``."""
+        groups = {}
+        for post_process, message in ready:
+            thread = getattr(post_process, "__self__", None)
+            if not message.failed and thread is not None and _pipelines(getattr(thread, "broker", None)):
+                groups.setdefault(id(thread), (thread, post_process, []))[2].append(message)
+            else:
+                _post_process_one(post_process, message)
+        for thread, post_process, messages in groups.values():
+            if len(messages) == 1 or not _ack_pipelined(thread, messages):
+                for message in messages:
+                    _post_process_one(post_process, message)
+
+
+def _post_process_one(post_process, message):
+    try:
+        post_process(message)  # Dramatiq's own: retries broker errors, logs the rest
+    except Exception:
+        logger.exception("usertasks: could not acknowledge message %s", message.message_id)
+
+
+def _pipelines(broker):
+    from .broker import _pipelines
+
+    return broker is not None and _pipelines(broker)
+
+
+def _ack_pipelined(thread, messages):
+    """What ``post_process_message`` does for each message (``before_ack`` hooks, the
+    consumer's ``ack``, ``after_ack`` hooks), with the acknowledgements sent to Redis in one
+    pipeline.  ``False`` if the pipeline failed: the caller then acknowledges one by one
+    (acknowledging twice is harmless)."""
+    import copy
+
+    from .broker import _IntoPipeline
+
+    consumer, broker = thread.consumer, thread.broker
+    if consumer is None:
+        return False
+    try:
+        pipe = broker.client.pipeline(transaction=False)
+        shadow = copy.copy(broker)
+        shadow.scripts = dict(broker.scripts, dispatch=_IntoPipeline(broker.scripts["dispatch"], pipe))
+        acking = copy.copy(consumer)  # shares the consumer's count of outstanding messages
+        acking.broker = shadow
+        for message in messages:
+            broker.emit_before("ack", message)
+            acking.ack(message)
+        pipe.execute()
+    except Exception as exc:
+        logger.info("usertasks: pipelined acknowledgement failed (%s); acknowledging one by one", exc)
+        return False
+    for message in messages:
+        broker.emit_after("ack", message)
+    return True
 
 
 _acker = None

@@ -2,9 +2,11 @@
 
 ``QuerySet.bulk_create`` prepares every value of every row through its field (a ``UUIDField``,
 a ``JSONField``, time zones for each ``DateTimeField``): for thousands of rows that share most
-of their values, that costs more than the database.  :func:`insert` builds one
-``INSERT ... VALUES (...), (...) RETURNING pk`` per batch and prepares a value only when it
-differs from the same column's value in the previous row.
+of their values, that costs more than the database.  :func:`insert` prepares a value only when
+it differs from the same column's value in the previous row, and sends the rows as one
+``INSERT ... SELECT * FROM unnest(<one array per column>) RETURNING pk`` on PostgreSQL (a
+statement whose text does not grow with the rows) or ``INSERT ... VALUES (...), (...)
+RETURNING pk`` per batch on SQLite.
 """
 
 import sqlite3
@@ -38,9 +40,16 @@ def insert(objs, using):
     fields = [f for f in opts.concrete_fields if f is not pk]
     stamped = [getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False) for f in fields]
     qn = connection.ops.quote_name
-    head = f"INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in fields)}) VALUES "
+    head = f"INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    size = max(1, min(500, connection.ops.bulk_batch_size(fields, objs)))
+    pg = connection.vendor == "postgresql"
+    if pg:
+        # One array per column: the statement's text (and its parsing) does not depend on
+        # the number of rows.
+        unnest = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+        size = 5000
+    else:
+        size = max(1, min(500, connection.ops.bulk_batch_size(fields, objs)))
     last_raw = [_UNSET] * len(fields)
     last_value = [None] * len(fields)
     for start in range(0, len(objs), size):
@@ -54,7 +63,12 @@ def insert(objs, using):
                     last_raw[j] = raw
                     last_value[j] = field.get_db_prep_save(raw, connection=connection)
                 params.append(last_value[j])
-        sql = f"{head}{', '.join([row] * len(chunk))} RETURNING {qn(pk.column)}"
+        if pg:
+            width = len(fields)
+            params = [params[j::width] for j in range(width)]
+            sql = f"{head}SELECT * FROM unnest({unnest}) RETURNING {qn(pk.column)}"
+        else:
+            sql = f"{head}VALUES {', '.join([row] * len(chunk))} RETURNING {qn(pk.column)}"
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             ids = [r[0] for r in cursor.fetchall()]

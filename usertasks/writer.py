@@ -430,19 +430,18 @@ class _Statements:
             params.extend(p)
         fields = [f for f in UserTaskEvent._meta.concrete_fields if not f.primary_key]
         qn = self.connection.ops.quote_name
-        width = len(fields)
-        rows = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(events))
-        names = [f"e{j}" for j in range(width)]
-        parts.append(f"e({', '.join(names)}) AS (VALUES {rows})")
-        for _, event in events:
-            params.extend(f.get_db_prep_save(getattr(event, f.attname), connection=self.connection) for f in fields)
+        names = [f"e{j}" for j in range(len(fields))]
+        arrays = ", ".join(f"%s::{f.db_type(self.connection)}[]" for f in fields)
+        parts.append(f"e AS (SELECT * FROM unnest({arrays}) AS e({', '.join(names)}))")
+        for f in fields:
+            params.append([f.get_db_prep_save(getattr(event, f.attname), connection=self.connection)
+                           for _, event in events])
         changed = " UNION ALL ".join(f"SELECT {self.columns['pk']} FROM u{n}" for n in range(len(parts) - 1))
         status = next(j for j, f in enumerate(fields) if f.name == "status")
-        select = ", ".join(f"CAST(e{j} AS {f.db_type(self.connection)})" for j, f in enumerate(fields))
         sql = (
             f"WITH {', '.join(parts)} INSERT INTO {qn(UserTaskEvent._meta.db_table)} "
-            f"({', '.join(qn(f.column) for f in fields)}) SELECT {select} FROM e "
-            f"WHERE CAST(e{status} AS bigint) IN ({changed}) RETURNING {qn(fields[status].column)}"
+            f"({', '.join(qn(f.column) for f in fields)}) SELECT {', '.join(names)} FROM e "
+            f"WHERE e{status} IN ({changed}) RETURNING {qn(fields[status].column)}"
         )
         with self.connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -470,6 +469,9 @@ class _Statements:
             params.extend(self._adapt(v) for v in fields.values())
             if "worker" in where:
                 params.append(where["worker"])
+        if self.connection.vendor == "postgresql":  # one array per column
+            width = len(params) // len(indexes)
+            params = [params[j::width] for j in range(width)]
         for key, value in wkey:
             if key.endswith("__in"):
                 params.extend(value)
@@ -486,6 +488,10 @@ class _Statements:
         return self.connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
 
     def _many_sql(self, names, wkey, rows):
+        """On PostgreSQL the rows come as one array per column (``unnest``), so the text does
+        not depend on the number of rows; elsewhere as a ``VALUES`` list."""
+        if self.connection.vendor == "postgresql":
+            rows = 0
         key = ("many", names, wkey, rows)
         sql = self.cache.get(key)
         if sql is not None:
@@ -511,8 +517,15 @@ class _Statements:
             if name == "attempts":
                 value = f"{self.greatest}({t}.{col} + 1, {value})"
             sets.append(f"{col} = {value}")
-        select = ", ".join(f"column{j + 1} AS {c}" for j, c in enumerate(cols))
-        values = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * rows)
+        if pg:
+            types = [UserTaskStatus._meta.get_field(n).db_type(self.connection) for n in ("id",) + names]
+            if worker:
+                types.append(UserTaskStatus._meta.get_field("worker").db_type(self.connection))
+            source = f"unnest({', '.join(f'%s::{t_}[]' for t_ in types)}) AS v({', '.join(cols)})"
+        else:
+            select = ", ".join(f"column{j + 1} AS {c}" for j, c in enumerate(cols))
+            values = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * rows)
+            source = f"(SELECT {select} FROM (VALUES {values}) AS vv) AS v"
         conds = [f"{t}.{self.columns['pk']} = {cast('v.k', 'pk')}"]
         for k, v in wkey:
             name, _, lookup = k.partition("__")
@@ -526,7 +539,7 @@ class _Statements:
                 conds.append(f"{t}.{self.columns[name]} = %s")
         sql = (
             f"UPDATE {t} SET {', '.join(sets)} "
-            f"FROM (SELECT {select} FROM (VALUES {values}) AS vv) AS v "
+            f"FROM {source} "
             f"WHERE {' AND '.join(conds)} RETURNING {t}.{self.columns['pk']}"
         )
         if len(self.cache) < 256:
