@@ -12,7 +12,11 @@ Whichever runs first decides: either the worker sees the flag and skips the mess
 cancel sees the claim and treats the task as running.
 """
 
+import os
+import threading
 import time
+
+import redis
 
 from .base import AbortBackend
 
@@ -98,6 +102,7 @@ class RedisAbortBackend(AbortBackend):
         self.prefix = f"{key_prefix}abort:"
         self.claim_prefix = f"{key_prefix}claim:"
         self._claim = self.client.register_script(_CLAIM)
+        self._local = threading.local()
         self._cancel_pending = self.client.register_script(_CANCEL_PENDING)
 
     def claim_key(self, status_id):
@@ -108,7 +113,27 @@ class RedisAbortBackend(AbortBackend):
         if parent_id is not None:
             keys.append(self.key(parent_id))
         keys.append(self.claim_key(status_id))
-        return int(self._claim(keys=keys, args=[CLAIM_TTL]))
+        # Once per message on the worker thread: a connection of this thread's own, without
+        # the pool's checkout (a lock and a readiness poll per command).
+        conn = self._thread_connection()
+        try:
+            conn.send_command("EVALSHA", self._claim.sha, len(keys), *keys, CLAIM_TTL)
+            return int(conn.read_response())
+        except redis.exceptions.NoScriptError:
+            return int(self._claim(keys=keys, args=[CLAIM_TTL]))  # loads the script, then runs it
+        except BaseException:
+            self._local.conn = None  # in an unknown state: never reused
+            conn.disconnect()
+            raise
+
+    def _thread_connection(self):
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            pool = self.client.connection_pool
+            conn = local.conn = pool.connection_class(**pool.connection_kwargs)
+            local.pid = os.getpid()
+        return conn
 
     def cancel_pending(self, status_id):
         return status_id in self.cancel_pending_many([status_id])
