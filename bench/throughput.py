@@ -205,7 +205,8 @@ def cmd_sendcost(args):
             fn()
             dt = time.perf_counter() - t0
         sql = [q["sql"] for q in ctx.captured_queries]
-        writes = [s for s in sql if s.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")]
+        writes = [s for s in sql if s.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")
+                  or (s.upper().startswith("WITH") and any(w in s.upper() for w in ("INSERT ", "UPDATE ", "DELETE ")))]
         return {"tasks": tasks, "queries_per_task": len(sql) / tasks, "writes_per_task": len(writes) / tasks,
                 "broker_round_trips_per_task": trips[0] / tasks, "us_per_task": dt / tasks * 1e6,
                 "sql": [s[:120] for s in sql[:12]]}

@@ -331,3 +331,29 @@ def test_bulk_insert_prepares_values_like_the_orm(user):
     assert list(UserTaskEvent.objects.order_by("pk").values_list("status_id", "kind")) == [
         (r.pk, EventKind.ENQUEUED) for r in rows]
     assert all(e.pk for e in events)
+
+
+def test_send_for_writes_once(user, clean_redis):
+    """send_for: the row and its "enqueued" event; on PostgreSQL one statement, which outside a
+    transaction is its own (no BEGIN/COMMIT round trips); elsewhere two INSERTs in one."""
+    with CaptureQueriesContext(connection) as ctx:
+        status = tasks.noop.send_for(user, label="once")
+    sql = [q["sql"].lstrip().upper() for q in ctx.captured_queries]
+    writes = [s for s in sql if s.startswith(("INSERT", "UPDATE", "DELETE", "WITH"))]
+    if connection.vendor == "postgresql":
+        assert len(writes) == 1 and writes[0].startswith("WITH") and not any(s.startswith("BEGIN") for s in sql)
+    else:
+        assert len(writes) == 2
+    row = UserTaskStatus.objects.get(pk=status.pk)
+    assert (row.uuid, row.task_id, row.name, row.state) == (status.uuid, status.task_id, "No-op once", State.PENDING)
+    assert list(row.events.values_list("kind", flat=True)) == [EventKind.ENQUEUED]
+    assert [m["options"][STATUS_OPTION] for m in queued(clean_redis)] == [status.pk]
+
+
+def test_send_for_in_a_rolled_back_transaction_leaves_nothing(user, clean_redis):
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            tasks.noop.send_for(user, label="gone")
+            raise RuntimeError("rollback")
+    assert not UserTaskStatus.objects.exists() and not UserTaskEvent.objects.exists()
+    assert queued(clean_redis) == []

@@ -77,3 +77,41 @@ def insert(objs, using):
             obj._state.adding = False
             obj._state.db = using
     return objs
+
+
+def insert_with_event(obj, event, using):
+    """PostgreSQL: insert ``obj`` (an unsaved row with an automatic primary key) and ``event``
+    (whose foreign key ``fk`` points to it) in ONE statement (a data-modifying CTE); run
+    outside a transaction it commits on its own, in one round trip.  Sets both primary keys'
+    link (``obj.pk``, ``event.<fk>_id``); the event's own id is not read back."""
+    connection = connections[using]
+    qn = connection.ops.quote_name
+    row_fields = [f for f in obj._meta.concrete_fields if not f.primary_key]
+    event_fields = [f for f in event._meta.concrete_fields if not f.primary_key]
+    link = next(f for f in event_fields if f.is_relation and f.related_model is type(obj))
+    values = []
+    for f in row_fields:
+        raw = f.pre_save(obj, True) if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False) \
+            else getattr(obj, f.attname)
+        values.append(f.get_db_prep_save(raw, connection=connection))
+    select = []
+    for f in event_fields:
+        if f is link:
+            select.append(f"s.{qn(obj._meta.pk.column)}")
+        else:
+            select.append(f"%s::{f.db_type(connection)}")
+            values.append(f.get_db_prep_save(getattr(event, f.attname), connection=connection))
+    pk = qn(obj._meta.pk.column)
+    sql = (
+        f"WITH s AS (INSERT INTO {qn(obj._meta.db_table)} ({', '.join(qn(f.column) for f in row_fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(row_fields))}) RETURNING {pk}), "
+        f"e AS (INSERT INTO {qn(event._meta.db_table)} ({', '.join(qn(f.column) for f in event_fields)}) "
+        f"SELECT {', '.join(select)} FROM s) SELECT {pk} FROM s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        obj.pk = cursor.fetchone()[0]
+    obj._state.adding = False
+    obj._state.db = using
+    setattr(event, link.attname, obj.pk)
+    return obj

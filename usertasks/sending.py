@@ -117,6 +117,14 @@ def send_prepared(prepared):
 
     db = router.db_for_write(UserTaskStatus)
     now = timezone.now()
+    if len(prepared) == 1 and not prepared[0].unique_key and transaction.get_connection(db).vendor == "postgresql":
+        # One task on PostgreSQL: the row and its "enqueued" event are ONE statement, which
+        # outside the caller's transaction is also the whole transaction (one round trip).
+        p = prepared[0]
+        row = _row(p, now)
+        bulk.insert_with_event(row, _event(row, now), db)
+        transaction.on_commit(lambda: enqueue([(p, row)], db), using=db)
+        return [row]
     rows, to_send = [], []
     with transaction.atomic(using=db):
         if len(prepared) == 1 or any(p.unique_key for p in prepared):
