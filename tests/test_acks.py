@@ -1,0 +1,91 @@
+"""The acker: acknowledgements wait for their commits, in order, and are bounded."""
+
+import threading
+
+from usertasks import acks
+
+
+class _Op:
+    def __init__(self):
+        self.done = threading.Event()
+
+
+class _Message:
+    failed = False
+
+    def __init__(self, i, queue_name="default"):
+        self.message_id = f"m{i}"
+        self.queue_name = queue_name
+
+
+def test_acknowledges_only_after_the_commit_in_order_and_is_bounded(monkeypatch):
+    monkeypatch.setattr(acks, "_queues", {"default"})
+    monkeypatch.setattr(acks, "MAX_PENDING", 3)
+    acker = acks.Acker()
+    monkeypatch.setattr(acks, "_acker", acker)
+    acked = []
+    ops = [_Op() for _ in range(3)]
+    messages = [_Message(i) for i in range(3)]
+    assert acks.deferring(messages[0])
+    for op, message in zip(ops, messages):
+        acker.defer(op, acked.append, message)
+    assert acker.pending == 3
+    assert not acks.deferring(_Message(9))  # full: the next worker thread waits for its own commit
+    assert not acks.deferring(_Message(9, queue_name="elsewhere"))  # a consumer that was not wrapped
+    assert not acker.drain(timeout=0.3) and acked == []  # nothing committed, nothing acknowledged
+    ops[1].done.set()
+    assert not acker.drain(timeout=0.3) and acked == []  # the first end is not committed yet
+    ops[0].done.set()
+    ops[2].done.set()
+    assert acker.drain(timeout=5)
+    assert acked == messages and acker.pending == 0
+    assert acks.deferring(_Message(9))
+
+
+def test_a_failing_acknowledgement_does_not_stop_the_others(monkeypatch, caplog):
+    acker = acks.Acker()
+    acked = []
+
+    def flaky(message):
+        if message.message_id == "m0":
+            raise RuntimeError("broker gone")
+        acked.append(message.message_id)
+
+    for i in range(3):
+        op = _Op()
+        op.done.set()
+        acker.defer(op, flaky, _Message(i))
+    assert acker.drain(timeout=5)
+    assert acked == ["m1", "m2"]
+    assert "could not acknowledge message m0" in caplog.text
+
+
+def test_install_wraps_a_consumer_thread_once(monkeypatch):
+    monkeypatch.setattr(acks, "_queues", set())
+    monkeypatch.setattr(acks, "_acker", None)
+    direct = []
+
+    class Consumer:
+        queued_message_ids = {"m1", "m2"}
+
+    class Thread:
+        queue_name = "q"
+        consumer = Consumer()
+
+        def post_process_message(self, message):
+            direct.append(message.message_id)
+
+    thread = Thread()
+    acks.install(thread)
+    wrapped = thread.post_process_message
+    acks.install(thread)
+    assert thread.post_process_message is wrapped and acks._queues == {"q"}
+    plain = _Message(1, "q")
+    thread.post_process_message(plain)  # no pending end: straight to Dramatiq's own
+    assert direct == ["m1"]
+    pending, op = _Message(2, "q"), _Op()
+    acks.defer(pending, op)
+    thread.post_process_message(pending)
+    assert direct == ["m1"] and "m2" not in Consumer.queued_message_ids  # out of the prefetch window
+    op.done.set()
+    assert acks.drain(timeout=5) and direct == ["m1", "m2"]
