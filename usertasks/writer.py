@@ -10,7 +10,9 @@ Starts are deferred: the start of a run whose body need not wait for it is held 
 progress tick (``PROGRESS_INTERVAL``), and when the run ends before then, its start and its end
 become ONE guarded ``UPDATE``.  Short tasks therefore cost one statement in a shared
 transaction.  The hot statements are prepared SQL (``_Statements``), not ORM querysets, which
-cost ten times as much to build.
+cost ten times as much to build; on PostgreSQL a batch made only of starts and ends of ordinary
+runs is ONE autocommitted statement (the updates and the INSERT of their events as
+data-modifying CTEs), so it costs a single round trip, commit included.
 
 Failures: a transient database error (connection lost, "database is locked") makes the writer
 close its connection and try the same batch again with a growing pause, for as long as it
@@ -248,19 +250,9 @@ class Writer:
         """The batch as ONE statement in autocommit (see ``_one_statement``): its updates and
         their events, committed together in a single round trip."""
         plans = [PLAN[op.kind](op) for op in ops]
-        events = [
-            (i, event) for i, op in enumerate(ops)
-            for event in ((op.start.events if op.start is not None else []) + op.events)
-        ]
+        events = [event for op in ops for event in (op.start.events if op.start is not None else []) + op.events]
         changed = sql.update_many_with_events(plans, events)
-        for op, (_, where) in zip(ops, plans):
-            ok = POST[op.kind](rows, op, where["pk"] in changed)
-            op.applied = ok
-            if op.kind == "start" and ok:
-                op.ctx.started_written = True
-            if op.start is not None:
-                op.start.applied = ok
-                op.start.done.set()
+        _settle(ops, [POST[op.kind](rows, op, where["pk"] in changed) for op, (_, where) in zip(ops, plans)])
 
     def _apply(self, ops, dirty, beating):
         from .models import UserTaskStatus
@@ -300,13 +292,19 @@ class Writer:
             if events:
                 bulk.insert(events, db)
             fanout.end_batch(rows)
-        for op, ok in zip(ops, applied):
-            op.applied = ok
-            if op.kind == "start" and ok:
-                op.ctx.started_written = True
-            if op.start is not None:
-                op.start.applied = ok
-                op.start.done.set()
+        _settle(ops, applied)
+
+
+def _settle(ops, applied):
+    """Record the outcome of each op of a committed batch (their ``done`` is set by the caller;
+    a folded start is settled with its end)."""
+    for op, ok in zip(ops, applied):
+        op.applied = ok
+        if op.kind == "start" and ok:
+            op.ctx.started_written = True
+        if op.start is not None:
+            op.start.applied = ok
+            op.start.done.set()
 
 
 def _one_statement(ops, connection):
@@ -399,8 +397,9 @@ class _Statements:
         """Run many ``(fields, where)`` updates; returns, for each, whether it changed its row.
 
         Plans of the same shape (same fields and guards; ``pk`` and ``worker`` may differ) go
-        into ONE ``UPDATE ... FROM (VALUES ...) RETURNING`` on PostgreSQL and SQLite >= 3.35,
-        so a batch costs one round trip per shape, not one per task."""
+        into ONE ``UPDATE ... FROM (VALUES ...) RETURNING`` on SQLite >= 3.35 (``FROM
+        unnest(...)`` on PostgreSQL), so a batch costs one round trip per shape, not one per
+        task."""
         results = [False] * len(plans)
         for (names, wkey), indexes in self._shapes(plans).items():
             if len(indexes) == 1 or not self.multi_row:
@@ -420,7 +419,8 @@ class _Statements:
         """PostgreSQL: the updates of :meth:`update_many` and the INSERT of the events of the
         rows they changed, as ONE statement (data-modifying CTEs).  Run outside a transaction
         it is its own transaction: a batch costs one round trip, commit included.  ``events``:
-        ``(plan index, UserTaskEvent)``.  Returns the set of primary keys changed."""
+        unsaved ``UserTaskEvent`` objects; those of rows left unchanged are not inserted.
+        Returns the set of primary keys changed."""
         from .models import UserTaskEvent
 
         parts, params = [], []
@@ -435,7 +435,7 @@ class _Statements:
         parts.append(f"e AS (SELECT * FROM unnest({arrays}) AS e({', '.join(names)}))")
         for f in fields:
             params.append([f.get_db_prep_save(getattr(event, f.attname), connection=self.connection)
-                           for _, event in events])
+                           for event in events])
         changed = " UNION ALL ".join(f"SELECT {self.columns['pk']} FROM u{n}" for n in range(len(parts) - 1))
         status = next(j for j, f in enumerate(fields) if f.name == "status")
         sql = (
