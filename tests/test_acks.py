@@ -89,3 +89,34 @@ def test_install_wraps_a_consumer_thread_once(monkeypatch):
     assert direct == ["m1"] and "m2" not in Consumer.queued_message_ids  # out of the prefetch window
     op.done.set()
     assert acks.drain(timeout=5) and direct == ["m1", "m2"]
+
+
+def test_receivers_act_from_the_hints_alone(monkeypatch):
+    """With the built-in notifier and the compat bridge (both declared in ACTS), a run that
+    does not email and has no user_task_stopped listener needs nothing after its commit; any
+    undeclared receiver, or a user_task_stopped listener, makes the worker wait again."""
+    from user_tasks import user_task_stopped
+    from user_tasks.models import UserTaskStatus as CompatStatus
+
+    from usertasks.signals import receivers_act, task_finished
+    from usertasks.states import State
+
+    monkeypatch.setattr(user_task_stopped, "receivers", [])  # tests.tasks_compat listens, if imported
+    assert not receivers_act(parent_id=None, state=State.SUCCEEDED, notify=False)
+    assert not receivers_act(parent_id=7, state=State.FAILED, notify=True)  # children never email
+    assert receivers_act(parent_id=None, state=State.FAILED, notify=["Failed"])  # this one emails
+
+    def listener(**kwargs):
+        pass
+
+    user_task_stopped.connect(listener, sender=CompatStatus, dispatch_uid="test.stopped")
+    try:
+        assert receivers_act(parent_id=7, state=State.SUCCEEDED, notify=False)
+    finally:
+        user_task_stopped.disconnect(dispatch_uid="test.stopped", sender=CompatStatus)
+    task_finished.connect(listener, dispatch_uid="test.finished")
+    try:
+        assert receivers_act(parent_id=7, state=State.SUCCEEDED, notify=False)
+    finally:
+        task_finished.disconnect(dispatch_uid="test.finished")
+    assert not receivers_act(parent_id=7, state=State.SUCCEEDED, notify=False)

@@ -14,7 +14,8 @@ class UserTasksConfig(AppConfig):
 
         install_middleware()
 
-        from .notifications import on_task_finished
-        from .signals import NOTIFIER_UID, task_finished
+        from .notifications import acts_on, on_task_finished
+        from .signals import ACTS, NOTIFIER_UID, task_finished
 
         task_finished.connect(on_task_finished, dispatch_uid=NOTIFIER_UID)
+        ACTS[NOTIFIER_UID] = acts_on

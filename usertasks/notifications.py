@@ -95,6 +95,11 @@ def send_notification(status, state=None):
     return True
 
 
+def acts_on(parent_id, state, notify):
+    """Whether :func:`on_task_finished` may email for a run with these hints."""
+    return parent_id is None and state in notify_states_for(notify)
+
+
 def on_task_finished(sender, status, state, parent_id=None, notify=None, **kwargs):
     """Receiver of :data:`usertasks.signals.task_finished`.  Decides from the signal's hints
     first, so a task that does not email never loads its row."""

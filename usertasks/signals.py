@@ -3,6 +3,8 @@
 ``task_finished(sender=UserTaskStatus, status=<row>, state=<final state>)`` is sent once a task's
 final state has been stored (in the process that stored it)."""
 
+import weakref
+
 from django.dispatch import Signal
 
 task_finished = Signal()
@@ -10,10 +12,24 @@ task_finished = Signal()
 #: ``dispatch_uid`` of the built-in email receiver (``usertasks.notifications``).
 NOTIFIER_UID = "usertasks.notifications"
 
+#: ``dispatch_uid`` of a :data:`task_finished` receiver -> ``acts(parent_id=, state=, notify=)``,
+#: which tells from the signal's hints alone whether that receiver would do anything for a run.
+#: The worker acknowledges a run without waiting for its commit only when every connected
+#: receiver is listed here and none would act (``usertasks.acks``); a receiver connected
+#: without an entry is assumed to act on every run.
+ACTS = {}
 
-def builtin_receivers_only():
-    """Whether the built-in email receiver is the only one connected to :data:`task_finished`."""
-    return all(entry[0][0] == NOTIFIER_UID for entry in task_finished.receivers)
+
+def receivers_act(parent_id, state, notify):
+    """Whether any receiver of :data:`task_finished` would act on a run with these hints."""
+    for entry in task_finished.receivers:
+        receiver = entry[1]
+        if isinstance(receiver, weakref.ReferenceType) and receiver() is None:
+            continue  # connected weakly and gone; Django drops the entry later
+        acts = ACTS.get(entry[0][0])
+        if acts is None or acts(parent_id=parent_id, state=state, notify=notify):
+            return True
+    return False
 
 
 _FROM_ROW = object()

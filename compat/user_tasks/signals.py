@@ -26,7 +26,7 @@ from django.utils.functional import LazyObject, empty
 
 from usertasks.exceptions import Aborted
 from usertasks.models import EventKind
-from usertasks.signals import task_finished
+from usertasks.signals import ACTS, task_finished
 from usertasks.states import ACTIVE_STATES, State
 
 from . import tracking, user_task_stopped
@@ -140,6 +140,13 @@ def _stop_writer(**kwargs):
     from usertasks.writer import stop_writer
 
     stop_writer()
+
+
+def _stopped_has_listeners(**hints):
+    return user_task_stopped.has_listeners(UserTaskStatus)
+
+
+ACTS["user_tasks.stopped"] = _stopped_has_listeners  # a worker need not wait for it otherwise
 
 
 @receiver(task_finished, dispatch_uid="user_tasks.stopped")

@@ -237,23 +237,17 @@ class UserTaskTracking(Middleware):
 def _quiet_end(ctx, state, message):
     """Whether nothing but the acknowledgement follows the commit of this run's end: a success
     or failure without a cancel to clear, on a consumer whose acknowledgements can wait for the
-    commit, and no ``task_finished`` receiver that would act (the built-in notifier decides
-    from the run alone that it sends no email)."""
+    commit, and no ``task_finished`` receiver that would act (``usertasks.signals.ACTS``: the
+    built-in notifier decides from the run alone that it sends no email)."""
     if state not in (State.SUCCEEDED, State.FAILED) or ctx.abort_requested or ctx.fanout:
         return False
     from ..acks import deferring
 
     if not deferring(message):
         return False
-    from ..signals import builtin_receivers_only, task_finished
+    from ..signals import receivers_act
 
-    if not task_finished.receivers:
-        return True
-    if not builtin_receivers_only():
-        return False
-    from ..notifications import notify_states_for
-
-    return ctx.parent_id is not None or state not in notify_states_for((ctx.options or {}).get("notify"))
+    return not receivers_act(ctx.parent_id, state, (ctx.options or {}).get("notify"))
 
 
 def _release(ctx):
