@@ -130,7 +130,7 @@ def test_canceling_a_pending_task_sends_task_finished(user, other_user, redis):
 def test_flags_of_another_database_sharing_the_redis_are_not_seen(start_worker, user, redis):
     """Ids are a database's own: a flag left under the same id by another database (a reset
     development database, another site on the same Redis) must not cancel this task."""
-    from usertasks.abort.redis import RedisAbortBackend, key_namespace
+    from usertasks.abort.redis import RedisAbortBackend
 
     status = t.side_effect.send_for(user, label="ns")
     other = RedisAbortBackend(key_prefix="usertasks:elsewhere:")

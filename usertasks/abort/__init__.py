@@ -44,13 +44,11 @@ def backend_path():
 
 def get_backend():
     """The abort backend of this process (one instance per setting value and process)."""
+    from django.db import connections, router
     from django.utils.module_loading import import_string
 
     from ..broker import configured_broker
     from ..conf import app_settings
-
-    from django.db import connections, router
-
     from ..models import UserTaskStatus
 
     path = backend_path()
