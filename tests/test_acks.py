@@ -3,6 +3,7 @@
 import threading
 
 from usertasks import acks
+from usertasks.process import PerProcess
 
 
 class _Op:
@@ -22,7 +23,8 @@ def test_acknowledges_only_after_the_commit_in_order_and_is_bounded(monkeypatch)
     monkeypatch.setattr(acks, "_queues", {"default"})
     monkeypatch.setattr(acks, "MAX_PENDING", 3)
     acker = acks.Acker()
-    monkeypatch.setattr(acks, "_acker", acker)
+    monkeypatch.setattr(acks, "_ackers", PerProcess(lambda: acker))
+    assert acks.get_acker() is acker
     acked = []
     ops = [_Op() for _ in range(3)]
     messages = [_Message(i) for i in range(3)]
@@ -62,7 +64,7 @@ def test_a_failing_acknowledgement_does_not_stop_the_others(monkeypatch, caplog)
 
 def test_install_wraps_a_consumer_thread_once(monkeypatch):
     monkeypatch.setattr(acks, "_queues", set())
-    monkeypatch.setattr(acks, "_acker", None)
+    monkeypatch.setattr(acks, "_ackers", PerProcess(acks.Acker))
     direct = []
 
     class Consumer:

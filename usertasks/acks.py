@@ -25,9 +25,10 @@ the row final and is skipped (``docs/guarantees.md``).
 """
 
 import logging
-import os
 import threading
 from collections import deque
+
+from .process import PerProcess
 
 logger = logging.getLogger("usertasks.acks")
 
@@ -74,8 +75,8 @@ def deferring(message):
     """Whether the acknowledgement of ``message`` can be handed to the acker."""
     if message.queue_name not in _queues:
         return False
-    a = _acker
-    return a is None or a.pid != os.getpid() or a.pending < MAX_PENDING
+    a = _ackers.current()
+    return a is None or a.pending < MAX_PENDING
 
 
 def defer(message, op):
@@ -87,7 +88,6 @@ class Acker:
     """One thread per process: acknowledges messages once their ends are committed."""
 
     def __init__(self):
-        self.pid = os.getpid()
         self._cond = threading.Condition()
         self._queue = deque()
         self._busy = False
@@ -191,24 +191,14 @@ def _ack_pipelined(thread, messages):
     return True
 
 
-_acker = None
-_lock = threading.Lock()
+_ackers = PerProcess(Acker)
 
 
 def get_acker():
-    global _acker
-    a = _acker
-    if a is None or a.pid != os.getpid():
-        with _lock:
-            if _acker is None or _acker.pid != os.getpid():
-                _acker = Acker()
-            a = _acker
-    return a
+    return _ackers.get()
 
 
 def drain(timeout=30):
     """Wait for this process's deferred acknowledgements (at consumer shutdown)."""
-    a = _acker
-    if a is not None and a.pid == os.getpid():
-        return a.drain(timeout)
-    return True
+    a = _ackers.current()
+    return True if a is None else a.drain(timeout)

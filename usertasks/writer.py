@@ -30,6 +30,7 @@ from datetime import datetime
 from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
+from .process import PerProcess
 from .states import ACTIVE_STATES, State
 
 logger = logging.getLogger("usertasks.writer")
@@ -682,25 +683,15 @@ APPLY = {
 }
 
 
-_writer = None
-_writer_lock = threading.Lock()
+_writers = PerProcess(Writer)
 
 
 def get_writer():
     """This process's writer (started on first use, and again in a forked child)."""
-    global _writer
-    w = _writer
-    if w is None or w.pid != os.getpid():
-        with _writer_lock:
-            if _writer is None or _writer.pid != os.getpid():
-                _writer = Writer()
-            w = _writer
-    return w
+    return _writers.get()
 
 
 def stop_writer(timeout=30):
-    global _writer
-    with _writer_lock:
-        w, _writer = _writer, None
-    if w is not None and w.pid == os.getpid():
+    w = _writers.take()
+    if w is not None:
         w.stop(timeout)
