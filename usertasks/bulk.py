@@ -38,7 +38,7 @@ def insert(objs, using):
     opts = model._meta
     pk = opts.pk
     fields = [f for f in opts.concrete_fields if f is not pk]
-    stamped = [getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False) for f in fields]
+    stamped = [_stamped(f) for f in fields]
     qn = connection.ops.quote_name
     head = f"INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
@@ -81,9 +81,10 @@ def insert(objs, using):
 
 def insert_with_event(obj, event, using):
     """PostgreSQL: insert ``obj`` (an unsaved row with an automatic primary key) and ``event``
-    (whose foreign key ``fk`` points to it) in ONE statement (a data-modifying CTE); run
-    outside a transaction it commits on its own, in one round trip.  Sets both primary keys'
-    link (``obj.pk``, ``event.<fk>_id``); the event's own id is not read back."""
+    (an unsaved row of a model with a foreign key to ``obj``'s, filled in by the statement) in
+    ONE statement (a data-modifying CTE); run outside a transaction it commits on its own, in
+    one round trip.  Sets ``obj.pk`` and the event's foreign key; the event's own id is not
+    read back."""
     connection = connections[using]
     qn = connection.ops.quote_name
     row_fields = [f for f in obj._meta.concrete_fields if not f.primary_key]
@@ -91,8 +92,7 @@ def insert_with_event(obj, event, using):
     link = next(f for f in event_fields if f.is_relation and f.related_model is type(obj))
     values = []
     for f in row_fields:
-        raw = f.pre_save(obj, True) if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False) \
-            else getattr(obj, f.attname)
+        raw = f.pre_save(obj, True) if _stamped(f) else getattr(obj, f.attname)
         values.append(f.get_db_prep_save(raw, connection=connection))
     select = []
     for f in event_fields:
@@ -115,3 +115,8 @@ def insert_with_event(obj, event, using):
     obj._state.db = using
     setattr(event, link.attname, obj.pk)
     return obj
+
+
+def _stamped(field):
+    """A field whose value ``pre_save`` sets (``auto_now``, ``auto_now_add``)."""
+    return getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
