@@ -357,3 +357,12 @@ def test_send_for_in_a_rolled_back_transaction_leaves_nothing(user, clean_redis)
             raise RuntimeError("rollback")
     assert not UserTaskStatus.objects.exists() and not UserTaskEvent.objects.exists()
     assert queued(clean_redis) == []
+
+
+def test_send_many_for_with_a_delay_pipelines_into_the_delay_queue(user, clean_redis):
+    rows = tasks.noop.send_many_for(user, [{"label": f"d{i}"} for i in range(5)], delay=60_000)
+    assert all(r.eta is not None and r.eta > r.created for r in rows)
+    assert queued(clean_redis) == []
+    delayed = queued(clean_redis, QUEUE + ".DQ")
+    assert sorted(m["options"][STATUS_OPTION] for m in delayed) == sorted(r.pk for r in rows)
+    assert all(m["options"]["eta"] > 0 for m in delayed)
