@@ -128,3 +128,23 @@ def test_sigkill_in_the_middle_of_group_commits(start_worker, user, redis):
             assert runs == ran_before[pk] == 1  # final before the kill: never run again
         else:
             assert 1 <= runs <= 2  # run again if it was cut off before its commit
+
+
+def test_shutdown_notifications_requeue_the_running_task(start_worker, user, redis):
+    """With Dramatiq's ShutdownNotifications, a stopping worker interrupts its running tasks with
+    ``Shutdown``: the task goes back to Pending (a ``requeued`` event, not a failure) and its
+    retry runs on the next worker."""
+    first = start_worker(processes=1, threads=2, extra_env={"USERTASKS_TEST_SHUTDOWN_NOTIFICATIONS": "1"})
+    status = t.wait_steps_retrying.send_for(user, label="sn", n=1000, delay=0.01)
+    wait_for(lambda: status.refresh() and status.state == State.IN_PROGRESS, message="In Progress")
+    first.stop()
+    assert first.proc.returncode is not None
+    status.refresh_from_db()
+    assert status.state == State.PENDING and status.worker == ""
+    kinds = list(status.events.values_list("kind", flat=True))
+    assert kinds[-1] == EventKind.REQUEUED and EventKind.FAILED not in kinds
+    assert effect(redis, "done:sn") == 0
+    start_worker(processes=1, threads=2)
+    wait_final(status, timeout=90)
+    assert status.state == State.SUCCEEDED and status.attempts == 2
+    assert effect(redis, "started:sn") == 2 and effect(redis, "done:sn") == 1
