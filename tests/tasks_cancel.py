@@ -7,8 +7,7 @@ from usertasks import user_task
 from .tasks import mark, r
 
 
-@user_task(name="Wait {label}", max_retries=0)
-def wait_steps(task, label="", n=400, delay=0.01):
+def _steps(task, label, n, delay):
     """Steps every ``delay`` seconds; marks ``started`` at once and ``done`` at the end."""
     mark(f"started:{label}")
     task.set_total_steps(n)
@@ -18,15 +17,15 @@ def wait_steps(task, label="", n=400, delay=0.01):
     mark(f"done:{label}")
 
 
+@user_task(name="Wait {label}", max_retries=0)
+def wait_steps(task, label="", n=400, delay=0.01):
+    _steps(task, label, n, delay)
+
+
 @user_task(name="Wait and retry {label}", max_retries=3, min_backoff=200, max_backoff=200)
 def wait_steps_retrying(task, label="", n=400, delay=0.01):
     """``wait_steps`` with retries left (a worker stopping with ShutdownNotifications requeues it)."""
-    mark(f"started:{label}")
-    task.set_total_steps(n)
-    for i in range(n):
-        time.sleep(delay)
-        task.step()
-    mark(f"done:{label}")
+    _steps(task, label, n, delay)
 
 
 @user_task(name="Side effect {label}", max_retries=0)
