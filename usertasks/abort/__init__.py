@@ -9,6 +9,9 @@ import logging
 import os
 import threading
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
 from .base import AGAIN, FIRST, SKIP, AbortBackend
 
 logger = logging.getLogger("usertasks.abort")
@@ -20,7 +23,7 @@ ALIASES = {
     "database": "usertasks.abort.database.DatabaseAbortBackend",
 }
 
-_cache = {}
+_cache = {}  # pid -> (database NAME, broker, backend)
 _lock = threading.Lock()
 
 
@@ -43,26 +46,33 @@ def backend_path():
 
 
 def get_backend():
-    """The abort backend of this process (one instance per setting value and process)."""
+    """The abort backend of this process.  Made once per process and kept while the database
+    and the broker stay the same; a change of the ``USERTASKS`` or database settings
+    (``setting_changed``, as in tests) makes the next call build a new one.  Called once per
+    message by the worker, so the common case is two lookups."""
     from django.db import connections, router
     from django.utils.module_loading import import_string
 
     from ..broker import configured_broker
-    from ..conf import app_settings
     from ..models import UserTaskStatus
 
-    path = backend_path()
+    broker = configured_broker()
     database = connections[router.db_for_write(UserTaskStatus)].settings_dict.get("NAME")
-    key = (os.getpid(), path, app_settings.REDIS_URL, app_settings.REDIS_KEY_PREFIX, database, id(configured_broker()))
-    backend = _cache.get(key)
-    if backend is None:
+    entry = _cache.get(os.getpid())
+    if entry is None or entry[0] != database or entry[1] is not broker:
         with _lock:
-            backend = _cache.get(key)
-            if backend is None:
-                backend = import_string(path)()
+            entry = _cache.get(os.getpid())
+            if entry is None or entry[0] != database or entry[1] is not broker:
+                entry = (database, broker, import_string(backend_path())())
                 _cache.clear()
-                _cache[key] = backend
-    return backend
+                _cache[os.getpid()] = entry
+    return entry[2]
+
+
+@receiver(setting_changed, dispatch_uid="usertasks.abort.settings")
+def _forget_backend(setting, **kwargs):
+    if setting in ("USERTASKS", "DATABASES", "DATABASE_ROUTERS"):
+        _cache.clear()
 
 
 def set_flag(status_id):
