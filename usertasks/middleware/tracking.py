@@ -78,9 +78,8 @@ class UserTaskTracking(Middleware):
 
         get_writer().unregister(ctx)
         ctx.ended = True
-        # ``message`` is the retry about to be sent; the outcome is that of the run's own.
-        running = ctx.broker_message if ctx.broker_message is not None else message
-        state, kind, fields, detail = self.outcome(broker, running, ctx, exception, retrying=True)
+        # ``message`` is the retry about to be sent; the outcome is that of the running one.
+        state, kind, fields, detail = self.outcome(broker, ctx.broker_message, ctx, exception, retrying=True)
         self.end(ctx, state, kind, fields, detail)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
@@ -176,7 +175,7 @@ class UserTaskTracking(Middleware):
         if isinstance(exception, (Aborted, ForcedAbort)) or ctx.forced:
             detail = "Stopped by force after the grace period." if ctx.forced else ""
             return State.CANCELED, EventKind.CANCELED, {"state": State.CANCELED}, detail
-        if isinstance(exception, Shutdown) and not getattr(message, "failed", False):
+        if isinstance(exception, Shutdown) and not message.failed:
             # The worker is stopping (ShutdownNotifications): the message goes back to the
             # broker, so the task waits for its next run instead of failing.
             text = "The worker stopped before the task finished; it will run again."
