@@ -121,6 +121,8 @@ class Bench:
         rows = []
 
         def record(key, cma, fn):
+            if key not in a.variants:
+                return
             label = f"{LABELS[key]}, CONN_MAX_AGE={cma}" if key != "raw" else LABELS[key]
             log(f"-- {kind}: {label}")
             try:
@@ -305,6 +307,8 @@ def parse():
     p.add_argument("--scaling-n", type=int, help="tasks per run of the 1-vs-2-processes test (default n/2)")
     p.add_argument("--sections", default="throughput,step,send,scaling",
                    help="comma-separated subset of: throughput, step, send, scaling")
+    p.add_argument("--variants", default=",".join(ORDER),
+                   help=f"comma-separated subset of the throughput variants ({', '.join(ORDER)})")
     p.add_argument("--no-peers", action="store_true", help="skip Celery + django-user-tasks")
     p.add_argument("--no-single", action="store_true", help="skip the send_for-per-task variant")
     p.add_argument("--no-chart", action="store_true")
@@ -318,6 +322,16 @@ def parse():
     a.conn_max_age = [int(x) for x in a.conn_max_age.split(",") if x != ""]
     a.db = [x.strip() for x in a.db.split(",") if x.strip()]
     a.sections = {x.strip() for x in a.sections.split(",")}
+    a.variants = {x.strip() for x in a.variants.split(",") if x.strip()}
+    unknown = a.variants - set(ORDER)
+    if unknown:
+        p.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    if a.no_peers:
+        a.variants.discard("celery")
+    if a.no_single:
+        a.variants.discard("tracked-single")
+    if "celery" not in a.variants and not a.sections & {"send", "step"}:
+        a.no_peers = True  # nothing else needs the peers' virtualenv
     return a
 
 

@@ -135,3 +135,14 @@ def test_message_whose_row_is_missing_runs_untracked(worker, user, redis):
     status = tasks.noop.send_for(user, label="after")
     wait_final(status)
     assert status.state == State.SUCCEEDED
+
+
+def test_event_of_run_matches_keyword_construction():
+    """UserTaskEvent.of_run passes the fields by position: it must follow the model's order."""
+    from usertasks.models import EventKind, UserTaskEvent
+
+    quick = UserTaskEvent.of_run(7, EventKind.SUCCEEDED, 3, "done")
+    slow = UserTaskEvent(status_id=7, kind=EventKind.SUCCEEDED, attempt=3, detail="done", created=quick.created)
+    names = [f.attname for f in UserTaskEvent._meta.concrete_fields]
+    assert [getattr(quick, n) for n in names] == [getattr(slow, n) for n in names]
+    assert quick.pk is None and quick.actor_id is None and quick._state.adding

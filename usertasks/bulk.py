@@ -1,4 +1,5 @@
-"""Multi-row INSERTs for the hot paths (``send_many_for``, fan-out children, the writer's events).
+"""Multi-row INSERTs for the hot paths (``send_many_for``, fan-out children, the writer's events),
+and :func:`execute`, which runs the hot statements as prepared statements on PostgreSQL.
 
 ``QuerySet.bulk_create`` prepares every value of every row through its field (a ``UUIDField``,
 a ``JSONField``, time zones for each ``DateTimeField``): for thousands of rows that share most
@@ -9,13 +10,96 @@ statement whose text does not grow with the rows) or ``INSERT ... VALUES (...), 
 RETURNING pk`` per batch on SQLite.
 """
 
+import logging
 import sqlite3
 
-from django.db import connections
+from django.db import DatabaseError, OperationalError, connections
 
-__all__ = ["insert", "supported"]
+__all__ = ["execute", "insert", "supported"]
+
+logger = logging.getLogger("usertasks.db")
 
 _UNSET = object()
+#: Set when the server refused a prepared statement (a pooler that cannot keep them): from then
+#: on this process binds parameters on the client again.
+_prepare_failed = False
+
+
+def execute(connection, sql, params):
+    """Run ``sql`` (``%s`` placeholders) on a Django connection and return its rows.
+
+    On PostgreSQL through psycopg 3 the parameters are bound by the server and the statement is
+    prepared once per connection (``USERTASKS["PREPARED_STATEMENTS"]``; off when the database
+    ``OPTIONS`` say ``"prepare_threshold": None`` explicitly): the statements of this module and of the
+    writer keep the same text whatever the number of rows, so the server parses and plans each
+    of them once, and the client quotes no value into the SQL.  Elsewhere, with preparation
+    off, and while Django logs the connection's queries (``DEBUG``, ``CaptureQueriesContext``),
+    an ordinary cursor of the connection runs it."""
+    raw = _preparing(connection)
+    if raw is None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+    import psycopg
+
+    # Django leaves psycopg's automatic preparation off (threshold None), and psycopg then
+    # prepares nothing, even on request: lift it for this statement only, so the connection's
+    # other queries keep the site's setting.
+    threshold = raw.prepare_threshold
+    raw.prepare_threshold = 0
+    try:
+        with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+            cursor.execute(sql, params, prepare=True)
+            return cursor.fetchall() if cursor.description else []
+    except DatabaseError as exc:
+        if not isinstance(exc.__cause__, _POOLER_ERRORS):
+            raise
+        _refused(exc)
+        if connection.in_atomic_block:
+            # The transaction is aborted: the caller (the writer) tries it again, unprepared.
+            raise OperationalError("usertasks: prepared statement refused; retrying without") from exc
+    finally:
+        raw.prepare_threshold = threshold
+    return execute(connection, sql, params)
+
+
+def _preparing(connection):
+    """The psycopg 3 connection to prepare statements on, or ``None``."""
+    if _prepare_failed or connection.vendor != "postgresql" or connection.queries_logged:
+        return None
+    from .conf import app_settings
+
+    if not app_settings.PREPARED_STATEMENTS:
+        return None
+    options = connection.settings_dict.get("OPTIONS") or {}
+    if "prepare_threshold" in options and options["prepare_threshold"] is None:
+        return None  # turned off for the whole site (Django's own default is None, unless set)
+    connection.ensure_connection()
+    raw = connection.connection
+    return raw if hasattr(raw, "prepare_threshold") else None  # psycopg 3, not psycopg2
+
+
+def _refused(exc):
+    global _prepare_failed
+    _prepare_failed = True
+    logger.warning(
+        "usertasks: the database refused a prepared statement (%s); binding parameters on the client from now "
+        "on.  Behind a connection pooler that cannot keep prepared statements, set "
+        "USERTASKS['PREPARED_STATEMENTS'] = False.", exc.__cause__,
+    )
+
+
+def _pooler_errors():
+    try:
+        from psycopg import errors
+    except ImportError:
+        return ()
+    # "prepared statement does not exist" / "already exists", and a Bind that does not match
+    # the statement of that name: another server connection of a transaction-mode pooler.
+    return (errors.InvalidSqlStatementName, errors.DuplicatePreparedStatement, errors.ProtocolViolation)
+
+
+_POOLER_ERRORS = _pooler_errors()
 
 
 def supported(connection):
@@ -69,9 +153,7 @@ def insert(objs, using):
             sql = f"{head}SELECT * FROM unnest({unnest}) RETURNING {qn(pk.column)}"
         else:
             sql = f"{head}VALUES {', '.join([row] * len(chunk))} RETURNING {qn(pk.column)}"
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            ids = [r[0] for r in cursor.fetchall()]
+        ids = [r[0] for r in execute(connection, sql, params)]
         for obj, value in zip(chunk, ids):
             obj.pk = value
             obj._state.adding = False
@@ -108,9 +190,7 @@ def insert_with_event(obj, event, using):
         f"e AS (INSERT INTO {qn(event._meta.db_table)} ({', '.join(qn(f.column) for f in event_fields)}) "
         f"SELECT {', '.join(select)} FROM s) SELECT {pk} FROM s"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        obj.pk = cursor.fetchone()[0]
+    obj.pk = execute(connection, sql, values)[0][0]
     obj._state.adding = False
     obj._state.db = using
     setattr(event, link.attname, obj.pk)

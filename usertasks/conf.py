@@ -35,6 +35,12 @@ DEFAULTS = {
     "REDIS_KEY_PREFIX": None,
     # Maximum number of status changes written in one transaction.
     "WRITE_BATCH_SIZE": 500,
+    # PostgreSQL with psycopg 3: run the hot statements (the writer's batches, bulk inserts) as
+    # server-side prepared statements, planned once per connection.  False behind a connection
+    # pooler that cannot keep them (PgBouncer in transaction mode before 1.21, or with
+    # max_prepared_statements = 0); "prepare_threshold": None in the database OPTIONS also
+    # turns them off.
+    "PREPARED_STATEMENTS": True,
     # Longest message kept on a row (longer ones are cut with an ellipsis).
     "MESSAGE_MAX_LENGTH": 500,
     # Absolute base of links in emails, e.g. "https://lms.example.com".

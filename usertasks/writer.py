@@ -30,6 +30,7 @@ from datetime import datetime
 from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
+from . import bulk
 from .process import PerProcess
 from .states import ACTIVE_STATES, State
 
@@ -262,7 +263,7 @@ class Writer:
         rows = UserTaskStatus.objects.using(db)
         events = []
         applied = []
-        from . import bulk, fanout
+        from . import fanout
 
         sql = _Statements.get(connections[db])
         if not dirty and not beating and _one_statement(ops, sql.connection):
@@ -409,9 +410,7 @@ class _Statements:
                     results[i] = self.update(fields, **where) > 0
                 continue
             sql, params = self._many(plans, names, wkey, indexes)
-            with self.connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                changed = {row[0] for row in cursor.fetchall()}
+            changed = {row[0] for row in bulk.execute(self.connection, sql, params)}
             for i in indexes:
                 results[i] = plans[i][1]["pk"] in changed
         return results
@@ -444,9 +443,7 @@ class _Statements:
             f"({', '.join(qn(f.column) for f in fields)}) SELECT {', '.join(names)} FROM e "
             f"WHERE e{status} IN ({changed}) RETURNING {qn(fields[status].column)}"
         )
-        with self.connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return {row[0] for row in cursor.fetchall()}
+        return {row[0] for row in bulk.execute(self.connection, sql, params)}
 
     @staticmethod
     def _shapes(plans):

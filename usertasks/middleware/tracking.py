@@ -57,7 +57,7 @@ class UserTaskTracking(Middleware):
         ctx.wait_for_start = getattr(message, "_usertasks_wait_start", True)
         writer = get_writer()
         writer.register(ctx)
-        event = UserTaskEvent(status_id=status_id, kind=EventKind.STARTED, attempt=ctx.attempt, detail=ctx.worker)
+        event = UserTaskEvent.of_run(status_id, EventKind.STARTED, ctx.attempt, ctx.worker)
         ctx.start_op = writer.submit_start(Op("start", ctx, events=[event]), defer=not ctx.wait_for_start)
 
     def before_enqueue(self, broker, message, delay):
@@ -216,7 +216,7 @@ class UserTaskTracking(Middleware):
         from ..models import UserTaskEvent
         from ..writer import Op, get_writer
 
-        event = UserTaskEvent(status_id=ctx.status_id, kind=kind, attempt=ctx.attempt, detail=_clip(detail, 4000))
+        event = UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, _clip(detail, 4000))
         return get_writer().submit(Op("end", ctx, fields=fields, events=[event]))
 
     @classmethod
