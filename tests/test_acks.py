@@ -122,3 +122,61 @@ def test_receivers_act_from_the_hints_alone(monkeypatch):
     finally:
         task_finished.disconnect(dispatch_uid="test.finished")
     assert not receivers_act(parent_id=7, state=State.SUCCEEDED, notify=False)
+
+
+def _redis_consumer(redis, prefetch, timeout_ms):
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(client=redis, namespace="windowtest")
+    broker.flush_all()
+
+    @dramatiq.actor(broker=broker, queue_name="window")
+    def job(i):
+        pass
+
+    for i in range(5):
+        job.send(i)
+    acks._wrap_consume(broker)
+    return broker, broker.consume("window", prefetch=prefetch, timeout=timeout_ms)
+
+
+def test_a_full_prefetch_window_waits_for_room_not_a_blind_sleep(redis):
+    """Dramatiq's Redis consumer sleeps an idle-queue backoff when its prefetch window is full;
+    the windowed one fetches as soon as an acknowledgement frees a slot."""
+    import time
+
+    broker, consumer = _redis_consumer(redis, prefetch=2, timeout_ms=5000)
+    try:
+        assert isinstance(consumer, acks._Windowed) and type(consumer).__name__ == "_RedisConsumer"
+        first, second = next(consumer), next(consumer)
+        assert first is not None and second is not None
+        threading.Timer(0.2, consumer.ack, [first]).start()
+        t0 = time.monotonic()
+        third = next(consumer)  # the window is full: waits for the ack, then fetches
+        elapsed = time.monotonic() - t0
+        assert third is not None and third.message_id not in (first.message_id, second.message_id)
+        assert 0.15 < elapsed < 2.0
+        # A slot freed by the acker's hand-over (the message leaves the window unacknowledged).
+        consumer.queued_message_ids.discard(second.message_id)
+        acks._room(consumer)
+        assert next(consumer) is not None
+    finally:
+        consumer.close()
+        broker.flush_all()
+        broker.close()
+
+
+def test_a_window_that_stays_full_gives_the_loop_back_after_the_timeout(redis):
+    import time
+
+    broker, consumer = _redis_consumer(redis, prefetch=1, timeout_ms=300)
+    try:
+        assert next(consumer) is not None
+        t0 = time.monotonic()
+        assert next(consumer) is None  # nothing acknowledged: Dramatiq's loop gets control back
+        assert 0.25 < time.monotonic() - t0 < 2.0
+    finally:
+        consumer.close()
+        broker.flush_all()
+        broker.close()

@@ -42,7 +42,9 @@ PENDING = "_usertasks_pending_end"
 
 
 def install(consumer_thread):
-    """Wrap the ``post_process_message`` of a Dramatiq consumer thread (idempotent)."""
+    """Wrap the ``post_process_message`` of a Dramatiq consumer thread (idempotent), and make the
+    Redis consumers its broker creates wait for room in their prefetch window (:class:`_Windowed`)."""
+    _wrap_consume(getattr(consumer_thread, "broker", None))
     original = consumer_thread.post_process_message
     if getattr(original, "usertasks_original", None) is not None:
         return
@@ -55,14 +57,86 @@ def install(consumer_thread):
         # The run is over: it no longer counts against the prefetch window of a Redis consumer
         # (which would otherwise stop fetching, and back off, while ends wait for a commit).
         # The acker's own limit (MAX_PENDING) bounds what waits.
-        outstanding = getattr(consumer_thread.consumer, "queued_message_ids", None)
+        consumer = consumer_thread.consumer
+        outstanding = getattr(consumer, "queued_message_ids", None)
         if isinstance(outstanding, set):
             outstanding.discard(message.message_id)
+            _room(consumer)
         get_acker().defer(op, original, message)
 
     post_process_message.usertasks_original = original
     consumer_thread.post_process_message = post_process_message
     _queues.add(consumer_thread.queue_name)
+
+
+# -- the prefetch window of Redis consumers -------------------------------------------------------
+
+
+class _Windowed:
+    """Mixed into a Redis consumer: when its prefetch window is full, wait until a slot frees
+    (an acknowledgement, a rejection, a run handed to the acker) instead of Dramatiq's blind
+    sleep.  That sleep is an idle-queue backoff (5-10 ms, doubling while the window stays
+    full): applied to a full window, it leaves the worker threads idle once they have drained
+    the few prefetched messages, most of the time for tasks of a millisecond or two."""
+
+    def __next__(self):
+        if not self.message_cache and self.outstanding_message_count >= self.prefetch:
+            room = self._usertasks_room
+            room.clear()
+            if self.outstanding_message_count >= self.prefetch:  # checked again after the clear
+                room.wait(self.timeout / 1000)
+            if self.outstanding_message_count >= self.prefetch:
+                return None  # Dramatiq's loop goes on: delayed messages, shutdown
+        return super().__next__()
+
+    def ack(self, message):
+        try:
+            return super().ack(message)
+        finally:
+            self._usertasks_room.set()
+
+    def nack(self, message):
+        try:
+            return super().nack(message)
+        finally:
+            self._usertasks_room.set()
+
+
+_windowed_classes = {}
+
+
+def _windowed(consumer):
+    """Turn a Redis consumer into a :class:`_Windowed` one (other consumers are left alone)."""
+    cls = type(consumer)
+    if isinstance(consumer, _Windowed) or not all(
+        hasattr(consumer, name) for name in ("message_cache", "queued_message_ids", "prefetch", "timeout")
+    ):
+        return consumer
+    sub = _windowed_classes.get(cls)
+    if sub is None:
+        sub = _windowed_classes[cls] = type(cls.__name__, (_Windowed, cls), {"__module__": cls.__module__})
+    consumer._usertasks_room = threading.Event()
+    consumer.__class__ = sub
+    return consumer
+
+
+def _room(consumer):
+    room = getattr(consumer, "_usertasks_room", None)
+    if room is not None:
+        room.set()
+
+
+def _wrap_consume(broker):
+    """Make ``broker.consume`` return windowed consumers (idempotent)."""
+    consume = getattr(broker, "consume", None)
+    if consume is None or getattr(consume, "usertasks_original", None) is not None:
+        return
+
+    def windowed_consume(*args, **kwargs):
+        return _windowed(consume(*args, **kwargs))
+
+    windowed_consume.usertasks_original = consume
+    broker.consume = windowed_consume
 
 
 #: Acknowledgements the acker may hold at once; beyond, worker threads wait for their own
