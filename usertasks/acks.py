@@ -242,17 +242,15 @@ def _ack_pipelined(thread, messages):
     (acknowledging twice is harmless)."""
     import copy
 
-    from .broker import _IntoPipeline
+    from .broker import into_pipeline
 
     consumer, broker = thread.consumer, thread.broker
     if consumer is None:
         return False
     try:
         pipe = broker.client.pipeline(transaction=False)
-        shadow = copy.copy(broker)
-        shadow.scripts = dict(broker.scripts, dispatch=_IntoPipeline(broker.scripts["dispatch"], pipe))
         acking = copy.copy(consumer)  # shares the consumer's count of outstanding messages
-        acking.broker = shadow
+        acking.broker = into_pipeline(broker, pipe)
         for message in messages:
             broker.emit_before("ack", message)
             acking.ack(message)

@@ -109,14 +109,20 @@ class _IntoPipeline:
         return self.script(keys=keys, args=args, client=self.pipe)
 
 
-def _enqueue_pipelined(broker, chunk):
-    """The broker's ``enqueue`` for each message, run on a copy of the broker whose dispatch
-    script writes into one transaction pipeline, then executed."""
+def into_pipeline(broker, pipe):
+    """A copy of a Redis ``broker`` whose dispatch script (enqueue, ack, nack...) is queued on
+    ``pipe`` instead of run: Dramatiq's own code fills the pipeline, ``pipe.execute()`` sends it."""
     import copy
 
-    pipe = broker.client.pipeline(transaction=True)
     shadow = copy.copy(broker)
     shadow.scripts = dict(broker.scripts, dispatch=_IntoPipeline(broker.scripts["dispatch"], pipe))
+    return shadow
+
+
+def _enqueue_pipelined(broker, chunk):
+    """The broker's ``enqueue`` for each message, queued on one transaction pipeline, then sent."""
+    pipe = broker.client.pipeline(transaction=True)
+    shadow = into_pipeline(broker, pipe)
     for message, delay in chunk:
         shadow.enqueue(message, delay=delay)
     pipe.execute()

@@ -15,7 +15,7 @@ import sqlite3
 
 from django.db import DatabaseError, OperationalError, connections
 
-__all__ = ["execute", "insert", "supported"]
+__all__ = ["arrays", "columns", "execute", "insert", "supported"]
 
 logger = logging.getLogger("usertasks.db")
 
@@ -122,36 +122,20 @@ def insert(objs, using):
     opts = model._meta
     pk = opts.pk
     fields = [f for f in opts.concrete_fields if f is not pk]
-    stamped = [_stamped(f) for f in fields]
     qn = connection.ops.quote_name
     head = f"INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     pg = connection.vendor == "postgresql"
-    if pg:
-        # One array per column: the statement's text (and its parsing) does not depend on
-        # the number of rows.
-        unnest = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
-        size = 5000
-    else:
-        size = max(1, min(500, connection.ops.bulk_batch_size(fields, objs)))
-    last_raw = [_UNSET] * len(fields)
-    last_value = [None] * len(fields)
+    # PostgreSQL: one array per column, so the statement's text (and its parsing) does not
+    # depend on the number of rows.
+    size = 5000 if pg else max(1, min(500, connection.ops.bulk_batch_size(fields, objs)))
     for start in range(0, len(objs), size):
         chunk = objs[start:start + size]
-        params = []
-        for obj in chunk:
-            for j, field in enumerate(fields):
-                raw = field.pre_save(obj, True) if stamped[j] else getattr(obj, field.attname)
-                previous = last_raw[j]
-                if raw is not previous and (type(raw) is not type(previous) or raw != previous):
-                    last_raw[j] = raw
-                    last_value[j] = field.get_db_prep_save(raw, connection=connection)
-                params.append(last_value[j])
         if pg:
-            width = len(fields)
-            params = [params[j::width] for j in range(width)]
-            sql = f"{head}SELECT * FROM unnest({unnest}) RETURNING {qn(pk.column)}"
+            params = columns(chunk, fields, connection)
+            sql = f"{head}SELECT * FROM unnest({arrays(fields, connection)}) RETURNING {qn(pk.column)}"
         else:
+            params = _values(chunk, fields, connection)
             sql = f"{head}VALUES {', '.join([row] * len(chunk))} RETURNING {qn(pk.column)}"
         ids = [r[0] for r in execute(connection, sql, params)]
         for obj, value in zip(chunk, ids):
@@ -159,6 +143,37 @@ def insert(objs, using):
             obj._state.adding = False
             obj._state.db = using
     return objs
+
+
+def arrays(fields, connection):
+    """``%s::<type>[], ...``: one array parameter per field, for ``unnest(...)`` on PostgreSQL."""
+    return ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+
+
+def columns(objs, fields, connection):
+    """The database values of ``fields`` of ``objs``, one list per field (``unnest`` arrays)."""
+    flat = _values(objs, fields, connection)
+    width = len(fields)
+    return [flat[j::width] for j in range(width)]
+
+
+def _values(objs, fields, connection):
+    """The database values of ``fields`` of ``objs``, row after row.  A value is prepared only
+    when it differs from the same field's value in the previous row (rows of one batch share
+    most of theirs: user, actor, time, options)."""
+    stamped = [_stamped(f) for f in fields]
+    last_raw = [_UNSET] * len(fields)
+    last_value = [None] * len(fields)
+    values = []
+    for obj in objs:
+        for j, field in enumerate(fields):
+            raw = field.pre_save(obj, True) if stamped[j] else getattr(obj, field.attname)
+            previous = last_raw[j]
+            if raw is not previous and (type(raw) is not type(previous) or raw != previous):
+                last_raw[j] = raw
+                last_value[j] = field.get_db_prep_save(raw, connection=connection)
+            values.append(last_value[j])
+    return values
 
 
 def insert_with_event(obj, event, using):

@@ -203,23 +203,18 @@ def enqueue_children(broker, parent_id, pairs, db=None):
     from .actors import STATUS_OPTION
     from .broker import EnqueueFailed, enqueue_many
     from .models import EventKind, UserTaskEvent
+    from .sending import fail_unsent
 
     try:
         enqueue_many(broker, [(message.copy(options={STATUS_OPTION: pk}), None) for message, pk in pairs])
     except EnqueueFailed as failure:
         exc = failure.error
         failed = [k for _, k in pairs[failure.sent:]]
-        text = _clip(f"The task could not be queued: {exc}", 2000)
         logger.error("usertasks: could not enqueue %d subtask(s) of task %s: %s", len(failed), parent_id, exc)
         now = timezone.now()
         rows = _rows(db)
         with transaction.atomic(using=db or _db()):
-            n = 0
-            for start in range(0, len(failed), 1000):
-                n += rows.filter(pk__in=failed[start:start + 1000], state=State.PENDING).update(
-                    state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now,
-                    modified=now, unique_key=None,
-                )
+            n, text = fail_unsent(rows.db, failed, exc, now)
             UserTaskEvent.objects.using(db or _db()).create(
                 status_id=parent_id, kind=EventKind.NOTE, created=now,
                 detail=f"{n} subtask(s) could not be queued: {text}",

@@ -180,12 +180,28 @@ def _insert_one(p, now, db):
     raise IntegrityError(f"could not insert unique task {p.unique_key!r}")
 
 
+def fail_unsent(db, pks, exc, now):
+    """Fail the rows ``pks`` whose messages could not be sent (those still Pending), so that no
+    page waits for them for ever.  Returns how many changed and the error text stored."""
+    from .models import UserTaskStatus
+    from .states import State
+
+    text = _clip(f"The task could not be queued: {exc}", 2000)
+    rows = UserTaskStatus.objects.using(db)
+    n = 0
+    for start in range(0, len(pks), 1000):
+        n += rows.filter(pk__in=pks[start:start + 1000], state=State.PENDING).update(
+            state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now, modified=now,
+            unique_key=None,
+        )
+    return n, text
+
+
 def enqueue(pairs, db):
     """Send the messages of freshly committed rows (pipelined on Redis).  A broker failure fails
     the rows that were not sent (so no page waits for ever) and raises :class:`EnqueueError`."""
     from .broker import EnqueueFailed, enqueue_many
-    from .models import EventKind, UserTaskEvent, UserTaskStatus
-    from .states import State
+    from .models import EventKind, UserTaskEvent
 
     actor = pairs[0][0].actor
     try:
@@ -194,13 +210,7 @@ def enqueue(pairs, db):
         exc = failure.error
         failed = [r.pk for _, r in pairs[failure.sent:]]
         now = timezone.now()
-        text = _clip(f"The task could not be queued: {exc}", 2000)
-        n = 0
-        for start in range(0, len(failed), 1000):
-            n += UserTaskStatus.objects.using(db).filter(pk__in=failed[start:start + 1000], state=State.PENDING).update(
-                state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now, modified=now,
-                unique_key=None,
-            )
+        n, text = fail_unsent(db, failed, exc, now)
         if n:
             UserTaskEvent.objects.using(db).bulk_create(
                 [UserTaskEvent(status_id=pk, kind=EventKind.FAILED, detail=text, created=now) for pk in failed]

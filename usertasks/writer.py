@@ -21,7 +21,6 @@ it cannot hold up the others, then logged and dropped.  See ``docs/guarantees.md
 """
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -68,7 +67,6 @@ class Op:
 
 class Writer:
     def __init__(self):
-        self.pid = os.getpid()
         self._cond = threading.Condition()
         self._queue = deque()
         self._held = {}  # id(ctx) -> deferred start op
@@ -431,11 +429,8 @@ class _Statements:
         fields = [f for f in UserTaskEvent._meta.concrete_fields if not f.primary_key]
         qn = self.connection.ops.quote_name
         names = [f"e{j}" for j in range(len(fields))]
-        arrays = ", ".join(f"%s::{f.db_type(self.connection)}[]" for f in fields)
-        parts.append(f"e AS (SELECT * FROM unnest({arrays}) AS e({', '.join(names)}))")
-        for f in fields:
-            params.append([f.get_db_prep_save(getattr(event, f.attname), connection=self.connection)
-                           for event in events])
+        parts.append(f"e AS (SELECT * FROM unnest({bulk.arrays(fields, self.connection)}) AS e({', '.join(names)}))")
+        params.extend(bulk.columns(events, fields, self.connection))
         changed = " UNION ALL ".join(f"SELECT {self.columns['pk']} FROM u{n}" for n in range(len(parts) - 1))
         status = next(j for j, f in enumerate(fields) if f.name == "status")
         sql = (
@@ -516,10 +511,8 @@ class _Statements:
                 value = f"{self.greatest}({t}.{col} + 1, {value})"
             sets.append(f"{col} = {value}")
         if pg:
-            types = [UserTaskStatus._meta.get_field(n).db_type(self.connection) for n in ("id",) + names]
-            if worker:
-                types.append(UserTaskStatus._meta.get_field("worker").db_type(self.connection))
-            source = f"unnest({', '.join(f'%s::{t_}[]' for t_ in types)}) AS v({', '.join(cols)})"
+            fields = [UserTaskStatus._meta.get_field(n) for n in ("id",) + names + (("worker",) if worker else ())]
+            source = f"unnest({bulk.arrays(fields, self.connection)}) AS v({', '.join(cols)})"
         else:
             select = ", ".join(f"column{j + 1} AS {c}" for j, c in enumerate(cols))
             values = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * rows)
