@@ -421,23 +421,29 @@ class _Statements:
         Returns the set of primary keys changed."""
         from .models import UserTaskEvent
 
+        shapes = self._shapes(plans)
+        fields = [f for f in UserTaskEvent._meta.concrete_fields if not f.primary_key]
         parts, params = [], []
-        for n, ((names, wkey), indexes) in enumerate(self._shapes(plans).items()):
+        for n, ((names, wkey), indexes) in enumerate(shapes.items()):
             sql, p = self._many(plans, names, wkey, indexes)
             parts.append(f"u{n} AS ({sql})")
             params.extend(p)
-        fields = [f for f in UserTaskEvent._meta.concrete_fields if not f.primary_key]
-        qn = self.connection.ops.quote_name
-        names = [f"e{j}" for j in range(len(fields))]
-        parts.append(f"e AS (SELECT * FROM unnest({bulk.arrays(fields, self.connection)}) AS e({', '.join(names)}))")
         params.extend(bulk.columns(events, fields, self.connection))
-        changed = " UNION ALL ".join(f"SELECT {self.columns['pk']} FROM u{n}" for n in range(len(parts) - 1))
-        status = next(j for j, f in enumerate(fields) if f.name == "status")
-        sql = (
-            f"WITH {', '.join(parts)} INSERT INTO {qn(UserTaskEvent._meta.db_table)} "
-            f"({', '.join(qn(f.column) for f in fields)}) SELECT {', '.join(names)} FROM e "
-            f"WHERE e{status} IN ({changed}) RETURNING {qn(fields[status].column)}"
-        )
+        key = ("with_events", tuple(shapes))
+        sql = self.cache.get(key)
+        if sql is None:
+            qn = self.connection.ops.quote_name
+            names = [f"e{j}" for j in range(len(fields))]
+            parts.append(f"e AS (SELECT * FROM unnest({bulk.arrays(fields, self.connection)}) AS e({', '.join(names)}))")
+            changed = " UNION ALL ".join(f"SELECT {self.columns['pk']} FROM u{n}" for n in range(len(shapes)))
+            status = next(j for j, f in enumerate(fields) if f.name == "status")
+            sql = (
+                f"WITH {', '.join(parts)} INSERT INTO {qn(UserTaskEvent._meta.db_table)} "
+                f"({', '.join(qn(f.column) for f in fields)}) SELECT {', '.join(names)} FROM e "
+                f"WHERE e{status} IN ({changed}) RETURNING {qn(fields[status].column)}"
+            )
+            if len(self.cache) < 256:
+                self.cache[key] = sql
         return {row[0] for row in bulk.execute(self.connection, sql, params)}
 
     @staticmethod
