@@ -382,7 +382,7 @@ class _Statements:
                     conds.append(f"{col} IN ({', '.join(['%s'] * len(value))})")
                 else:
                     conds.append(f"{col} = %s")
-            sql = self.cache[shape] = f"UPDATE {self.table} SET {', '.join(sets)} WHERE {' AND '.join(conds)}"
+            sql = self._keep(shape, f"UPDATE {self.table} SET {', '.join(sets)} WHERE {' AND '.join(conds)}")
         params = [self._adapt(v) for v in fields.values()]
         for key, value in where.items():
             if key.endswith("__in"):
@@ -442,9 +442,14 @@ class _Statements:
                 f"({', '.join(qn(f.column) for f in fields)}) SELECT {', '.join(names)} FROM e "
                 f"WHERE e{status} IN ({changed}) RETURNING {qn(fields[status].column)}"
             )
-            if len(self.cache) < 256:
-                self.cache[key] = sql
+            self._keep(key, sql)
         return {row[0] for row in bulk.execute(self.connection, sql, params)}
+
+    def _keep(self, key, sql):
+        """Cache a statement's text (bounded: the shapes are few, but never unbounded)."""
+        if len(self.cache) < 256:
+            self.cache[key] = sql
+        return sql
 
     @staticmethod
     def _shapes(plans):
@@ -539,9 +544,7 @@ class _Statements:
             f"FROM {source} "
             f"WHERE {' AND '.join(conds)} RETURNING {t}.{self.columns['pk']}"
         )
-        if len(self.cache) < 256:
-            self.cache[key] = sql
-        return sql
+        return self._keep(key, sql)
 
     def _adapt(self, value):
         if isinstance(value, NextAttempt):
