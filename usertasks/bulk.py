@@ -49,7 +49,7 @@ def execute(connection, sql, params):
     raw.prepare_threshold = 0
     try:
         with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
-            cursor.execute(sql, params, prepare=True)
+            cursor.execute(_binary_arrays(sql, params), params, prepare=True)
             return cursor.fetchall() if cursor.description else []
     except DatabaseError as exc:
         if not isinstance(exc.__cause__, _POOLER_ERRORS):
@@ -61,6 +61,27 @@ def execute(connection, sql, params):
     finally:
         raw.prepare_threshold = threshold
     return execute(connection, sql, params)
+
+
+_binary_sql = {}
+
+
+def _binary_arrays(sql, params):
+    """``sql`` with the placeholders of list parameters turned into ``%b``: psycopg dumps an
+    array in binary format in C, and in text format in Python, about 4 µs per timestamp."""
+    mask = tuple(type(p) is list for p in params)
+    key = (sql, mask)
+    out = _binary_sql.get(key)
+    if out is None:
+        parts = sql.split("%s")
+        if True not in mask or "%%" in sql or len(parts) != len(params) + 1:
+            out = sql
+        else:
+            out = parts[0] + "".join(("%b" if binary else "%s") + part for binary, part in zip(mask, parts[1:]))
+        if len(_binary_sql) > 512:
+            _binary_sql.clear()
+        _binary_sql[key] = out
+    return out
 
 
 def _preparing(connection):

@@ -11,8 +11,9 @@ How the container ends, exactly once:
 * When the container's body returns, the tracking middleware does not end it: it swaps the
   run's ``worker`` token for :data:`WAITING` (the body is done, the children are not).
 * A child's end costs O(1): in the writer transaction that stores the child's final state, one
-  UPDATE adds 1 to a counter of the parent (and to its ``completed_steps``), one SELECT reads
-  the parent back.  When the counters reach ``children_total`` and the body is done, a
+  ``UPDATE ... RETURNING`` adds 1 to a counter of the parent (and to its ``completed_steps``)
+  and reads the parent back (the children that end in one writer batch are summed into one
+  such UPDATE per container).  When the counters reach ``children_total`` and the body is done, a
   conditional UPDATE moves the parent from In Progress to its final state.  The row lock taken
   by the counter UPDATE orders concurrent ends, and the conditional UPDATE can succeed in one
   transaction only: the transaction that wins it, and no other, enqueues the completion
@@ -115,13 +116,18 @@ def callback_spec(on_complete):
 
 
 def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None):
-    """Implementation of :meth:`TaskContext.fan_out`; returns the children as a QuerySet."""
+    """Implementation of :meth:`TaskContext.fan_out`; returns the children as a QuerySet.
+
+    Every item is checked (and its message built) before anything is written.  The children
+    are then written in chunks, each committed and sent before the next one is written, so the
+    workers start on the first children while the rest are still being written.  The
+    container's options record the call (``fanout.calls``: how many children each call
+    announced; ``fanout.closed``: how many calls have written all of theirs), so a retry of a
+    body interrupted half-way writes only the children that are missing."""
     import dramatiq
 
     from .actors import UserTaskActor
-    from .conf import app_settings
-    from .models import EventKind, UserTaskEvent
-    from .sending import _row, prepare
+    from .sending import prepare
 
     if not ctx.tracked:
         raise UserTasksError("fan_out() needs a tracked task: send the parent with send_for(user, ...)")
@@ -143,8 +149,9 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
     db = _db()
     rows = _rows(db)
     parent = rows.select_related("user").get(pk=ctx.status_id)
-    done_before = (parent.options.get("fanout") or {}).get("calls") or []
-    if index < len(done_before):
+    spec = parent.options.get("fanout") or {}
+    announced = list(spec.get("calls") or [])
+    if index < spec.get("closed", len(announced)):
         # A retry of a task that already fanned out: its children exist and were sent.
         logger.info("usertasks: task %s already started its children; not starting them again", parent.pk)
         # This run's start wrote its own (zero) progress: put the children's back.
@@ -158,43 +165,151 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
         p.row_options = dict(p.row_options, child=True, notify=False)
         prepared.append(p)
     n = len(prepared)
-    batch = max(1, int(app_settings.FANOUT_BATCH_SIZE))
-    now = timezone.now()
+    written = 0
+    if index < len(announced):
+        # A retry of a body interrupted while it wrote its children: skip those written.
+        written = rows.filter(parent_id=parent.pk).count() - _written_before(spec, index)
+        written = max(0, min(written, n))
+        logger.info("usertasks: task %s resumes starting its children after %d of %d", parent.pk, written, n)
+    _announce(rows, parent.pk, index, n, written, policy, callback, ctx.attempt)
+    sizes = _chunk_sizes()
+    while written < n:
+        halted = _halted(rows, parent.pk, policy)
+        if halted:
+            _stop_writing(rows, parent.pk, index, n - written, halted)
+            if halted == "canceled":
+                raise Aborted()
+            break
+        end = min(n, written + next(sizes))
+        _write_chunk(rows, parent.pk, child_actor.broker, prepared[written:end], index if end == n else None)
+        written = end
+    return rows.filter(parent_id=parent.pk)
 
-    with transaction.atomic(using=db):
-        # The UPDATE first: it locks the parent row, so the options read next are current.
-        rows.filter(pk=parent.pk).update(
-            is_container=True,
-            children_total=F("children_total") + n,
-            total_steps=F("children_total") + n,
-            completed_steps=_done(),
-            modified=now,
-            heartbeat=now,
-        )
-        options, cancel_requested = rows.filter(pk=parent.pk).values_list("options", "cancel_requested").get()
-        if cancel_requested is not None:
-            raise Aborted()  # canceled before its children were started: start none
-        spec = dict(options.get("fanout") or {})
-        spec["policy"] = policy
-        spec["calls"] = list(spec.get("calls") or []) + [n]
+
+def _chunk_sizes():
+    """Children per transaction: small first (the workers start at once), then doubling up to
+    ``FANOUT_BATCH_SIZE``."""
+    from .conf import app_settings
+
+    batch = max(1, int(app_settings.FANOUT_BATCH_SIZE))
+    size = min(batch, 100)
+    while True:
+        yield size
+        size = min(batch, size * 2)
+
+
+def _update_spec(rows, parent_id, change, **fields):
+    """In the current transaction: lock the container's row (an UPDATE of ``fields``), then
+    rewrite its ``options["fanout"]`` with ``change(spec)``, which may return more fields to
+    update with it.  Returns the row's ``cancel_requested``."""
+    rows.filter(pk=parent_id).update(**fields)
+    options, cancel_requested = rows.filter(pk=parent_id).values_list("options", "cancel_requested").get()
+    spec = dict(options.get("fanout") or {})
+    more = change(spec) or {}
+    options["fanout"] = spec
+    rows.filter(pk=parent_id).update(options=options, **more)
+    return cancel_requested
+
+
+def _written_before(spec, index):
+    """How many children the calls before ``index`` wrote (a call stopped by a cancel or a
+    fail-fast failure wrote fewer than it announced)."""
+    unwritten = spec.get("unwritten") or {}
+    calls = spec.get("calls") or []
+    return sum(calls[:index]) - sum(unwritten.get(str(i), 0) for i in range(index))
+
+
+def _announce(rows, parent_id, index, n, written, policy, callback, attempt):
+    """Record call ``index`` (``n`` children, ``written`` of them already written by an earlier
+    run) on the container, in its own transaction: the totals first, so the container cannot
+    end before every child of the call has been written and has ended."""
+    from .models import EventKind, UserTaskEvent
+
+    now = timezone.now()
+    first = []
+
+    def change(spec):
+        calls = list(spec.get("calls") or [])
+        if index < len(calls):
+            added = n - calls[index]  # a retry announces the same call again
+            calls[index] = n
+        else:
+            added = n
+            calls.append(n)
+            first.append(True)
+        spec.update(policy=policy, calls=calls, closed=index + 1 if written >= n else index)
         if callback is not None:
             spec["on_complete"] = callback
-        options["fanout"] = spec
-        rows.filter(pk=parent.pk).update(options=options)
-        created = []
-        for start in range(0, n, batch):
-            created.extend(bulk.insert([_row(p, now) for p in prepared[start:start + batch]], db))
-        if created and any(r.pk is None for r in created):  # backends without RETURNING
-            ids = dict(rows.filter(parent_id=parent.pk).values_list("task_id", "pk"))
+        # children_total in the SET clause is the value before this UPDATE.
+        return {"children_total": F("children_total") + added, "total_steps": F("children_total") + added}
+
+    with transaction.atomic(using=rows.db):
+        cancel_requested = _update_spec(
+            rows, parent_id, change, is_container=True, completed_steps=_done(), modified=now, heartbeat=now
+        )
+        if cancel_requested is not None:
+            raise Aborted()  # canceled before its children were started: start none
+        if first:
+            UserTaskEvent.objects.using(rows.db).create(
+                status_id=parent_id, kind=EventKind.NOTE, attempt=attempt, created=now,
+                detail=f"Started {n} subtask{'s' if n != 1 else ''} ({policy.replace('_', '-')}).",
+            )
+
+
+def _write_chunk(rows, parent_id, broker, prepared, closes):
+    """Write the rows of ``prepared`` in one transaction and send their messages once it has
+    committed.  ``closes``: the index of the call this chunk completes, if it is the last one."""
+    from .sending import _row
+
+    db = rows.db
+    now = timezone.now()
+    with transaction.atomic(using=db):
+        created = bulk.insert([_row(p, now) for p in prepared], db)
+        if any(r.pk is None for r in created):  # backends without RETURNING
+            ids = dict(rows.filter(task_id__in=[r.task_id for r in created]).values_list("task_id", "pk"))
             for r in created:
                 r.pk = r.id = ids[r.task_id]
-        UserTaskEvent.objects.using(db).create(
-            status_id=parent.pk, kind=EventKind.NOTE, attempt=ctx.attempt, created=now,
-            detail=f"Started {n} subtask{'s' if n != 1 else ''} ({policy.replace('_', '-')}).",
-        )
+        if closes is not None:
+            _update_spec(rows, parent_id, lambda spec: spec.update(closed=closes + 1), modified=now)
         pairs = [(p.message, r.pk) for p, r in zip(prepared, created)]
-        transaction.on_commit(lambda: enqueue_children(child_actor.broker, parent.pk, pairs, db), using=db)
-    return rows.filter(parent_id=parent.pk)
+        transaction.on_commit(lambda: enqueue_children(broker, parent_id, pairs, db), using=db)
+
+
+def _halted(rows, parent_id, policy):
+    """Between two chunks: ``"canceled"`` if the container was canceled (or has ended),
+    ``"failed"`` if a child failed under fail-fast, else ``None``."""
+    state, cancel_requested, failed = rows.filter(pk=parent_id).values_list(
+        "state", "cancel_requested", "children_failed"
+    ).get()
+    if cancel_requested is not None or state not in ACTIVE_STATES:
+        return "canceled"
+    if policy == FAIL_FAST and failed:
+        return "failed"
+    return None
+
+
+def _stop_writing(rows, parent_id, index, missing, why):
+    """The container was canceled, or a child failed under fail-fast, while its children were
+    being written: the ``missing`` ones are never written and count as canceled, and the
+    children written since the cancel (or the failure) are canceled too."""
+    from .models import EventKind, UserTaskEvent
+
+    now = timezone.now()
+    reason = "The task was canceled." if why == "canceled" else "A subtask failed; the others were canceled."
+    with transaction.atomic(using=rows.db):
+        def change(spec):
+            spec["closed"] = index + 1
+            spec["unwritten"] = dict(spec.get("unwritten") or {}, **{str(index): missing})
+
+        _update_spec(
+            rows, parent_id, change, modified=now,
+            children_canceled=F("children_canceled") + missing, completed_steps=F("completed_steps") + missing,
+        )
+        UserTaskEvent.objects.using(rows.db).create(
+            status_id=parent_id, kind=EventKind.NOTE, created=now,
+            detail=f"{reason} {missing:,} subtasks not yet written were not started.",
+        )
+        _cancel_pending(rows, parent_id, reason=reason, now=now)
 
 
 def enqueue_children(broker, parent_id, pairs, db=None):
@@ -274,26 +389,17 @@ def children_ended(rows, parent_id, *, succeeded=0, failed=0, canceled=0, skippe
     were the last.  Call it in the transaction that stored the children's final states.
 
     ``rows`` is a ``UserTaskStatus`` manager or queryset (``.using(db)``) or a database alias.
-    Costs one UPDATE and one SELECT (plus, for the last child, the final UPDATE)."""
+    Costs one ``UPDATE ... RETURNING`` (plus, for the last child, the final UPDATE)."""
     if isinstance(rows, str) or rows is None:
         rows = _rows(rows)
     rows = rows.model.objects.using(rows.db)
     counts = {"succeeded": succeeded, "failed": failed, "canceled": canceled, "skipped": skipped}
-    now = timezone.now()
-    update = {f"children_{k}": F(f"children_{k}") + v for k, v in counts.items() if v}
     ended = sum(counts.values())
-    if retried:
-        update["children_retried"] = F("children_retried") + retried
-    if not update:
+    if not ended and not retried:
         return False
-    if ended:
-        update["completed_steps"] = F("completed_steps") + ended
-    if not rows.filter(pk=parent_id).update(modified=now, heartbeat=now, **update):
-        return False
-    if not ended:
-        return False
-    info = _info(rows, parent_id)
-    if info is None or info["state"] not in ACTIVE_STATES:
+    now = timezone.now()
+    info = _count(rows, parent_id, counts, retried, now)
+    if not ended or info is None or info["state"] not in ACTIVE_STATES:
         return False
     options = info["options"] or {}
     if "pipeline" in options:
@@ -307,10 +413,53 @@ def children_ended(rows, parent_id, *, succeeded=0, failed=0, canceled=0, skippe
     return try_complete(rows, info)
 
 
+_INFO = ("pk", "parent_id", "state", "worker", "children_total", "cancel_requested", "options", *_COUNTERS)
+
+
 def _info(rows, parent_id):
-    return rows.filter(pk=parent_id).values(
-        "pk", "parent_id", "state", "worker", "children_total", "cancel_requested", "options", *_COUNTERS
-    ).first()
+    return rows.filter(pk=parent_id).values(*_INFO).first()
+
+
+def _count(rows, parent_id, counts, retried, now):
+    """Add ``counts`` (ended children by outcome) and ``retried`` to the counters of container
+    ``parent_id`` (its steps grow by the children that ended) and return the row as
+    :func:`_info` reads it, or ``None`` if there is no such row.  One ``UPDATE ... RETURNING``
+    where the database has it, of the same text whatever the counts (a prepared statement on
+    PostgreSQL); an UPDATE and a SELECT elsewhere."""
+    from django.db import connections
+
+    connection = connections[rows.db]
+    ended = sum(counts.values())
+    if not bulk.supported(connection):
+        update = {f"children_{k}": F(f"children_{k}") + v for k, v in counts.items() if v}
+        if retried:
+            update["children_retried"] = F("children_retried") + retried
+        if ended:
+            update["completed_steps"] = F("completed_steps") + ended
+        if not rows.filter(pk=parent_id).update(modified=now, heartbeat=now, **update):
+            return None
+        return _info(rows, parent_id) if ended else None
+    when = connection.ops.adapt_datetimefield_value(now)
+    params = [*(counts[c[len("children_"):]] for c in _COUNTERS), retried, ended, when, when, parent_id]
+    found = bulk.execute(connection, _count_sql(connection), params)
+    if not found:
+        return None
+    info = dict(zip(_INFO, found[0]))
+    info["options"] = rows.model._meta.get_field("options").from_db_value(info["options"], None, connection)
+    return info
+
+
+def _count_sql(connection):
+    from .models import UserTaskStatus
+
+    qn = connection.ops.quote_name
+    column = {f.attname: qn(f.column) for f in UserTaskStatus._meta.concrete_fields}
+    column["pk"] = column["id"]
+    adds = [f"{column[c]} = {column[c]} + %s" for c in (*_COUNTERS, "children_retried", "completed_steps")]
+    sets = ", ".join([*adds, f"{column['modified']} = %s", f"{column['heartbeat']} = %s"])
+    table = qn(UserTaskStatus._meta.db_table)
+    returning = ", ".join(column[name] for name in _INFO)
+    return f"UPDATE {table} SET {sets} WHERE {column['id']} = %s RETURNING {returning}"
 
 
 def try_complete(rows, info):
