@@ -240,8 +240,9 @@ def _announce(rows, parent_id, index, n, written, policy, callback, attempt):
         spec.update(policy=policy, calls=calls, closed=index + 1 if written >= n else index)
         if callback is not None:
             spec["on_complete"] = callback
-        # children_total in the SET clause is the value before this UPDATE.
-        return {"children_total": F("children_total") + added, "total_steps": F("children_total") + added}
+        # total_steps first: MySQL reads the columns of a SET clause as already updated to its
+        # left, PostgreSQL and SQLite as they were before the UPDATE.
+        return {"total_steps": F("children_total") + added, "children_total": F("children_total") + added}
 
     with transaction.atomic(using=rows.db):
         cancel_requested = _update_spec(
