@@ -446,11 +446,22 @@ def _count(rows, parent_id, counts, retried, now):
     if not found:
         return None
     info = dict(zip(_INFO, found[0]))
-    info["options"] = rows.model._meta.get_field("options").from_db_value(info["options"], None, connection)
+    if not isinstance(info["options"], dict):  # JSON text, as Django's backends read it
+        info["options"] = rows.model._meta.get_field("options").from_db_value(info["options"], None, connection)
     return info
 
 
+_count_sql_by_vendor = {}
+
+
 def _count_sql(connection):
+    sql = _count_sql_by_vendor.get(connection.vendor)
+    if sql is None:
+        sql = _count_sql_by_vendor[connection.vendor] = _build_count_sql(connection)
+    return sql
+
+
+def _build_count_sql(connection):
     from .models import UserTaskStatus
 
     qn = connection.ops.quote_name
