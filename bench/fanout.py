@@ -7,6 +7,9 @@ N = 1,000 and 10,000, against the same N messages of the same actor sent untrack
 emails), all processed by the same workers; medians of ``--runs`` runs.  A child's end costs O(1)
 (one counter UPDATE on the parent), so the per-child cost must not grow with N.
 
+Each run also reports the CPU seconds the machine, the worker processes and this driver spent
+(Linux ``/proc``), for the untracked messages and for the fan-out.
+
 Purge: ``purge()`` over finished tasks (each with two events; a tenth with a stored file
 artifact), in rows per second.
 
@@ -95,17 +98,20 @@ def main():
         wait(lambda: UserTaskStatus.objects.get(pk=warm.pk).state in FINAL_STATES, 120)
 
         for n in args.sizes:
-            runs = [one_size(t, r, user, n, f"{n}-{k}") for k in range(args.runs)]
+            runs = [one_size(t, r, user, n, f"{n}-{k}", worker.pid) for k in range(args.runs)]
             row = {"children": n, "runs": runs}
             for key in ("tracked_s", "untracked_s", "plain_tracked_s"):
                 row[key] = round(statistics.median(run[key] for run in runs), 2)
+            for key in ("untracked_cpu", "tracked_cpu"):
+                row[key] = {k: round(statistics.median(run[key][k] for run in runs), 2) for k in runs[0][key]}
             row["per_child_ms"] = round(1000 * row["tracked_s"] / n, 3)
             row["ratio"] = round(row["tracked_s"] / row["untracked_s"], 2)
             row["ratio_to_plain"] = round(row["tracked_s"] / row["plain_tracked_s"], 2)
             results["fanout"].append(row)
             print(f"fan-out {n:>6}: {row['tracked_s']:7.2f} s ({row['per_child_ms']:.2f} ms/child); same tasks "
                   f"untracked {row['untracked_s']:7.2f} s (x{row['ratio']:.2f}); as {n} separate tracked tasks "
-                  f"{row['plain_tracked_s']:7.2f} s (x{row['ratio_to_plain']:.2f})  [medians of {args.runs}]", flush=True)
+                  f"{row['plain_tracked_s']:7.2f} s (x{row['ratio_to_plain']:.2f})  [medians of {args.runs}]; "
+                  f"CPU s untracked {row['untracked_cpu']}, fan-out {row['tracked_cpu']}", flush=True)
     finally:
         worker.terminate()
         worker.wait(60)
@@ -119,17 +125,20 @@ def main():
     print(json.dumps(results))
 
 
-def one_size(t, r, user, n, label):
-    """One run of each of the three ways to process ``n`` children; seconds of each."""
+def one_size(t, r, user, n, label, worker_session):
+    """One run of each of the three ways to process ``n`` children: seconds, and CPU seconds
+    (see :class:`Cpu`) of the untracked run and of the fan-out."""
     from usertasks.models import UserTaskStatus
     from usertasks.states import FINAL_STATES
 
     key = f"side-effect:fanchild:untracked{label}"
+    cpu = Cpu(worker_session)
     t0 = time.perf_counter()
     for i in range(n):
         t.fan_child.send(i=i, label=f"untracked{label}")
     wait(lambda: int(r.get(key) or 0) >= n, 3600)
     untracked = time.perf_counter() - t0
+    untracked_cpu = cpu.since()
 
     t0 = time.perf_counter()
     t.fan_child.send_many_for(user, [{"i": i, "label": f"plain{label}"} for i in range(n)])
@@ -138,16 +147,55 @@ def one_size(t, r, user, n, label):
     plain = time.perf_counter() - t0
     UserTaskStatus.objects.filter(task_class="fan_child").delete()
 
+    cpu = Cpu(worker_session)
     t0 = time.perf_counter()
     status = t.fan_parent.send_for(user, n, label=f"tracked{label}")
     wait(lambda: UserTaskStatus.objects.filter(pk=status.pk, state__in=FINAL_STATES).exists(), 3600, 0.05)
     tracked = time.perf_counter() - t0
+    tracked_cpu = cpu.since()
     status.refresh_from_db()
     assert status.children_succeeded == n, status.message
     UserTaskStatus.objects.filter(parent__isnull=False).delete()
     print(f"  {n:>6} children: fan-out {tracked:6.2f} s, untracked {untracked:6.2f} s (x{tracked / untracked:.2f}), "
-          f"separate tracked tasks {plain:6.2f} s", flush=True)
-    return {"tracked_s": round(tracked, 3), "untracked_s": round(untracked, 3), "plain_tracked_s": round(plain, 3)}
+          f"separate tracked tasks {plain:6.2f} s; CPU s untracked {untracked_cpu}, fan-out {tracked_cpu}", flush=True)
+    return {"tracked_s": round(tracked, 3), "untracked_s": round(untracked, 3), "plain_tracked_s": round(plain, 3),
+            "untracked_cpu": untracked_cpu, "tracked_cpu": tracked_cpu}
+
+
+class Cpu:
+    """CPU seconds spent since it was made (Linux ``/proc``; empty elsewhere): ``busy`` by the
+    whole machine (every core, every process: PostgreSQL and Redis included), ``workers`` by the
+    Dramatiq worker processes (the session started for them), ``driver`` by this process (the
+    untracked run's ``send()`` loop)."""
+
+    def __init__(self, session):
+        self.session = session
+        self.start = self.read()
+
+    def read(self):
+        if not os.path.exists("/proc/stat"):
+            return {}
+        tick = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        workers = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.session:  # session id; utime and stime follow
+                workers += int(fields[11]) + int(fields[12])
+        own = os.times()
+        return {"busy": (sum(ticks) - ticks[3] - ticks[4]) / tick, "workers": workers / tick,
+                "driver": own.user + own.system}
+
+    def since(self):
+        now = self.read()
+        return {k: round(now[k] - self.start[k], 2) for k in now}
 
 
 def bench_purge(user, n):

@@ -166,9 +166,19 @@ def insert(objs, using):
     return objs
 
 
+_arrays = {}
+
+
 def arrays(fields, connection):
-    """``%s::<type>[], ...``: one array parameter per field, for ``unnest(...)`` on PostgreSQL."""
-    return ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    """``%s::<type>[], ...``: one array parameter per field, for ``unnest(...)`` on PostgreSQL.
+    Cached: a foreign key's ``db_type()`` builds a field of its target's type on every call."""
+    key = (tuple(fields), connection.vendor)
+    text = _arrays.get(key)
+    if text is None:
+        if len(_arrays) > 256:
+            _arrays.clear()
+        text = _arrays[key] = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    return text
 
 
 def columns(objs, fields, connection):
