@@ -44,6 +44,8 @@ def test_two_thousand_children_exact_counters_and_one_callback(start_worker, use
     assert children.filter(state=State.SUCCEEDED).count() == 2000
     assert int(redis.get("side-effect:fanchild:big")) == 2000
     assert callbacks(redis, "big") == 1
+    status.refresh_from_db()
+    assert "callback_due" not in status.options["fanout"]  # sent, so the reaper leaves it alone
     # One final event on the container; the dashboard shows the container only.
     assert status.events.filter(kind=EventKind.SUCCEEDED).count() == 1
     assert list(UserTaskStatus.objects.for_user(user)) == [status]

@@ -161,3 +161,70 @@ def test_waiting_pipeline_stages_are_not_taken_for_lost_messages(user, redis):
     stages[1].refresh_from_db()
     assert stages[1].state == State.PENDING
     redis.flushdb()
+
+
+def test_completion_callback_left_due_is_sent_once(user, redis):
+    """The process that ended a container stopped between the commit and the send of the
+    completion callback: the mark set in the ending transaction is still there, and the reaper
+    sends the callback (once; a container that ended less than a minute ago is left to its own
+    process)."""
+    import json
+
+    from usertasks.fanout import CALLBACK_DUE, CONTAINER_OPTION, callback_spec
+
+    from . import tasks_fanout as tf
+
+    redis.flushdb()
+    ended = timezone.now() - timedelta(minutes=5)
+    spec = {"policy": "allow_failures", "calls": [3], "closed": 1,
+            "on_complete": callback_spec(tf.fan_done.message("reaped")), CALLBACK_DUE: True}
+    lost = UserTaskStatus.objects.create(
+        user=user, task_id="cb-lost", task_class="fan_parent", name="lost callback", state=State.SUCCEEDED,
+        is_container=True, children_total=3, children_succeeded=3, finished=ended, options={"fanout": spec},
+    )
+    recent = UserTaskStatus.objects.create(
+        user=user, task_id="cb-recent", task_class="fan_parent", name="being sent", state=State.SUCCEEDED,
+        is_container=True, finished=timezone.now(), options={"fanout": dict(spec)},
+    )
+    sent = UserTaskStatus.objects.create(
+        user=user, task_id="cb-sent", task_class="fan_parent", name="sent", state=State.SUCCEEDED,
+        is_container=True, finished=ended, options={"fanout": {k: v for k, v in spec.items() if k != CALLBACK_DUE}},
+    )
+    assert reap(dry_run=True).callbacks == [lost.pk]
+    assert redis.llen("dramatiq:default") == 0
+    assert reap().callbacks == [lost.pk]
+    messages = [json.loads(m) for m in redis.hvals("dramatiq:default.msgs")]
+    assert [(m["actor_name"], m["args"], m["options"][CONTAINER_OPTION]) for m in messages] == [
+        ("fan_done", ["reaped"], lost.pk)
+    ]
+    lost.refresh_from_db()
+    assert CALLBACK_DUE not in lost.options["fanout"] and lost.options["fanout"]["calls"] == [3]
+    assert reap().callbacks == []  # sent once
+    assert redis.llen("dramatiq:default") == 1
+    for row in (recent, sent):
+        row.refresh_from_db()
+    assert recent.options["fanout"][CALLBACK_DUE] is True and CALLBACK_DUE not in sent.options["fanout"]
+
+
+def test_the_ending_transaction_marks_the_callback_due_until_it_is_sent(user, redis):
+    from django.db import transaction
+
+    from usertasks.fanout import CALLBACK_DUE, WAITING, _info, callback_spec, try_complete
+
+    from . import tasks_fanout as tf
+
+    redis.flushdb()
+    spec = {"policy": "allow_failures", "calls": [0], "closed": 1, "on_complete": callback_spec(tf.fan_done)}
+    row = UserTaskStatus.objects.create(
+        user=user, task_id="cb-end", task_class="fan_parent", name="ends now", state=State.IN_PROGRESS,
+        is_container=True, worker=WAITING, options={"fanout": spec},
+    )
+    rows = UserTaskStatus.objects.all()
+    with transaction.atomic():
+        assert try_complete(rows, _info(rows, row.pk)) is True
+        inside = rows.get(pk=row.pk)
+        assert inside.state == State.SUCCEEDED and inside.options["fanout"][CALLBACK_DUE] is True
+        assert redis.llen("dramatiq:default") == 0  # sent after the commit, not before
+    row.refresh_from_db()
+    assert CALLBACK_DUE not in row.options["fanout"]
+    assert redis.llen("dramatiq:default") == 1

@@ -55,6 +55,9 @@ PARENT_OPTION = "usertask_parent"
 WAITING = "(waiting for children)"
 #: Message option a completion callback receives: the container's primary key.
 CONTAINER_OPTION = "usertask_container"
+#: Key of a container's fan-out (or pipeline) options while its completion callback is due:
+#: set in the transaction that ends the container, removed once the callback is sent.
+CALLBACK_DUE = "callback_due"
 
 ALLOW_FAILURES = "allow_failures"
 FAIL_FAST = "fail_fast"
@@ -499,6 +502,12 @@ def try_complete(rows, info):
     summary = summarize(total, succeeded, failed, canceled, skipped, pipeline=pipeline)
     now = timezone.now()
     fields = {"state": state, "finished": now, "modified": now, "unique_key": None, "worker": "", "message": summary}
+    spec_key = "pipeline" if pipeline else "fanout"
+    callback = (options.get(spec_key) or {}).get("on_complete")
+    if callback:
+        # The callback is due from this commit on; the mark goes once it is sent, and the
+        # reaper sends the callbacks of containers still marked (a crash in between).
+        fields["options"] = dict(options, **{spec_key: dict(options[spec_key], **{CALLBACK_DUE: True})})
     detail = summary
     if state == State.FAILED:
         first = (
@@ -514,7 +523,6 @@ def try_complete(rows, info):
         return False
     kind = {State.SUCCEEDED: EventKind.SUCCEEDED, State.FAILED: EventKind.FAILED, State.CANCELED: EventKind.CANCELED}[state]
     UserTaskEvent.objects.using(rows.db).create(status_id=info["pk"], kind=kind, created=now, detail=_clip(detail, 4000))
-    callback = (options.get("fanout") or options.get("pipeline") or {}).get("on_complete")
     pk, db = info["pk"], rows.db
     transaction.on_commit(lambda: _container_finished(pk, state, callback, db), using=db)
     if info.get("parent_id") is not None:
@@ -535,29 +543,48 @@ def summarize(total, succeeded, failed=0, canceled=0, skipped=0, *, pipeline=Fal
 
 def _container_finished(pk, state, callback, db):
     """After the commit that ended container ``pk``: send its callback, then ``task_finished``."""
-    import dramatiq
-
     from .models import UserTaskStatus
     from .signals import emit_task_finished, task_finished
 
     if callback:
-        try:
-            broker = dramatiq.get_broker()
-            status_uuid = None
-            args = callback["args"]
-            if args is None:
-                status_uuid = str(UserTaskStatus.objects.using(db).values_list("uuid", flat=True).get(pk=pk))
-                args = [status_uuid]
-            message = dramatiq.Message(
-                queue_name=callback["queue"], actor_name=callback["actor"], args=tuple(args),
-                kwargs=callback["kwargs"], options=dict(callback["options"], **{CONTAINER_OPTION: pk}),
-            )
-            broker.enqueue(message)
-        except Exception:
-            logger.exception("usertasks: could not send the completion callback of task %s", pk)
+        send_callback(pk, callback, db)
     status = UserTaskStatus.objects.using(db).filter(pk=pk).first() if task_finished.receivers else None
     if status is not None:
         emit_task_finished(status, state)
+
+
+def send_callback(pk, callback, db):
+    """Send the completion callback of container ``pk``, then remove its :data:`CALLBACK_DUE`
+    mark.  Returns whether it was sent (a failure is logged; the mark stays, so the reaper
+    tries again)."""
+    import dramatiq
+
+    from .models import UserTaskStatus
+
+    rows = UserTaskStatus.objects.using(db)
+    try:
+        args = callback["args"]
+        if args is None:
+            args = [str(rows.values_list("uuid", flat=True).get(pk=pk))]
+        message = dramatiq.Message(
+            queue_name=callback["queue"], actor_name=callback["actor"], args=tuple(args),
+            kwargs=callback["kwargs"], options=dict(callback["options"], **{CONTAINER_OPTION: pk}),
+        )
+        dramatiq.get_broker().enqueue(message)
+    except Exception:
+        logger.exception("usertasks: could not send the completion callback of task %s", pk)
+        return False
+    try:
+        with transaction.atomic(using=db):
+            options = rows.select_for_update().filter(pk=pk).values_list("options", flat=True).first()
+            if options is not None:
+                for key in ("fanout", "pipeline"):
+                    if isinstance(options.get(key), dict):
+                        options[key].pop(CALLBACK_DUE, None)
+                rows.filter(pk=pk).update(options=options)
+    except Exception:
+        logger.exception("usertasks: the completion callback of task %s was sent but is still marked due", pk)
+    return True
 
 
 def body_done(rows, op):

@@ -9,6 +9,9 @@
   Failed ("never started").  Only brokers whose contents can be read are checked (Redis); with
   others these tasks are left alone.
 * Final tasks release what they held: the dedupe key, and their abort flags.
+* **Callback not sent**: a fan-out or pipeline container that ended more than a minute ago with
+  its completion callback still marked due (the process that ended it stopped between the
+  commit and the send) gets its callback sent.
 
 Every change is a conditional UPDATE that only applies if the row is still as it was read, so a
 task that moves meanwhile is left to its worker.  Run it every few minutes: ``manage.py
@@ -35,6 +38,9 @@ __all__ = ["reap", "ReapResult", "live_message_ids", "reap_lost_tasks"]
 WORKER_LOST = "The worker running this task stopped unexpectedly."
 NEVER_STARTED = "The task could not be started: its message was lost."
 REQUEUED = "The worker running this task was lost; the task will run again."
+#: A container's completion callback still marked due this long after the container ended was
+#: not sent (its process stopped after the commit): the reaper sends it.
+CALLBACK_GRACE = timedelta(minutes=1)
 
 
 @dataclass
@@ -44,12 +50,13 @@ class ReapResult:
     never_started: list = field(default_factory=list)  # ids now Failed
     unchecked: int = 0  # overdue Pending tasks left alone: the broker's contents are unknown
     flags_cleared: int = 0
+    callbacks: list = field(default_factory=list)  # ids of containers whose callback was sent
 
     def __str__(self):
         return (
             f"{len(self.worker_lost)} worker lost, {len(self.requeued)} requeued, "
             f"{len(self.never_started)} never started, {self.unchecked} unchecked, "
-            f"{self.flags_cleared} abort flags cleared"
+            f"{self.flags_cleared} abort flags cleared, {len(self.callbacks)} completion callbacks sent"
         )
 
 
@@ -182,9 +189,29 @@ def reap(now=None, *, dry_run=False, broker=None):
     except Exception as exc:
         logger.warning("usertasks reaper: cannot clean abort flags: %s", exc)
 
-    if result.worker_lost or result.never_started or result.requeued:
+    _send_due_callbacks(rows, now, dry_run, result)
+
+    if result.worker_lost or result.never_started or result.requeued or result.callbacks:
         logger.warning("usertasks reaper: %s", result)
     return result
+
+
+def _send_due_callbacks(rows, now, dry_run, result):
+    """Containers that ended more than :data:`CALLBACK_GRACE` ago with their completion callback
+    still marked due: the process that ended them stopped before it sent it.  Send it now."""
+    from django.db.models import Q
+
+    from .fanout import CALLBACK_DUE, send_callback
+
+    due = (
+        rows.filter(is_container=True, state__in=FINAL_STATES, finished__lt=now - CALLBACK_GRACE)
+        .filter(Q(**{f"options__fanout__{CALLBACK_DUE}": True}) | Q(**{f"options__pipeline__{CALLBACK_DUE}": True}))
+        .values_list("pk", "options")
+    )
+    for pk, options in due:
+        spec = next(options[k] for k in ("fanout", "pipeline") if (options.get(k) or {}).get(CALLBACK_DUE))
+        if dry_run or send_callback(pk, spec["on_complete"], rows.db):
+            result.callbacks.append(pk)
 
 
 @dramatiq.actor(actor_name="usertasks_reap", max_retries=0, time_limit=10 * 60 * 1000)
