@@ -167,3 +167,50 @@ def test_redis_key_prefix_setting(settings, redis):
     finally:
         backend.clear([12345])
     assert not redis.exists("site-a:abort:12345")
+
+
+def test_cancel_of_a_message_claimed_at_prefetch_ends_it_at_once(start_worker, user, redis):
+    """One worker thread busy with a long task; the next message was fetched and claimed by the
+    consumer (a batch at a time), so a cancel sees it as running. The abort poller, which
+    watches prefetched claims too, ends it Canceled at once, long before a thread is free, and
+    its body never runs."""
+    start_worker(processes=1, threads=1)
+    busy = t.wait_steps.send_for(user, label="busy", n=600, delay=0.01)
+    queued = t.side_effect.send_for(user, label="prefetched")
+    wait_for(lambda: busy.refresh() and busy.state == State.IN_PROGRESS, message="the long task running")
+    backend = get_backend()
+    wait_for(lambda: backend.claimed([queued.pk]), message="the next message claimed at prefetch")
+    queued.refresh_from_db()
+    assert queued.state == State.PENDING
+    assert queued.cancel(by=user) is True
+    wait_for(lambda: queued.refresh() and queued.state == State.CANCELED, timeout=3, message="Canceled")
+    busy.refresh_from_db()
+    assert busy.state == State.IN_PROGRESS  # the only thread is still busy: the poller did it
+    assert queued.events.filter(kind=EventKind.CANCELED).count() == 1
+    assert busy.cancel(by=user) is True
+    wait_final(busy, timeout=30)
+    # The prefetched message is then taken and skipped: consumed, body never run, flag cleared.
+    wait_for(lambda: not redis.hlen("dramatiq:default.msgs"), message="messages consumed")
+    assert effect(redis, "ran:prefetched") == 0
+    queued.refresh_from_db()
+    assert queued.state == State.CANCELED and queued.attempts == 0 and queued.started is None
+    assert queued.events.filter(kind=EventKind.CANCELED).count() == 1
+    wait_for(lambda: not backend.is_set(queued.pk), message="the flag cleared")
+
+
+def test_claim_many_matches_claim(redis):
+    """The batched claim gives, task by task, what one claim each would give."""
+    from usertasks.abort import AGAIN, FIRST, SKIP
+    from usertasks.abort.redis import RedisAbortBackend
+
+    backend = get_backend()
+    assert isinstance(backend, RedisAbortBackend)
+    base = 10**9
+    backend.set(base + 2)  # a flagged task
+    backend.set(base + 90)  # a flagged container
+    assert backend.claim(base + 3) == FIRST  # claimed before: a redelivery
+    tasks = [(base + 1, None), (base + 2, None), (base + 3, None), (base + 4, base + 90), (base + 5, base + 91)]
+    assert backend.claim_many(tasks) == [FIRST, SKIP, AGAIN, SKIP, FIRST]
+    assert backend.claim_many(tasks[:1]) == [AGAIN]
+    assert backend.claim_many([]) == []
+    assert backend.claimed([base + i for i in range(1, 6)]) == {base + 1, base + 3, base + 5}

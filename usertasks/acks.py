@@ -73,9 +73,10 @@ def install(consumer_thread):
 
 
 class _Windowed:
-    """Mixed into a Redis consumer: when its prefetch window is full, wait until a slot frees
-    (an acknowledgement, a rejection, a run handed to the acker) instead of Dramatiq's blind
-    sleep.  That sleep is an idle-queue backoff (5-10 ms, doubling while the window stays
+    """Mixed into a Redis consumer: claims the tracked messages it hands out, a fetched batch
+    per round trip (``usertasks.middleware.abort.claim_prefetched``), and, when its prefetch
+    window is full, waits until a slot frees (an acknowledgement, a rejection, a run handed to
+    the acker) instead of Dramatiq's blind sleep.  That sleep is an idle-queue backoff (5-10 ms, doubling while the window stays
     full): applied to a full window, it leaves the worker threads idle once they have drained
     the few prefetched messages, most of the time for tasks of a millisecond or two."""
 
@@ -87,7 +88,12 @@ class _Windowed:
                 room.wait(self.timeout / 1000)
             if self.outstanding_message_count >= self.prefetch:
                 return None  # Dramatiq's loop goes on: delayed messages, shutdown
-        return super().__next__()
+        proxy = super().__next__()
+        if proxy is not None:
+            from .middleware.abort import claim_prefetched
+
+            claim_prefetched(self, proxy)  # a fetched batch is claimed in one round trip
+        return proxy
 
     def ack(self, message):
         try:

@@ -142,6 +142,11 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
     if callback is not None:
         dramatiq.get_encoder().encode(callback)  # fail now, not when the last child ends
     calls = [_split(item) for item in items]
+    start = getattr(ctx, "start_op", None)
+    if start is not None and not start.done.is_set():
+        # A run's start may be held back (short tasks have it written with their end); a
+        # container's must be stored before its children exist, so it shows In Progress.
+        start.wait(30)
     ctx.check_abort()
 
     # From here on this run writes no progress of its own: the steps are the children's.

@@ -138,6 +138,7 @@ class Writer:
         return self.submit(Op("flush")).wait(timeout)
 
     def wake(self):
+        """Run the pollers now (one of them has new work, e.g. prefetched messages to watch)."""
         with self._cond:
             self._cond.notify()
 
@@ -162,8 +163,9 @@ class Writer:
                     now = time.monotonic()
                     if not self._queue and not self._stopping:
                         wait = self._next_progress - now if (self._running or self._held) else None
-                        for poller in self.pollers if self._running else ():
-                            wait = min(wait, poller.interval) if wait is not None else poller.interval
+                        for poller in self.pollers:
+                            if self._running or getattr(poller, "active", False):
+                                wait = min(wait, poller.interval) if wait is not None else poller.interval
                         if wait is None or wait > 0:
                             self._cond.wait(wait)
                     if self._stopping and not self._queue and not self._held:

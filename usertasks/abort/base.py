@@ -46,6 +46,11 @@ class AbortBackend:
         ids = [status_id] if parent_id is None else [status_id, parent_id]
         return SKIP if self.flagged(ids) else AGAIN
 
+    #: ``claim_many(tasks)``: :meth:`claim` for many ``(status_id, parent_id)`` pairs in one round
+    #: trip (a list of results), or ``None`` when the store cannot do it.  Atomic stores that have
+    #: it let a worker claim the messages it prefetches, a batch at a time.
+    claim_many = None
+
     def cancel_pending(self, status_id):
         """Raise the flag of a task that looks not started; return ``True`` when a worker has
         claimed it already (it must then be treated as running).  Only meaningful when

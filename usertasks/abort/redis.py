@@ -36,6 +36,32 @@ if redis.call('set', KEYS[#KEYS], '1', 'EX', ARGV[1], 'NX') then return 1 end
 redis.call('expire', KEYS[#KEYS], ARGV[1])
 return 2
 """
+# Many claims at once.  ARGV[1]: the claim TTL; ARGV[2...]: for each task, how many flag keys
+# it has.  KEYS: for each task its flag keys, then its claim marker.  Returns one result per
+# task, as _CLAIM does.
+_CLAIM_MANY = """
+local results = {}
+local k = 1
+for t = 2, #ARGV do
+  local n = tonumber(ARGV[t])
+  local result = nil
+  for i = k, k + n - 1 do
+    if result == nil and redis.call('exists', KEYS[i]) == 1 then result = 0 end
+  end
+  local marker = KEYS[k + n]
+  if result == nil then
+    if redis.call('set', marker, '1', 'EX', ARGV[1], 'NX') then
+      result = 1
+    else
+      redis.call('expire', marker, ARGV[1])
+      result = 2
+    end
+  end
+  results[#results + 1] = result
+  k = k + n + 1
+end
+return results
+"""
 # KEYS: flag, claim marker (pairs, one per task).  Raises the flags; returns for each task 1
 # when it is claimed, else 0.
 _CANCEL_PENDING = """
@@ -104,6 +130,7 @@ class RedisAbortBackend(AbortBackend):
         self._claim = self.client.register_script(_CLAIM)
         self._local = threading.local()
         self._cancel_pending = self.client.register_script(_CANCEL_PENDING)
+        self._claim_many = self.client.register_script(_CLAIM_MANY)
 
     def claim_key(self, status_id):
         return f"{self.claim_prefix}{status_id}"
@@ -125,6 +152,19 @@ class RedisAbortBackend(AbortBackend):
             self._local.conn = None  # in an unknown state: never reused
             conn.disconnect()
             raise
+
+    def claim_many(self, tasks):
+        """:meth:`claim` for many ``(status_id, parent_id)`` pairs in one round trip; returns
+        the results in order."""
+        keys, counts = [], []
+        for status_id, parent_id in tasks:
+            flags = [self.key(status_id)] if parent_id is None else [self.key(status_id), self.key(parent_id)]
+            keys.extend(flags)
+            keys.append(self.claim_key(status_id))
+            counts.append(len(flags))
+        if not counts:
+            return []
+        return [int(r) for r in self._claim_many(keys=keys, args=[CLAIM_TTL, *counts])]
 
     def _thread_connection(self):
         local = self._local

@@ -16,6 +16,7 @@ skipped message never shows as started.
 """
 
 import logging
+import threading
 import time
 
 from dramatiq.middleware import Middleware, SkipMessage
@@ -47,25 +48,35 @@ class AbortPoller:
         except Exception:
             return RETRY_AFTER
 
+    @property
+    def active(self):
+        """Whether there is something to watch besides the running tasks: messages claimed at
+        prefetch, not started yet."""
+        return bool(_prefetched)
+
     def __call__(self, running):
         tracked = [c for c in running if c.tracked]
-        if not tracked:
+        prefetched = _prefetched_now()
+        if not tracked and not prefetched:
             return
         waiting = [c for c in tracked if not c.abort_requested]
         now = time.monotonic()
-        if waiting and now >= self._next_try:
-            self.poll(waiting, now)
+        if (waiting or prefetched) and now >= self._next_try:
+            self.poll(waiting, now, prefetched)
         for ctx in tracked:
             if ctx.abort_requested and not ctx.forced and now - ctx.cancel_seen_at >= ctx.abort_grace:
                 force(ctx)
 
-    def poll(self, contexts, now):
+    def poll(self, contexts, now, prefetched=None):
         from ..abort import get_backend
 
+        prefetched = prefetched or {}
         try:
             # A task stops when its own flag or its container's is raised (fan-out, pipeline).
             ids = {c.status_id for c in contexts}
             ids.update(c.parent_id for c in contexts if c.parent_id is not None)
+            ids.update(prefetched)
+            ids.update(parent for parent in prefetched.values() if parent is not None)
             flagged = get_backend().flagged(sorted(ids))
         except Exception as exc:
             self._next_try = now + RETRY_AFTER
@@ -82,6 +93,9 @@ class AbortPoller:
         for ctx in contexts:
             if ctx.status_id in flagged or ctx.parent_id in flagged:
                 ctx.request_abort()
+        for status_id, parent_id in prefetched.items():
+            if status_id in flagged or parent_id in flagged:
+                _cancel_prefetched(status_id, parent_id)
 
 
 def force(ctx):
@@ -128,7 +142,11 @@ class UserTaskAbort(Middleware):
         install_poller()
         from ..fanout import PARENT_OPTION
 
-        reason, wait = self.claim(status_id, message.options.get(PARENT_OPTION))
+        claimed = getattr(message, PREFETCH_CLAIM, None)
+        if claimed is not None:
+            reason, wait = self.claimed_at_prefetch(status_id, claimed)
+        else:
+            reason, wait = self.claim(status_id, message.options.get(PARENT_OPTION))
         # Read by the tracking middleware: must the body wait until its start is stored?
         message._usertasks_wait_start = wait
         if reason is not None:
@@ -154,6 +172,20 @@ class UserTaskAbort(Middleware):
             return None, False
         return self.canceled(status_id), True
 
+    def claimed_at_prefetch(self, status_id, result):
+        """:meth:`claim`, for a message its consumer claimed when it prefetched it."""
+        from ..abort import FIRST, SKIP
+
+        with _prefetch_lock:
+            _prefetched.pop(status_id, None)
+            flagged = status_id in _flagged_prefetched
+            _flagged_prefetched.discard(status_id)
+        if result == SKIP or flagged:
+            return "flag", True
+        if result == FIRST:
+            return None, False
+        return self.canceled(status_id), True
+
     @staticmethod
     def canceled(status_id):
         """Why the message of ``status_id`` must not run, or ``None`` (asks the database)."""
@@ -174,22 +206,145 @@ class UserTaskAbort(Middleware):
     @staticmethod
     def skip(message, status_id, reason):
         from ..abort import clear_flags
-        from ..models import EventKind, UserTaskEvent
-        from ..writer import Op, get_writer
+        from ..writer import get_writer
 
         if reason == "flag":
             # Normally cancel() already made the row Canceled; not when the cancel hit a running
-            # attempt that then failed and is being retried.  Guarded: a final row stays as is.
-            text = "Canceled before this attempt started."
-            event = UserTaskEvent(status_id=status_id, kind=EventKind.CANCELED, detail=text)
+            # attempt that then failed and is being retried, or a message claimed at prefetch.
+            # Guarded: a final row stays as is.
             from ..fanout import PARENT_OPTION
 
-            op = Op("update", fields={
-                "_where": {"pk": status_id, "state__in": ACTIVE_STATES},
-                "state": State.CANCELED, "unique_key": None, "worker": "", "finished": event.created,
-                "_parent": message.options.get(PARENT_OPTION),  # a fan-out child: counted on its container
-            }, events=[event])
-            get_writer().submit(op).wait()
+            get_writer().submit(_canceled_op(status_id, message.options.get(PARENT_OPTION))).wait()
         clear_flags([status_id])
         logger.info("usertasks: task %s is canceled; message %s skipped", status_id, message.message_id)
         raise SkipMessage(f"task {status_id} is canceled")
+
+
+def _canceled_op(status_id, parent_id):
+    """The writer op that ends a task canceled before its run started (guarded: a final row
+    stays as it is; a fan-out child is counted on its container)."""
+    from ..models import EventKind, UserTaskEvent
+    from ..writer import Op
+
+    event = UserTaskEvent(status_id=status_id, kind=EventKind.CANCELED, detail="Canceled before this attempt started.")
+    return Op("update", fields={
+        "_where": {"pk": status_id, "state__in": ACTIVE_STATES},
+        "state": State.CANCELED, "unique_key": None, "worker": "", "finished": event.created,
+        "_parent": parent_id,
+    }, events=[event])
+
+
+# -- claims made when a Redis consumer prefetches messages ---------------------------------------
+#
+# The claim of a tracked message (see UserTaskAbort.claim) used to be a round trip of the worker
+# thread that runs it, and most of that thread's time per short task.  A Redis consumer of a
+# worker with usertasks claims instead the messages it hands out, a fetched batch at a time, in
+# one round trip (``claim_prefetched``, called by ``usertasks.acks._Windowed``).  A cancel that
+# comes between the claim and the run sees the claim and treats the task as running: it raises
+# the flag, and the abort poller, which watches the flags of claimed messages too, ends the task
+# Canceled at once (the writer's guarded update) and has its message skipped when a worker
+# thread takes it.
+
+#: Message attribute (on Dramatiq's ``MessageProxy``) carrying the result of the prefetch claim.
+PREFETCH_CLAIM = "_usertasks_claim"
+#: Seconds after which a prefetched claim no longer watched is forgotten (its consumer went away
+#: with the message; the broker delivers it again, and that delivery claims again).
+PREFETCH_FORGET = 3600.0
+
+_prefetch_lock = threading.Lock()
+_prefetched = {}  # status id -> (parent id, monotonic time of the claim): claimed, not started
+_flagged_prefetched = set()  # of those, the ones already ended Canceled by the poller
+
+
+def _prefetched_now():
+    """``{status id: parent id}`` of the claimed messages not started yet (old ones forgotten)."""
+    if not _prefetched:
+        return {}
+    horizon = time.monotonic() - PREFETCH_FORGET
+    with _prefetch_lock:
+        for status_id in [k for k, (_, at) in _prefetched.items() if at < horizon]:
+            del _prefetched[status_id]
+        return {k: parent for k, (parent, _) in _prefetched.items() if k not in _flagged_prefetched}
+
+
+def _cancel_prefetched(status_id, parent_id):
+    """The poller saw the flag of a claimed message not started yet: end its task Canceled now
+    (not when a worker thread gets to it), and have the message skipped."""
+    from ..writer import get_writer
+
+    with _prefetch_lock:
+        if status_id not in _prefetched or status_id in _flagged_prefetched:
+            return
+        _flagged_prefetched.add(status_id)
+    get_writer().submit(_canceled_op(status_id, parent_id))  # from the writer thread: no wait
+
+
+def claim_prefetched(consumer, proxy):
+    """Called by a Redis consumer for each message it hands to the worker threads.  The first
+    message of a fetched batch claims itself and every message still in the consumer's cache in
+    one round trip; the others find their result ready.  On any failure nothing is attached,
+    and the worker thread claims the message itself."""
+    claims = getattr(consumer, "_usertasks_claims", None)
+    if claims and proxy.message_id in claims:
+        setattr(proxy, PREFETCH_CLAIM, claims.pop(proxy.message_id))
+        return
+    try:
+        from dramatiq import Message
+        from dramatiq.common import q_name
+
+        from ..abort import FIRST, get_backend
+
+        if q_name(consumer.queue_name) != consumer.queue_name:
+            return  # a delay queue: its messages are moved, not run
+        backend = get_backend()
+        if not backend.atomic_claims or backend.claim_many is None:
+            return
+        batch = []
+        for message in [proxy, *(_decoded(Message, data) for data in list(consumer.message_cache))]:
+            task = _claimable(consumer.broker, message)
+            if task is not None:
+                batch.append((message.message_id, *task))
+        if not batch:
+            return
+        results = backend.claim_many([(status_id, parent_id) for _, status_id, parent_id in batch])
+    except Exception as exc:
+        logger.debug("usertasks: could not claim prefetched messages (%s); worker threads claim them", exc)
+        return
+    now = time.monotonic()
+    with _prefetch_lock:
+        for (_, status_id, parent_id), result in zip(batch, results):
+            if result == FIRST:
+                _prefetched[status_id] = (parent_id, now)
+    ready = {message_id: result for (message_id, _, _), result in zip(batch, results)}
+    result = ready.pop(proxy.message_id, None)
+    consumer._usertasks_claims = ready
+    if result is not None:
+        setattr(proxy, PREFETCH_CLAIM, result)
+    from ..writer import get_writer
+
+    get_writer().wake()  # the poller watches the new claims from now on
+
+
+def _decoded(message_class, data):
+    try:
+        return message_class.decode(data)
+    except Exception:
+        return None
+
+
+def _claimable(broker, message):
+    """``(status_id, parent_id)`` of a tracked message of a user task, else ``None``."""
+    from ..fanout import PARENT_OPTION
+
+    if message is None:
+        return None
+    status_id = message.options.get(STATUS_OPTION)
+    if status_id is None:
+        return None
+    try:
+        actor = broker.get_actor(message.actor_name)
+    except Exception:
+        return None
+    if not isinstance(actor, UserTaskActor):
+        return None
+    return status_id, message.options.get(PARENT_OPTION)
