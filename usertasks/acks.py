@@ -76,9 +76,10 @@ class _Windowed:
     """Mixed into a Redis consumer: claims the tracked messages it hands out, a fetched batch
     per round trip (``usertasks.middleware.abort.claim_prefetched``), and, when its prefetch
     window is full, waits until a slot frees (an acknowledgement, a rejection, a run handed to
-    the acker) instead of Dramatiq's blind sleep.  That sleep is an idle-queue backoff (5-10 ms, doubling while the window stays
-    full): applied to a full window, it leaves the worker threads idle once they have drained
-    the few prefetched messages, most of the time for tasks of a millisecond or two."""
+    the acker) instead of Dramatiq's blind sleep.  That sleep is an idle-queue backoff (5-10 ms,
+    doubling while the window stays full): applied to a full window, it leaves the worker
+    threads idle once they have drained the few prefetched messages, most of the time for tasks
+    of a millisecond or two."""
 
     def __next__(self):
         if not self.message_cache and self.outstanding_message_count >= self.prefetch:

@@ -264,6 +264,7 @@ def _prefetched_now():
     with _prefetch_lock:
         for status_id in [k for k, (_, at) in _prefetched.items() if at < horizon]:
             del _prefetched[status_id]
+            _flagged_prefetched.discard(status_id)
         return {k: parent for k, (parent, _) in _prefetched.items() if k not in _flagged_prefetched}
 
 
