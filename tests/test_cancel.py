@@ -176,8 +176,8 @@ def test_cancel_of_a_message_claimed_at_prefetch_ends_it_at_once(start_worker, u
     its body never runs."""
     start_worker(processes=1, threads=1)
     busy = t.wait_steps.send_for(user, label="busy", n=600, delay=0.01)
-    queued = t.side_effect.send_for(user, label="prefetched")
     wait_for(lambda: busy.refresh() and busy.state == State.IN_PROGRESS, message="the long task running")
+    queued = t.side_effect.send_for(user, label="prefetched")  # sent once the only thread is busy
     backend = get_backend()
     wait_for(lambda: backend.claimed([queued.pk]), message="the next message claimed at prefetch")
     queued.refresh_from_db()
