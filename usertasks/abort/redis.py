@@ -26,20 +26,11 @@ DEFAULT_PREFIX = "usertasks:"
 #: it only matters until the run's start is stored, see ``usertasks.cancel``).
 CLAIM_TTL = 86400
 
-# KEYS: flags to check..., claim marker.  Returns 0 when a flag is raised, 1 for a first
-# claim, 2 when the task was claimed before (a redelivery: the worker takes the safe path).
+# Claims.  Each task's result: 0 when a flag (the task's or its container's) is raised, 1 for
+# a first claim, 2 when the task was claimed before (a redelivery: the worker takes the safe
+# path).  ARGV[1]: the claim TTL; ARGV[2...]: for each task, how many flag keys it has.  KEYS:
+# for each task its flag keys, then its claim marker.  Returns the results in order.
 _CLAIM = """
-for i = 1, #KEYS - 1 do
-  if redis.call('exists', KEYS[i]) == 1 then return 0 end
-end
-if redis.call('set', KEYS[#KEYS], '1', 'EX', ARGV[1], 'NX') then return 1 end
-redis.call('expire', KEYS[#KEYS], ARGV[1])
-return 2
-"""
-# Many claims at once.  ARGV[1]: the claim TTL; ARGV[2...]: for each task, how many flag keys
-# it has.  KEYS: for each task its flag keys, then its claim marker.  Returns one result per
-# task, as _CLAIM does.
-_CLAIM_MANY = """
 local results = {}
 local k = 1
 for t = 2, #ARGV do
@@ -127,27 +118,33 @@ class RedisAbortBackend(AbortBackend):
         key_prefix = key_prefix or key_namespace()
         self.prefix = f"{key_prefix}abort:"
         self.claim_prefix = f"{key_prefix}claim:"
-        self._claim = self.client.register_script(_CLAIM)
+        self._claim = self.client.register_script(_CLAIM)  # one script for one claim and for many
         self._local = threading.local()
         self._cancel_pending = self.client.register_script(_CANCEL_PENDING)
-        self._claim_many = self.client.register_script(_CLAIM_MANY)
 
     def claim_key(self, status_id):
         return f"{self.claim_prefix}{status_id}"
 
+    def _claim_args(self, tasks):
+        """Keys and arguments of the claim script for ``(status_id, parent_id)`` pairs."""
+        keys, counts = [], []
+        for status_id, parent_id in tasks:
+            flags = [self.key(status_id)] if parent_id is None else [self.key(status_id), self.key(parent_id)]
+            keys.extend(flags)
+            keys.append(self.claim_key(status_id))
+            counts.append(len(flags))
+        return keys, [CLAIM_TTL, *counts]
+
     def claim(self, status_id, parent_id=None):
-        keys = [self.key(status_id)]
-        if parent_id is not None:
-            keys.append(self.key(parent_id))
-        keys.append(self.claim_key(status_id))
-        # Once per message on the worker thread: a connection of this thread's own, without
-        # the pool's checkout (a lock and a readiness poll per command).
+        keys, args = self._claim_args([(status_id, parent_id)])
+        # A worker thread's own claim (when its consumer's batch claim failed): a connection of
+        # this thread's own, without the pool's checkout (a lock and a readiness poll).
         conn = self._thread_connection()
         try:
-            conn.send_command("EVALSHA", self._claim.sha, len(keys), *keys, CLAIM_TTL)
-            return int(conn.read_response())
+            conn.send_command("EVALSHA", self._claim.sha, len(keys), *keys, *args)
+            return int(conn.read_response()[0])
         except redis.exceptions.NoScriptError:
-            return int(self._claim(keys=keys, args=[CLAIM_TTL]))  # loads the script, then runs it
+            return int(self._claim(keys=keys, args=args)[0])  # loads the script, then runs it
         except BaseException:
             self._local.conn = None  # in an unknown state: never reused
             conn.disconnect()
@@ -156,15 +153,10 @@ class RedisAbortBackend(AbortBackend):
     def claim_many(self, tasks):
         """:meth:`claim` for many ``(status_id, parent_id)`` pairs in one round trip; returns
         the results in order."""
-        keys, counts = [], []
-        for status_id, parent_id in tasks:
-            flags = [self.key(status_id)] if parent_id is None else [self.key(status_id), self.key(parent_id)]
-            keys.extend(flags)
-            keys.append(self.claim_key(status_id))
-            counts.append(len(flags))
-        if not counts:
+        if not tasks:
             return []
-        return [int(r) for r in self._claim_many(keys=keys, args=[CLAIM_TTL, *counts])]
+        keys, args = self._claim_args(tasks)
+        return [int(r) for r in self._claim(keys=keys, args=args)]
 
     def _thread_connection(self):
         local = self._local
