@@ -43,7 +43,8 @@ PENDING = "_usertasks_pending_end"
 
 def install(consumer_thread):
     """Wrap the ``post_process_message`` of a Dramatiq consumer thread (idempotent), and make the
-    Redis consumers its broker creates wait for room in their prefetch window (:class:`_Windowed`)."""
+    Redis consumers its broker creates claim the tracked messages they hand out and wait for room
+    in their prefetch window (:class:`_Windowed`)."""
     _wrap_consume(getattr(consumer_thread, "broker", None))
     original = consumer_thread.post_process_message
     if getattr(original, "usertasks_original", None) is not None:
