@@ -66,6 +66,11 @@ else:
             "TEST": {"NAME": os.path.join(_tmp, "test.sqlite3")},
         }
     }
+    if os.environ.get("USERTASKS_TEST_SQLITE_WAL") == "1":
+        # The configuration docs/deployment.md recommends (the benchmarks use it; Django >= 5.1).
+        DATABASES["default"]["OPTIONS"].update(
+            transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+        )
 if os.environ.get("USERTASKS_TEST_DB_NAME"):
     # A worker process started by the tests: talk to the test database directly.
     DATABASES["default"]["NAME"] = os.environ["USERTASKS_TEST_DB_NAME"]

@@ -146,3 +146,32 @@ def test_event_of_run_matches_keyword_construction():
     names = [f.attname for f in UserTaskEvent._meta.concrete_fields]
     assert [getattr(quick, n) for n in names] == [getattr(slow, n) for n in names]
     assert quick.pk is None and quick.actor_id is None and quick._state.adding
+
+
+def test_run_tokens_are_unique_and_redrawn_in_a_new_process():
+    """The ``worker`` token guards a run's writes: unique per run, and its random part is drawn
+    again by a process that does not have the pid that drew it (a fork, a reused pid)."""
+    import os
+    import threading
+
+    from usertasks import context
+
+    tokens = []
+
+    def draw():
+        tokens.extend(context._run_token() for _ in range(500))
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(tokens)) == 2000
+    assert all(t.split(":")[1] == str(os.getpid()) for t in tokens)
+    saved = context._process
+    try:
+        context._process = (-1, "stale")
+        token = context._run_token()
+        assert "stale" not in token and context._process[0] == os.getpid()
+    finally:
+        context._process = saved

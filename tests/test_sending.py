@@ -333,6 +333,55 @@ def test_bulk_insert_prepares_values_like_the_orm(user):
     assert all(e.pk for e in events)
 
 
+def test_rows_copied_from_the_first_are_the_rows_the_model_builds(user, django_assert_num_queries):
+    """sending._rows copies the first row for calls sharing its user and parent; what is stored
+    is what one model instance per call would store, and each row has its own uuid."""
+    from django.utils import timezone
+
+    from usertasks import bulk
+    from usertasks.sending import _row, _rows, prepare_many
+
+    now = timezone.now()
+    parent = tasks_core.fixed_total.send_for(user)
+    calls = [((), {})] * 4
+    prepared = prepare_many(tasks_core.fixed_total, user, calls, parent=parent)
+    prepared[1].row_options = {"notify": ["Failed"]}
+    prepared[2].delay = 5000
+    prepared[3].parent = None  # not the first's parent: built by the model
+    copied = _rows(prepared, now)
+    built = [_row(p, now) for p in prepared]
+    skip = {"_state", "uuid"}
+    for c, b in zip(copied, built):
+        assert {k: v for k, v in vars(c).items() if k not in skip} == {k: v for k, v in vars(b).items() if k not in skip}
+        assert c._state is not copied[0]._state or c is copied[0]
+    assert len({r.uuid for r in copied}) == 4 and all(r.uuid.version == 4 for r in copied)
+    with django_assert_num_queries(0):
+        assert all(r.user is user for r in copied)
+        assert [r.parent for r in copied] == [parent, parent, parent, None]
+    bulk.insert(copied, connection.alias)
+    stored = list(UserTaskStatus.objects.exclude(pk=parent.pk).order_by("pk"))
+    assert [s.uuid for s in stored] == [r.uuid for r in copied]
+    assert [s.parent_id for s in stored] == [parent.pk, parent.pk, parent.pk, None]
+    assert [s.options for s in stored] == [{}, {"notify": ["Failed"]}, {}, {}]
+    assert [s.eta is None for s in stored] == [True, True, False, True]
+    assert len({s.modified for s in stored}) == 1  # auto_now: one time for the batch
+
+
+def test_prepare_many_draws_distinct_message_ids(user):
+    import uuid
+
+    from usertasks.sending import prepare_many, random_uuids
+
+    ids = random_uuids(1000)
+    assert len(set(ids)) == 1000 and {u.version for u in ids} == {4}
+    prepared = prepare_many(tasks.count, user, [((i,), {}) for i in range(50)], options={"max_retries": 1})
+    message_ids = [p.message.message_id for p in prepared]
+    assert len(set(message_ids)) == 50 and all(uuid.UUID(m).version == 4 for m in message_ids)
+    assert [p.message.args for p in prepared] == [(i,) for i in range(50)]
+    assert all(p.message.options == {"max_retries": 1} and p.message.kwargs == {} for p in prepared)
+    assert all(p.message.queue_name == tasks.count.queue_name for p in prepared)
+
+
 def test_send_for_writes_once(user, clean_redis):
     """send_for: the row and its "enqueued" event; on PostgreSQL one statement, which outside a
     transaction is its own (no BEGIN/COMMIT round trips); elsewhere two INSERTs in one."""

@@ -92,13 +92,10 @@ class UserTaskActor(Actor):
         """Start one task per item of ``calls`` (a tuple of positional arguments or a dict of
         keyword arguments each) in one transaction: one bulk INSERT, then the messages in
         pipelined batches.  Returns the status rows."""
-        from .sending import prepare, send_prepared
+        from .sending import prepare_many, send_prepared
 
-        prepared = []
-        for item in calls:
-            args, kwargs = (item, {}) if isinstance(item, (tuple, list)) else ((), dict(item))
-            prepared.append(prepare(self, user, tuple(args), kwargs, delay=delay))
-        return send_prepared(prepared)
+        calls = [(tuple(item), {}) if isinstance(item, (tuple, list)) else ((), dict(item)) for item in calls]
+        return send_prepared(prepare_many(self, user, calls, delay=delay))
 
     def send_with_options(self, *, args=(), kwargs=None, delay=None, **options):
         if STATUS_OPTION not in options and not self._warned_untracked:

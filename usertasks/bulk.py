@@ -191,14 +191,19 @@ def columns(objs, fields, connection):
 def _values(objs, fields, connection):
     """The database values of ``fields`` of ``objs``, row after row.  A value is prepared only
     when it differs from the same field's value in the previous row (rows of one batch share
-    most of theirs: user, actor, time, options)."""
-    stamped = [_stamped(f) for f in fields]
+    most of theirs: user, actor, time, options).  A field stamped on save (``auto_now``) gets
+    one time for the whole batch."""
+    for field in fields:
+        if _stamped(field) and objs:
+            stamp = field.pre_save(objs[0], True)
+            for obj in objs[1:]:
+                setattr(obj, field.attname, stamp)
     last_raw = [_UNSET] * len(fields)
     last_value = [None] * len(fields)
     values = []
     for obj in objs:
         for j, field in enumerate(fields):
-            raw = field.pre_save(obj, True) if stamped[j] else getattr(obj, field.attname)
+            raw = getattr(obj, field.attname)
             previous = last_raw[j]
             if raw is not previous and (type(raw) is not type(previous) or raw != previous):
                 last_raw[j] = raw

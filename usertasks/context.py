@@ -5,11 +5,11 @@ progress of every running task at most ``PROGRESS_INTERVAL`` seconds later, and 
 values exactly when the task ends.
 """
 
+import itertools
 import os
 import socket
 import threading
 import time
-import uuid
 from contextvars import ContextVar
 
 from .exceptions import Aborted
@@ -17,6 +17,21 @@ from .exceptions import Aborted
 _current = ContextVar("usertasks_current_task", default=None)
 
 _HOST = socket.gethostname()
+
+
+_runs = itertools.count(1)
+_process = (None, "")  # (pid, random prefix of this process's run tokens)
+
+
+def _run_token():
+    """``host:pid:thread:<prefix><n>``, unique to one run: the prefix is drawn at random once per
+    process (so a reused pid cannot repeat a token) and ``n`` counts the process's runs.  A fresh
+    random value per run would cost a system call that gives up the GIL for every message."""
+    global _process
+    pid = os.getpid()
+    if _process[0] != pid:  # first run of this process (or of a forked child)
+        _process = (pid, os.urandom(4).hex())
+    return f"{_HOST}:{pid}:{threading.current_thread().name}:{_process[1]}{next(_runs):x}"
 
 
 def current_task():
@@ -46,7 +61,7 @@ class TaskContext:
         self.attempt = attempt
         self.options = options or {}
         self.thread_id = threading.get_ident()
-        self.worker = f"{_HOST}:{os.getpid()}:{threading.current_thread().name}:{uuid.uuid4().hex[:8]}"
+        self.worker = _run_token()
         self.started_at = time.time()
         self.completed = 0
         self.total = None if total_steps is None else int(total_steps)

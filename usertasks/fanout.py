@@ -130,7 +130,7 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
     import dramatiq
 
     from .actors import UserTaskActor
-    from .sending import prepare
+    from .sending import prepare_many
 
     if not ctx.tracked:
         raise UserTasksError("fan_out() needs a tracked task: send the parent with send_for(user, ...)")
@@ -166,12 +166,11 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
         rows.filter(pk=parent.pk).update(completed_steps=_done(), total_steps=F("children_total"))
         return rows.filter(parent_id=parent.pk)
 
-    prepared = []
-    for args, kwargs in calls:
-        p = prepare(child_actor, parent.user, args, kwargs, parent=parent, options={PARENT_OPTION: parent.pk})
+    prepared = prepare_many(child_actor, parent.user, calls, parent=parent, options={PARENT_OPTION: parent.pk})
+    row_options = dict(prepared[0].row_options, child=True, notify=False) if prepared else {}
+    for p in prepared:
         p.unique_key = None  # the container is the unit of dedupe
-        p.row_options = dict(p.row_options, child=True, notify=False)
-        prepared.append(p)
+        p.row_options = row_options
     n = len(prepared)
     written = 0
     if index < len(announced):
@@ -268,12 +267,12 @@ def _announce(rows, parent_id, index, n, written, policy, callback, attempt):
 def _write_chunk(rows, parent_id, broker, prepared, closes):
     """Write the rows of ``prepared`` in one transaction and send their messages once it has
     committed.  ``closes``: the index of the call this chunk completes, if it is the last one."""
-    from .sending import _row
+    from .sending import _rows
 
     db = rows.db
     now = timezone.now()
     with transaction.atomic(using=db):
-        created = bulk.insert([_row(p, now) for p in prepared], db)
+        created = bulk.insert(_rows(prepared, now), db)
         if any(r.pk is None for r in created):  # backends without RETURNING
             ids = dict(rows.filter(task_id__in=[r.task_id for r in created]).values_list("task_id", "pk"))
             for r in created:

@@ -62,6 +62,9 @@ class AbortPoller:
         waiting = [c for c in tracked if not c.abort_requested]
         now = time.monotonic()
         if (waiting or prefetched) and now >= self._next_try:
+            # At most once per poll interval: the writer thread runs its pollers on every batch,
+            # and a busy writer writes hundreds of batches a second.
+            self._next_try = now + self.interval
             self.poll(waiting, now, prefetched)
         for ctx in tracked:
             if ctx.abort_requested and not ctx.forced and now - ctx.cancel_seen_at >= ctx.abort_grace:
