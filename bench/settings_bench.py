@@ -46,6 +46,9 @@ else:
             "CONN_MAX_AGE": CONN_MAX_AGE,
         }
     }
+    if os.environ.get("BENCH_SQLITE_WAL") == "1":
+        # bench/run.py --sqlite-wal: SQLite as docs/deployment.md configures it.
+        DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
 
 INSTALLED_APPS = [
     "django.contrib.auth",
