@@ -364,7 +364,8 @@ def test_rows_copied_from_the_first_are_the_rows_the_model_builds(user, django_a
     assert [s.parent_id for s in stored] == [parent.pk, parent.pk, parent.pk, None]
     assert [s.options for s in stored] == [{}, {"notify": ["Failed"]}, {}, {}]
     assert [s.eta is None for s in stored] == [True, True, False, True]
-    assert len({s.modified for s in stored}) == 1  # auto_now: one time for the batch
+    if bulk.supported(connection):  # elsewhere Django's bulk_create stamps each row
+        assert len({s.modified for s in stored}) == 1  # auto_now: one time for the batch
 
 
 def test_prepare_many_draws_distinct_message_ids(user):
