@@ -79,7 +79,9 @@ def machine_facts(pg):
             facts["postgresql"] = c.execute("SHOW server_version").fetchone()[0]
     import sqlite3
 
-    facts["sqlite"] = sqlite3.sqlite_version + (" (WAL, synchronous=NORMAL)" if os.environ.get("BENCH_SQLITE_WAL") == "1" else "")
+    facts["sqlite"] = sqlite3.sqlite_version
+    if os.environ.get("BENCH_SQLITE_WAL") == "1":
+        facts["sqlite"] += " (WAL, synchronous=NORMAL)"
     if os.path.exists(common.peers_python()):
         facts["peers"] = _out([common.peers_python(), "-c",
                                "from importlib import metadata as m; print(', '.join(f'{d} {m.version(d)}' for d in "

@@ -66,8 +66,11 @@ else:
             "TEST": {"NAME": os.path.join(_tmp, "test.sqlite3")},
         }
     }
-    if os.environ.get("USERTASKS_TEST_SQLITE_WAL") == "1":
-        # The configuration docs/deployment.md recommends (the benchmarks use it; Django >= 5.1).
+    import django
+
+    if os.environ.get("USERTASKS_TEST_SQLITE_WAL") == "1" and django.VERSION >= (5, 1):
+        # The configuration docs/deployment.md recommends (bench/fanout.py uses it; the two
+        # options need Django >= 5.1).
         DATABASES["default"]["OPTIONS"].update(
             transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
         )
