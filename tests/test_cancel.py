@@ -214,3 +214,30 @@ def test_claim_many_matches_claim(redis):
     assert backend.claim_many(tasks[:1]) == [AGAIN]
     assert backend.claim_many([]) == []
     assert backend.claimed([base + i for i in range(1, 6)]) == {base + 1, base + 3, base + 5}
+
+
+def test_the_abort_poller_reads_the_flags_once_per_interval(redis):
+    """The writer runs its pollers after every batch; the flags are read at most once per poll
+    interval all the same, and a raised flag still reaches the running task on the next read."""
+    import time
+
+    from usertasks.context import TaskContext
+    from usertasks.middleware.abort import AbortPoller
+
+    backend = get_backend()
+    reads = []
+    flagged = backend.flagged
+    backend.flagged = lambda ids: reads.append(list(ids)) or flagged(ids)
+    try:
+        poller = AbortPoller()
+        ctx = TaskContext(status_id=10**9 + 7, message_id="m", actor_name="a")
+        for _ in range(50):
+            poller([ctx])
+        assert reads == [[ctx.status_id]]
+        backend.set(ctx.status_id)
+        time.sleep(backend.poll_interval)
+        poller([ctx])
+        assert len(reads) == 2 and ctx.abort_requested
+    finally:
+        del backend.flagged
+        backend.clear([ctx.status_id])

@@ -138,7 +138,8 @@ class Writer:
         return self.submit(Op("flush")).wait(timeout)
 
     def wake(self):
-        """Run the pollers now (one of them has new work, e.g. prefetched messages to watch)."""
+        """Wake the thread: a poller has become :attr:`active` (prefetched messages to watch),
+        so the thread, which may be sleeping with no deadline, runs its pollers and keeps ticking."""
         with self._cond:
             self._cond.notify()
 

@@ -56,16 +56,15 @@ class AbortPoller:
 
     def __call__(self, running):
         tracked = [c for c in running if c.tracked]
-        prefetched = _prefetched_now()
-        if not tracked and not prefetched:
-            return
-        waiting = [c for c in tracked if not c.abort_requested]
         now = time.monotonic()
-        if (waiting or prefetched) and now >= self._next_try:
-            # At most once per poll interval: the writer thread runs its pollers on every batch,
-            # and a busy writer writes hundreds of batches a second.
-            self._next_try = now + self.interval
-            self.poll(waiting, now, prefetched)
+        # At most once per poll interval: the writer thread runs its pollers after every batch,
+        # and a busy writer writes hundreds of batches a second.
+        if now >= self._next_try:
+            waiting = [c for c in tracked if not c.abort_requested]
+            prefetched = _prefetched_now()
+            if waiting or prefetched:
+                self._next_try = now + self.interval
+                self.poll(waiting, now, prefetched)
         for ctx in tracked:
             if ctx.abort_requested and not ctx.forced and now - ctx.cancel_seen_at >= ctx.abort_grace:
                 force(ctx)
@@ -316,17 +315,20 @@ def claim_prefetched(consumer, proxy):
         return
     now = time.monotonic()
     with _prefetch_lock:
+        idle = not _prefetched  # the poller had nothing to watch: the writer may sleep unbounded
         for (_, status_id, parent_id), result in zip(batch, results):
             if result == FIRST:
                 _prefetched[status_id] = (parent_id, now)
+        watch = idle and bool(_prefetched)
     ready = {message_id: result for (message_id, _, _), result in zip(batch, results)}
     result = ready.pop(proxy.message_id, None)
     consumer._usertasks_claims = ready
     if result is not None:
         setattr(proxy, PREFETCH_CLAIM, result)
-    from ..writer import get_writer
+    if watch:
+        from ..writer import get_writer
 
-    get_writer().wake()  # the poller watches the new claims from now on
+        get_writer().wake()  # the writer keeps ticking for the poller from now on
 
 
 def _decoded(message_class, data):
