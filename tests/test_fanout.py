@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from usertasks.models import EventKind, UserTaskStatus
+from usertasks.models import EventKind, UserTaskEvent, UserTaskStatus
 from usertasks.states import ACTIVE_STATES, State
 
 from . import tasks_fanout as t
@@ -50,6 +50,13 @@ def test_two_thousand_children_exact_counters_and_one_callback(start_worker, use
     assert status.events.filter(kind=EventKind.SUCCEEDED).count() == 1
     assert list(UserTaskStatus.objects.for_user(user)) == [status]
     assert all(c.get("notify") is False and c.get("child") for c in children.values_list("options", flat=True)[:50])
+    # A child's ordinary start and success are in its row, not in events (FANOUT_CHILD_EVENTS).
+    assert not UserTaskEvent.objects.filter(status__parent=status).exists()
+    assert not children.filter(started__isnull=True).exists() and not children.filter(finished__isnull=True).exists()
+
+
+def child_events(status):
+    return sorted(UserTaskEvent.objects.filter(status__parent=status).values_list("status__name", "kind"))
 
 
 def test_allow_failures_succeeds_and_lists_the_failures(start_worker, user, redis):
@@ -63,6 +70,18 @@ def test_allow_failures_succeeds_and_lists_the_failures(start_worker, user, redi
     assert sorted(c.name for c in failed) == ["Child 17", "Child 3", "Child 31"]
     assert all(c.error.startswith("child ") and c.error.endswith(" refused") for c in failed)
     assert callbacks(redis, "af") == 1
+    # What went wrong stays in the children's histories.
+    assert child_events(status) == [(f"Child {i}", EventKind.FAILED) for i in (17, 3, 31)]
+
+
+def test_children_record_every_event_with_the_setting(start_worker, user, redis):
+    start_worker(processes=1, threads=4, extra_env={"USERTASKS_TEST_FANOUT_CHILD_EVENTS": "1"})
+    status = t.fan_parent.send_for(user, 6, label="loud", fail_at=[2])
+    wait_final(status, timeout=60)
+    assert counters(status) == (6, 5, 1, 0, 0)
+    expected = [(f"Child {i}", kind) for i in range(6)
+                for kind in (EventKind.FAILED if i == 2 else EventKind.SUCCEEDED, EventKind.STARTED)]
+    assert child_events(status) == sorted(expected)
 
 
 def test_fail_fast_cancels_the_rest(start_worker, user, redis):
@@ -100,6 +119,7 @@ def test_retried_children_are_counted(start_worker, user, redis):
     assert status.state == State.SUCCEEDED
     assert counters(status) == (20, 20, 0, 0, 0)
     assert status.children_retried == 20
+    assert child_events(status) == sorted((f"Flaky child {i}", EventKind.RETRYING) for i in range(20))
 
 
 def test_cancel_of_a_fan_out_cancels_pending_and_running_children(start_worker, user, redis):

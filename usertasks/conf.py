@@ -59,6 +59,9 @@ DEFAULTS = {
     "PURGE_BATCH_SIZE": 500,
     # Child rows written per INSERT by ``fan_out()``.
     "FANOUT_BATCH_SIZE": 1000,
+    # Whether fan-out children record their start and their success as events (their failures,
+    # retries, cancels and requeues always are).
+    "FANOUT_CHILD_EVENTS": False,
     # Dashboard page size.
     "PAGE_SIZE": 25,
     # Longest life of one server-sent-events stream of a status page, in seconds (the browser

@@ -78,6 +78,7 @@ class TaskContext:
         # Worker-side bookkeeping of the run, set by the middleware and the writer.
         self.broker_message = None  # the Dramatiq MessageProxy of this run
         self.parent_id = None  # container of a fan-out child or pipeline stage
+        self.quiet = False  # a fan-out child whose ordinary start and success leave no event
         self.fanout = False  # this run made its task a container (usertasks.fanout)
         self.fanout_calls = 0
         self.wait_for_start = True  # the body waits until its start is stored

@@ -41,6 +41,7 @@ logger = logging.getLogger("usertasks.fanout")
 
 __all__ = [
     "ALLOW_FAILURES",
+    "CHILD_OPTION",
     "FAIL_FAST",
     "PARENT_OPTION",
     "WAITING",
@@ -51,6 +52,9 @@ __all__ = [
 
 #: Message option carrying the primary key of a child's container.
 PARENT_OPTION = "usertask_parent"
+#: Message option marking a fan-out child (not a pipeline stage): unless
+#: ``USERTASKS["FANOUT_CHILD_EVENTS"]``, its ordinary start and success leave no event.
+CHILD_OPTION = "usertask_child"
 #: ``worker`` value of a container whose body has returned and that waits for its children.
 WAITING = "(waiting for children)"
 #: Message option a completion callback receives: the container's primary key.
@@ -166,7 +170,9 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
         rows.filter(pk=parent.pk).update(completed_steps=_done(), total_steps=F("children_total"))
         return rows.filter(parent_id=parent.pk)
 
-    prepared = prepare_many(child_actor, parent.user, calls, parent=parent, options={PARENT_OPTION: parent.pk})
+    prepared = prepare_many(
+        child_actor, parent.user, calls, parent=parent, options={PARENT_OPTION: parent.pk, CHILD_OPTION: 1}
+    )
     row_options = dict(prepared[0].row_options, child=True, notify=False) if prepared else {}
     for p in prepared:
         p.unique_key = None  # the container is the unit of dedupe

@@ -16,7 +16,7 @@ from dramatiq.middleware import Middleware, Retries, Shutdown, TimeLimitExceeded
 from ..actors import STATUS_OPTION, UserTaskActor
 from ..context import TaskContext, _clip, _current
 from ..exceptions import Aborted, ForcedAbort
-from ..fanout import PARENT_OPTION
+from ..fanout import CHILD_OPTION, PARENT_OPTION
 from ..states import State
 
 logger = logging.getLogger("usertasks.middleware")
@@ -51,14 +51,20 @@ class UserTaskTracking(Middleware):
         _current.set(ctx)
         if status_id is None:
             return
+        if CHILD_OPTION in message.options:
+            from ..conf import app_settings
+
+            # One of thousands of subtasks: its row says when it started and ended; the events
+            # are kept for what goes wrong (failures, retries, cancels).
+            ctx.quiet = not app_settings.FANOUT_CHILD_EVENTS
         # Set by UserTaskAbort: a first claim in an atomic abort store lets the body start at
         # once, and the writer may then fold this start into the run's end (one UPDATE for a
         # short task).  Otherwise the body waits until its guarded start is stored.
         ctx.wait_for_start = getattr(message, "_usertasks_wait_start", True)
         writer = get_writer()
         writer.register(ctx)
-        event = UserTaskEvent.of_run(status_id, EventKind.STARTED, ctx.attempt, ctx.worker)
-        ctx.start_op = writer.submit_start(Op("start", ctx, events=[event]), defer=not ctx.wait_for_start)
+        events = () if ctx.quiet else [UserTaskEvent.of_run(status_id, EventKind.STARTED, ctx.attempt, ctx.worker)]
+        ctx.start_op = writer.submit_start(Op("start", ctx, events=events), defer=not ctx.wait_for_start)
 
     def before_enqueue(self, broker, message, delay):
         """``Retries`` is sending the retry of the running task: store Retrying first.
@@ -213,11 +219,14 @@ class UserTaskTracking(Middleware):
     @staticmethod
     def submit_end(ctx, kind, fields, detail=""):
         """Hand how the run ended to the writer; returns its op (not yet committed)."""
-        from ..models import UserTaskEvent
+        from ..models import EventKind, UserTaskEvent
         from ..writer import Op, get_writer
 
-        event = UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, _clip(detail, 4000))
-        return get_writer().submit(Op("end", ctx, fields=fields, events=[event]))
+        if ctx.quiet and kind == EventKind.SUCCEEDED:
+            events = ()
+        else:
+            events = [UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, _clip(detail, 4000))]
+        return get_writer().submit(Op("end", ctx, fields=fields, events=events))
 
     @classmethod
     def end(cls, ctx, state, kind, fields, detail=""):
