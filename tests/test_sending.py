@@ -101,6 +101,26 @@ def test_bad_name_template_or_arguments_write_nothing(user, clean_redis):
     assert queued(clean_redis) == []
 
 
+def test_arguments_bind_as_the_signature_binds_them():
+    """The fast binder agrees with ``inspect.Signature.bind`` + ``apply_defaults`` on every call
+    it takes, and leaves the others (errors included) to it."""
+    actor = tasks_core.named  # (course, fmt="csv", *, lang="en")
+    assert actor._binder is not None and tasks_core.varargs._binder is None
+    calls = [
+        (("c",), {}), (("c", "pdf"), {}), ((), {"course": "c"}), (("c",), {"lang": "fr"}),
+        ((), {"lang": "fr", "course": "c", "fmt": "x"}), (("c", "pdf"), {"lang": "de"}),
+    ]
+    for args, kwargs in calls:
+        bound = actor._user_signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        fast = actor._binder(args, kwargs)
+        assert fast == dict(bound.arguments) and list(fast) == list(bound.arguments)
+    for args, kwargs in [((), {}), (("c", "pdf", "fr"), {}), (("c",), {"course": "d"}), (("c",), {"nope": 1})]:
+        assert actor._binder(args, kwargs) is None
+        with pytest.raises(TypeError, match="named: "):
+            actor.bind_arguments(args, kwargs)
+
+
 @pytest.mark.parametrize("value", [object(), {1, 2}, b"bytes", datetime.date(2024, 1, 1)])
 def test_unserialisable_arguments_raise_before_any_write(user, clean_redis, value):
     with pytest.raises(ArgumentsNotSerializable) as info:
@@ -113,8 +133,8 @@ def test_unserialisable_arguments_raise_before_any_write(user, clean_redis, valu
 
 
 def test_unserialisable_argument_in_a_bulk_send_writes_nothing(user, clean_redis):
-    with pytest.raises(ArgumentsNotSerializable):
-        tasks.noop.send_many_for(user, [{"label": "ok"}, {"label": object()}])
+    with pytest.raises(ArgumentsNotSerializable, match="noop.*not JSON serializable"):
+        tasks.noop.send_many_for(user, [{"label": "ok"}] * 5 + [{"label": object()}] + [{"label": "ok"}] * 5)
     assert not UserTaskStatus.objects.exists()
     assert queued(clean_redis) == []
 
@@ -261,8 +281,8 @@ class _RefuseLabel:
 
 
 def test_send_many_for_pipelines_the_messages(user, dead_broker, monkeypatch):
-    """The messages of a bulk send go in MULTI/EXEC pipelines: a few round trips, the broker's
-    own middleware hooks run for every message, all arrive in order."""
+    """The messages of a bulk send go to Redis in chunks, one round trip each: a few round trips,
+    the broker's own middleware hooks run for every message, all arrive in order."""
     import redis.connection
 
     from usertasks import broker as broker_module
@@ -283,8 +303,8 @@ def test_send_many_for_pipelines_the_messages(user, dead_broker, monkeypatch):
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     rows = actor.send_many_for(user, [{"label": f"p{i}"} for i in range(100)])
     monkeypatch.undo()
-    # 3 pipelines (each with redis-py's SCRIPT EXISTS check), and the broker's first-use calls
-    # (loading its scripts, reading Lua's stack size): about 10, against 100 one message at a time
+    # 3 chunks (the first loading the script), and the broker's first-use calls: about 10,
+    # against 100 one message at a time
     assert trips[0] <= 15
     assert hooks.seen == [f"p{i}" for i in range(100)]
     queued_ids = [json.loads(m)["options"][STATUS_OPTION] for m in client.hvals("dramatiq:default.msgs")]
@@ -303,7 +323,7 @@ def test_a_failed_pipeline_fails_its_tasks_and_the_later_ones_only(user, dead_br
     with pytest.raises(EnqueueError, match="refused f5"):
         actor.send_many_for(user, [{"label": f"f{i}"} for i in range(10)])
     states = dict(UserTaskStatus.objects.values_list("name", "state"))
-    # The first pipeline (f0-f3) went out; the second failed before EXEC, so nothing of it did.
+    # The first chunk (f0-f3) went out; the second failed before it was sent, so nothing of it did.
     assert [states[f"Down f{i}"] for i in range(10)] == [State.PENDING] * 4 + [State.FAILED] * 6
     assert broker.client.hlen("dramatiq:default.msgs") == 4
 
@@ -416,3 +436,52 @@ def test_send_many_for_with_a_delay_pipelines_into_the_delay_queue(user, clean_r
     delayed = queued(clean_redis, QUEUE + ".DQ")
     assert sorted(m["options"][STATUS_OPTION] for m in delayed) == sorted(r.pk for r in rows)
     assert all(m["options"]["eta"] > 0 for m in delayed)
+
+
+def test_bulk_enqueue_stores_what_the_broker_would(dead_broker):
+    """enqueue_many's one-script path leaves Redis as Dramatiq's RedisBroker.enqueue does: each
+    message in its queue's hash under a Redis id of its own, that id pushed on the queue (the
+    delay queue, with an ``eta``, for a delayed message), in order, hooks run per message."""
+    from dramatiq import Message
+    from dramatiq.brokers.redis import RedisBroker
+
+    from usertasks.broker import _enqueue_chunk, _enqueue_pipelined, _enqueue_scripted, enqueue_many
+
+    server, broker, actor = dead_broker
+    hooks = _RefuseLabel(label=None)
+    broker.middleware.append(hooks)
+    assert _enqueue_chunk(broker) is _enqueue_scripted
+
+    def message(queue, label):
+        return Message(queue_name=queue, actor_name=actor.actor_name, args=(), kwargs={"label": label}, options={"k": 1})
+
+    items = [(message("default", "a"), None, {"extra": "x"}), (message("other", "b"), None),
+             (message("default", "c"), 60_000), (message("default", "d"), None)]
+    assert enqueue_many(broker, items) == 4
+    client = broker.client
+
+    def stored(queue):
+        return [json.loads(client.hget(f"dramatiq:{queue}.msgs", rid)) | {"_rid": rid.decode()}
+                for rid in client.lrange(f"dramatiq:{queue}", 0, -1)]
+
+    default, other, delayed = stored("default"), stored("other"), stored("default.DQ")
+    assert [m["kwargs"]["label"] for m in default] == ["a", "d"]
+    assert [m["kwargs"]["label"] for m in other] == ["b"] and [m["kwargs"]["label"] for m in delayed] == ["c"]
+    for m, (sent, *_) in zip(default + other + delayed, [items[0], items[3], items[1], items[2]]):
+        assert m["options"]["redis_message_id"] == m["_rid"]
+        assert m["message_id"] == sent.message_id and m["message_timestamp"] == sent.message_timestamp
+        assert m["options"]["k"] == 1 and m["actor_name"] == actor.actor_name
+    assert default[0]["options"]["extra"] == "x"
+    assert delayed[0]["queue_name"] == "default.DQ" and delayed[0]["options"]["eta"] > 0
+    assert "eta" not in default[1]["options"]
+    assert len({m["_rid"] for m in default + other + delayed}) == 4
+    assert hooks.seen == ["a", "b", "c", "d"]
+    # The same message through Dramatiq's own enqueue: the same fields.
+    own = json.loads(broker.enqueue(message("mine", "e")).encode())
+    assert set(own) == set(default[0]) - {"_rid"} and set(own["options"]) == {"k", "redis_message_id"}
+
+    class Custom(RedisBroker):
+        def enqueue(self, message, *, delay=None):
+            return super().enqueue(message, delay=delay)
+
+    assert _enqueue_chunk(Custom(client=client)) is _enqueue_pipelined

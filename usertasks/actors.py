@@ -3,7 +3,6 @@
 import functools
 import inspect
 import logging
-import string
 from datetime import timedelta
 
 import dramatiq
@@ -34,14 +33,50 @@ class UserTaskActor(Actor):
     # -- naming -------------------------------------------------------------------------------
 
     def bind_arguments(self, args, kwargs):
-        """The call's arguments by parameter name (the ``task`` parameter excluded)."""
-        sig = self._user_signature
+        """The call's arguments by parameter name (the ``task`` parameter excluded), in the
+        signature's order, defaults included."""
+        bind = self._binder
+        bound = None if bind is None else bind(args, kwargs)
+        if bound is not None:
+            return bound
         try:
-            bound = sig.bind(*args, **kwargs)
+            bound = self._user_signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.actor_name}: {exc}") from None
         bound.apply_defaults()
         return dict(bound.arguments)
+
+    @functools.cached_property
+    def _binder(self):
+        """For a signature of plain parameters (no ``*args``, ``**kwargs`` or positional-only
+        ones): a function doing what ``Signature.bind()`` and ``apply_defaults()`` do, ten times
+        faster (a fan-out binds the arguments of every child), or returning ``None`` for a call
+        that does not fit (``Signature.bind()`` then says why)."""
+        params = list(self._user_signature.parameters.values())
+        if any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+            return None
+        names = tuple(p.name for p in params)
+        known = frozenset(names)
+        most = sum(1 for p in params if p.kind == p.POSITIONAL_OR_KEYWORD)  # they come first
+        defaults = {p.name: p.default for p in params if p.default is not p.empty}
+
+        def bind(args, kwargs):
+            if len(args) > most:
+                return None
+            bound = dict(zip(names, args))
+            for name in kwargs:
+                if name not in known or name in bound:
+                    return None
+            for name in names[len(args):]:
+                if name in kwargs:
+                    bound[name] = kwargs[name]
+                elif name in defaults:
+                    bound[name] = defaults[name]
+                else:
+                    return None
+            return bound
+
+        return bind
 
     def task_name(self, args=(), kwargs=None):
         """The row's ``name``: the ``name`` option formatted over the arguments."""
@@ -53,7 +88,7 @@ class UserTaskActor(Actor):
             return _clip(template(**arguments), 255)
         try:
             positional, names = self._format_arguments(arguments)
-            return _clip(_Formatter().vformat(template, positional, names), 255)
+            return _clip(template.format(*positional, **names), 255)
         except (KeyError, IndexError, AttributeError, ValueError) as exc:
             raise ValueError(f"{self.actor_name}: cannot format task name {template!r}: {exc!r}") from None
 
@@ -61,15 +96,19 @@ class UserTaskActor(Actor):
         """``({0}, {1}, ...)`` and ``{name}`` values for the name template: positions follow the
         signature whether a value was passed by position, by keyword or left to its default;
         ``**kwargs`` entries are available by name."""
-        positional, names = [], dict(arguments)
-        for param in self._user_signature.parameters.values():
-            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-                positional.append(arguments[param.name])
-            elif param.kind == param.VAR_POSITIONAL:
-                positional.extend(arguments.get(param.name, ()))
-            elif param.kind == param.VAR_KEYWORD:
-                names.update(arguments.get(param.name, {}))
-        return tuple(positional), names
+        positional, names = [], arguments
+        for name, kind in self._kinds:
+            if kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                positional.append(arguments[name])
+            elif kind == inspect.Parameter.VAR_POSITIONAL:
+                positional.extend(arguments.get(name, ()))
+            elif kind == inspect.Parameter.VAR_KEYWORD:
+                names = dict(names, **arguments.get(name, {}))
+        return positional, names
+
+    @functools.cached_property
+    def _kinds(self):
+        return tuple((p.name, p.kind) for p in self._user_signature.parameters.values())
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -106,13 +145,6 @@ class UserTaskActor(Actor):
                 self.actor_name,
             )
         return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
-
-
-class _Formatter(string.Formatter):
-    def get_value(self, key, args, kwargs):
-        if isinstance(key, int):
-            return args[key]
-        return kwargs[key]
 
 
 def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT_GIVEN, abort_grace=None,

@@ -52,7 +52,7 @@ def middleware_problems(broker):
 
 
 
-#: Messages per pipeline (one round trip) in :func:`enqueue_many` on a Redis broker.
+#: Messages per round trip in :func:`enqueue_many` on a Redis broker.
 PIPELINE_SIZE = 500
 
 
@@ -66,24 +66,25 @@ class EnqueueFailed(Exception):
 
 
 def enqueue_many(broker, items):
-    """Send ``(message, delay)`` pairs in order through ``broker``'s own ``enqueue`` (its
-    middleware hooks included).  On a Redis broker the messages go in pipelined ``MULTI``/``EXEC``
-    chunks of :data:`PIPELINE_SIZE`, one round trip each and all or nothing per chunk; other
+    """Send ``(message, delay)`` or ``(message, delay, options)`` items in order through
+    ``broker`` (``options`` are added to the message's), with its middleware's enqueue hooks
+    for each message.  On a Redis broker the messages go in chunks of :data:`PIPELINE_SIZE`,
+    one round trip and all or nothing per chunk (:func:`_enqueue_scripted`, or a ``MULTI``/
+    ``EXEC`` pipeline of the broker's own ``enqueue`` where a subclass overrides it); other
     brokers get one ``enqueue`` per message.  Raises :class:`EnqueueFailed` with how many were
     sent when one fails."""
     items = list(items)
-    if len(items) > 1 and _pipelines(broker):
-        step = PIPELINE_SIZE
-    else:
-        step = 1
+    send = _enqueue_chunk(broker) if len(items) > 1 else None
+    step = PIPELINE_SIZE if send is not None else 1
     sent = 0
     for start in range(0, len(items), step):
         chunk = items[start:start + step]
         try:
-            if step == 1:
-                broker.enqueue(chunk[0][0], delay=chunk[0][1])
+            if send is None:
+                message, delay, *options = chunk[0]
+                broker.enqueue(message.copy(options=options[0]) if options else message, delay=delay)
             else:
-                _enqueue_pipelined(broker, chunk)
+                send(broker, chunk)
         except Exception as exc:
             raise EnqueueFailed(sent, exc) from exc
         sent += len(chunk)
@@ -96,6 +97,17 @@ def _pipelines(broker):
     except ImportError:  # pragma: no cover - redis not installed
         return False
     return isinstance(broker, RedisBroker) and "dispatch" in getattr(broker, "scripts", {})
+
+
+def _enqueue_chunk(broker):
+    """How :func:`enqueue_many` sends a chunk to ``broker``, or ``None`` (one at a time)."""
+    if not _pipelines(broker):
+        return None
+    from dramatiq.brokers.redis import RedisBroker
+
+    if type(broker).enqueue is RedisBroker.enqueue and type(broker).__getattr__ is RedisBroker.__getattr__:
+        return _enqueue_scripted
+    return _enqueue_pipelined
 
 
 class _IntoPipeline:
@@ -123,9 +135,107 @@ def _enqueue_pipelined(broker, chunk):
     """The broker's ``enqueue`` for each message, queued on one transaction pipeline, then sent."""
     pipe = broker.client.pipeline(transaction=True)
     shadow = into_pipeline(broker, pipe)
-    for message, delay in chunk:
-        shadow.enqueue(message, delay=delay)
+    for message, delay, *options in chunk:
+        shadow.enqueue(message.copy(options=options[0]) if options else message, delay=delay)
     pipe.execute()
+
+
+# KEYS[1]: the broker's namespace.  ARGV: a queue name and how many messages follow for it, then
+# the Redis id and the data of each; again for the next queue.  What the "enqueue" command of
+# Dramatiq's dispatch script does, for many messages at once.
+_ENQUEUE_MANY = """
+local i = 1
+while i < #ARGV do
+  local queue = KEYS[1] .. ":" .. ARGV[i]
+  local messages = queue .. ".msgs"
+  local last = i + 1 + 2 * tonumber(ARGV[i + 1])
+  for j = i + 2, last, 2 do
+    redis.call("hset", messages, ARGV[j], ARGV[j + 1])
+    redis.call("rpush", queue, ARGV[j])
+  end
+  i = last + 1
+end
+"""
+_enqueue_scripts = {}
+
+
+def _enqueue_scripted(broker, chunk):
+    """``RedisBroker.enqueue`` for each message of ``chunk``, in ONE script call.
+
+    Per message it does what Dramatiq's own ``enqueue`` does (a Redis id of its own, the delay
+    queue and ``eta`` for a delayed message, ``before_enqueue`` hooks, the message stored in the
+    queue's hash and its id pushed on the queue's list), without a dispatch call each: a
+    pipelined dispatch costs about 100 µs of Python per message, this a third of it.  Atomic per
+    chunk: a ``before_enqueue`` hook that raises ``MiddlewareError`` sends nothing of it.  The
+    ``after_enqueue`` hooks run once the chunk is stored."""
+    from dramatiq import Message
+    from dramatiq.common import current_millis, dq_name
+
+    from .sending import random_uuids
+
+    client = broker.client
+    script = _enqueue_scripts.get(id(client))
+    if script is None or script[0] is not client:
+        script = _enqueue_scripts[id(client)] = (client, client.register_script(_ENQUEUE_MANY))
+    before, after = _hooks(broker, "enqueue")
+    queues = {}  # queue name -> [redis id, data, ...], in order
+    sent = []
+    for (message, delay, *options), redis_id in zip(chunk, random_uuids(len(chunk))):
+        queue_name = message.queue_name
+        extra = {"redis_message_id": str(redis_id)}
+        if options:
+            extra = dict(options[0], **extra)
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            extra["eta"] = current_millis() + delay
+        message = Message(
+            queue_name=queue_name, actor_name=message.actor_name, args=message.args, kwargs=message.kwargs,
+            options={**message.options, **extra}, message_id=message.message_id,
+            message_timestamp=message.message_timestamp,
+        )
+        before(message, delay)
+        queues.setdefault(queue_name, []).extend((extra["redis_message_id"], message.encode()))
+        sent.append((message, delay))
+    args = []
+    for queue_name, entries in queues.items():
+        args += (queue_name, len(entries) // 2, *entries)
+    script[1](keys=[broker.namespace], args=args)
+    for message, delay in sent:
+        after(message, delay)
+
+
+def _hooks(broker, signal):
+    """``(before, after)``: ``broker.emit_before(signal, ...)`` and ``emit_after``, calling only
+    the middleware that define the hook (Dramatiq's loop calls every middleware's no-op too:
+    two dozen calls per message).  Same order and errors as Dramatiq's."""
+    from dramatiq import Broker
+    from dramatiq.middleware import Middleware, MiddlewareError
+
+    cls = type(broker)
+    if cls.emit_before is not Broker.emit_before or cls.emit_after is not Broker.emit_after:
+        return (lambda *a: broker.emit_before(signal, *a)), (lambda *a: broker.emit_after(signal, *a))
+    names = ("before_" + signal, "after_" + signal)
+    own = [[getattr(m, name) for m in broker.middleware
+            if getattr(type(m), name, None) is not getattr(Middleware, name)] for name in names]
+    logger_ = broker.logger
+
+    def before(*args):
+        for hook in own[0]:
+            try:
+                hook(broker, *args)
+            except MiddlewareError:
+                raise
+            except Exception:
+                logger_.critical("Unexpected failure in %s of %r.", names[0], hook.__self__, exc_info=True)
+
+    def after(*args):
+        for hook in reversed(own[1]):
+            try:
+                hook(broker, *args)
+            except Exception:
+                logger_.critical("Unexpected failure in %s of %r.", names[1], hook.__self__, exc_info=True)
+
+    return before, after
 
 
 __all__ = ["EnqueueFailed", "configured_broker", "enqueue_many", "install_middleware", "middleware_problems", "dramatiq"]

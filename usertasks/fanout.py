@@ -335,7 +335,7 @@ def enqueue_children(broker, parent_id, pairs, db=None):
     from .sending import fail_unsent
 
     try:
-        enqueue_many(broker, [(message.copy(options={STATUS_OPTION: pk}), None) for message, pk in pairs])
+        enqueue_many(broker, [(message, None, {STATUS_OPTION: pk}) for message, pk in pairs])
     except EnqueueFailed as failure:
         exc = failure.error
         failed = [k for _, k in pairs[failure.sent:]]
