@@ -180,3 +180,19 @@ def test_a_window_that_stays_full_gives_the_loop_back_after_the_timeout(redis):
         consumer.close()
         broker.flush_all()
         broker.close()
+
+
+def test_done_flag_wakes_every_waiter_once_set():
+    from usertasks.writer import Done
+
+    done = Done()
+    assert not done.is_set() and done.wait(0.01) is False
+    woken = []
+    threads = [threading.Thread(target=lambda: woken.append(done.wait(10))) for _ in range(5)]
+    for t in threads:
+        t.start()
+    done.set()
+    done.set()  # a second set is harmless
+    for t in threads:
+        t.join(10)
+    assert woken == [True] * 5 and done.is_set() and done.wait() is True and done.wait(0) is True

@@ -107,6 +107,18 @@ def test_e006_not_triggered(value):
     assert ("usertasks.E006" in found) == (value == 1)
 
 
+@pytest.mark.parametrize("value", [-0.01, 1.5, "0.02", None, True])
+def test_e008_write_linger_out_of_bounds(value):
+    with override_settings(USERTASKS={"WRITE_LINGER": value}):
+        assert ids(check_settings()) == ["usertasks.E008"]
+
+
+@pytest.mark.parametrize("value", [0, 0.02, 1])
+def test_e008_not_triggered(value):
+    with override_settings(USERTASKS={"WRITE_LINGER": value}):
+        assert check_settings() == []
+
+
 def test_e007_unknown_storage_alias():
     with override_settings(USERTASKS={"ARTIFACT_STORAGE": "nowhere"}):
         assert ids(check_settings()) == ["usertasks.E007"]

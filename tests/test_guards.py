@@ -238,3 +238,42 @@ def test_many_updates_of_one_shape_in_one_statement(user):
             assert row.state == State.IN_PROGRESS and row.finished is None
         else:
             assert row.state == State.SUCCEEDED and row.completed_steps == i and row.finished is not None
+
+
+def lazy_end(writer, ctx):
+    event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.SUCCEEDED, attempt=ctx.attempt)
+    return writer.submit(Op("end", ctx, fields={"state": State.SUCCEEDED}, events=[event], lazy=True))
+
+
+def test_lazy_ends_wait_for_company_and_an_eager_change_takes_them_along(user, writer, settings):
+    """WRITE_LINGER: ends no thread waits for are held, and the first change someone waits for
+    commits them with it, in one transaction."""
+    settings.USERTASKS = dict(settings.USERTASKS, WRITE_LINGER=5.0)
+    rows = [make_row(user) for _ in range(5)]
+    ctxs = [make_ctx(row) for row in rows]
+    for ctx in ctxs:
+        assert start(writer, ctx)
+    batches = writer.batches
+    ops = [lazy_end(writer, ctx) for ctx in ctxs[:4]]
+    time.sleep(0.3)
+    assert not any(op.done.is_set() for op in ops)
+    assert UserTaskStatus.objects.filter(pk__in=[r.pk for r in rows], state=State.IN_PROGRESS).count() == 5
+    assert end(writer, ctxs[4], State.SUCCEEDED) is True  # waited for: written at once, with the others
+    assert all(op.done.wait(5) and op.applied for op in ops)
+    assert writer.batches == batches + 1
+    assert UserTaskStatus.objects.filter(pk__in=[r.pk for r in rows], state=State.SUCCEEDED).count() == 5
+
+
+@pytest.mark.parametrize("linger", [0.3, 0])
+def test_lazy_ends_alone_are_written_after_the_linger(user, writer, settings, linger):
+    settings.USERTASKS = dict(settings.USERTASKS, WRITE_LINGER=linger)
+    ctxs = [make_ctx(make_row(user)) for _ in range(3)]
+    for ctx in ctxs:
+        assert start(writer, ctx)
+    t0 = time.monotonic()
+    ops = [lazy_end(writer, ctx) for ctx in ctxs]
+    assert all(op.done.wait(10) and op.applied for op in ops)
+    elapsed = time.monotonic() - t0
+    if linger:
+        assert elapsed >= linger * 0.9
+    assert UserTaskStatus.objects.filter(pk__in=[c.status_id for c in ctxs], state=State.SUCCEEDED).count() == 3

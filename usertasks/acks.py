@@ -92,9 +92,7 @@ class _Windowed:
                 return None  # Dramatiq's loop goes on: delayed messages, shutdown
         proxy = super().__next__()
         if proxy is not None:
-            from .middleware.abort import claim_prefetched
-
-            claim_prefetched(self, proxy)  # a fetched batch is claimed in one round trip
+            _claim_prefetched(self, proxy)  # a fetched batch is claimed in one round trip
         return proxy
 
     def ack(self, message):
@@ -108,6 +106,14 @@ class _Windowed:
             return super().nack(message)
         finally:
             self._usertasks_room.set()
+
+
+def _claim_prefetched(consumer, proxy):
+    global _claim_prefetched
+    from .middleware.abort import claim_prefetched  # imported once (the middleware imports this module)
+
+    _claim_prefetched = claim_prefetched
+    claim_prefetched(consumer, proxy)
 
 
 _windowed_classes = {}

@@ -56,6 +56,13 @@ def check_settings(app_configs=None, **kwargs):
             hint="Stored progress is promised to be at most 0.5 s behind.",
             id="usertasks.E006",
         ))
+    linger = value.get("WRITE_LINGER", DEFAULTS["WRITE_LINGER"])
+    if isinstance(linger, bool) or not isinstance(linger, (int, float)) or not 0 <= linger <= 1:
+        errors.append(checks.Error(
+            "USERTASKS['WRITE_LINGER'] must be a number of seconds in [0, 1].",
+            hint="It delays acknowledgements by as much; 0.02 (the default) is plenty, 0 turns it off.",
+            id="usertasks.E008",
+        ))
     storage = value.get("ARTIFACT_STORAGE", DEFAULTS["ARTIFACT_STORAGE"])
     if isinstance(storage, str) and "." not in storage:
         aliases = getattr(settings, "STORAGES", {}) or {}

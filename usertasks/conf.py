@@ -35,6 +35,9 @@ DEFAULTS = {
     "REDIS_KEY_PREFIX": None,
     # Maximum number of status changes written in one transaction.
     "WRITE_BATCH_SIZE": 500,
+    # Seconds the writer may hold the final states of runs no thread waits for (their messages'
+    # acknowledgements wait for the commit) to commit more of them together; 0: at once.
+    "WRITE_LINGER": 0.02,
     # PostgreSQL with psycopg 3: run the hot statements (the writer's batches, bulk inserts) as
     # server-side prepared statements, planned once per connection.  False behind a connection
     # pooler that cannot keep them (PgBouncer in transaction mode before 1.21, or with

@@ -29,7 +29,7 @@ from datetime import datetime
 from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
-from . import bulk
+from . import bulk, fanout
 from .process import PerProcess
 from .states import ACTIVE_STATES, State
 
@@ -38,18 +38,54 @@ logger = logging.getLogger("usertasks.writer")
 __all__ = ["Op", "Writer", "get_writer"]
 
 
+class Done:
+    """A one-shot ``threading.Event`` (``set``, ``is_set``, ``wait``), for the writer's ops.
+
+    Two of them are made per run (its start and its end); ``threading.Event`` builds a
+    ``Condition`` in Python each time, this holds one lock, released by :meth:`set`."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self):
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self):
+        return self._set
+
+    def wait(self, timeout=None):
+        """``True`` once set; ``False`` if ``timeout`` seconds pass first."""
+        if self._set:
+            return True
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return self._set
+        self._lock.release()  # let the other waiters through
+        return True
+
+
 class Op:
-    """One change for the writer.  ``wait()`` blocks until it is committed (or refused)."""
+    """One change for the writer.  ``wait()`` blocks until it is committed (or refused).
 
-    __slots__ = ("kind", "ctx", "at", "fields", "events", "done", "applied", "error", "start", "writer")
+    ``lazy``: no thread waits for it (the acknowledgement of its message does, see
+    ``usertasks.acks``), so the writer may hold it up to ``WRITE_LINGER`` seconds to commit more
+    changes in the same transaction."""
 
-    def __init__(self, kind, ctx=None, *, fields=None, events=()):
+    __slots__ = ("kind", "ctx", "at", "fields", "events", "done", "applied", "error", "start", "writer", "lazy")
+
+    def __init__(self, kind, ctx=None, *, fields=None, events=(), lazy=False):
         self.kind = kind
+        self.lazy = lazy
         self.ctx = ctx
         self.at = timezone.now()
         self.fields = fields or {}
         self.events = list(events)
-        self.done = threading.Event()
+        self.done = Done()
         self.applied = False
         self.error = None
         self.start = None  # an "end" that carries its run's deferred start
@@ -69,6 +105,8 @@ class Writer:
     def __init__(self):
         self._cond = threading.Condition()
         self._queue = deque()
+        self._eager = 0  # ops in the queue that are not lazy
+        self._lazy_since = None  # when the first lazy op of the queue arrived
         self._held = {}  # id(ctx) -> deferred start op
         self._running = {}  # id(ctx) -> ctx, for progress and heartbeats
         self._stopping = False
@@ -107,10 +145,25 @@ class Writer:
                     if op.kind == "end":
                         op.start = start  # one UPDATE for the whole run
                     else:
-                        self._queue.append(start)
-            self._queue.append(op)
-            self._cond.notify()
+                        self._append(start)
+            self._append(op)
         return op
+
+    def _append(self, op):
+        """Queue ``op`` (the condition held) and wake the thread if it has to act on it now: an
+        op someone waits for, or the first lazy one (the thread then lingers, asleep)."""
+        queue = self._queue
+        if op.lazy:
+            if not queue:
+                self._lazy_since = time.monotonic()
+                queue.append(op)
+                self._cond.notify()
+                return
+        else:
+            self._eager += 1
+        queue.append(op)
+        if not op.lazy or len(queue) >= self._linger_limit:
+            self._cond.notify()
 
     def submit_start(self, op, defer=True):
         """Submit the start of a run; with ``defer`` it is held until the next progress tick
@@ -130,8 +183,7 @@ class Writer:
             if self._held.get(id(op.ctx)) is op:
                 del self._held[id(op.ctx)]
                 op.writer = None
-                self._queue.append(op)
-                self._cond.notify()
+                self._append(op)
 
     def flush(self, timeout=30):
         """Write everything submitted so far, and all pending progress; wait for it."""
@@ -154,13 +206,19 @@ class Writer:
 
     # -- the thread ----------------------------------------------------------------------------
 
+    #: Lazy ops queued at which the thread writes without lingering any longer.
+    _linger_limit = 500
+
     def _run(self):
         from .conf import app_settings
 
         while True:
             try:
                 interval = float(app_settings.PROGRESS_INTERVAL)
+                limit = int(app_settings.WRITE_BATCH_SIZE)
+                linger = float(app_settings.WRITE_LINGER)
                 with self._cond:
+                    self._linger_limit = limit
                     now = time.monotonic()
                     if not self._queue and not self._stopping:
                         wait = self._next_progress - now if (self._running or self._held) else None
@@ -169,10 +227,21 @@ class Writer:
                                 wait = min(wait, poller.interval) if wait is not None else poller.interval
                         if wait is None or wait > 0:
                             self._cond.wait(wait)
+                        now = time.monotonic()
+                    if self._queue and self._lingers(linger, limit, now):
+                        # Only lazy ops (acknowledgements wait for them, no thread does): give
+                        # the other worker threads a moment to add theirs to the same commit.
+                        until = self._lazy_since + linger
+                        if self._running or self._held:
+                            until = min(until, self._next_progress)
+                        self._cond.wait(until - now)
+                        if self._lingers(linger, limit, time.monotonic()):
+                            continue  # woken early (a progress tick is not due): wait on
                     if self._stopping and not self._queue and not self._held:
                         break
-                    limit = int(app_settings.WRITE_BATCH_SIZE)
                     ops = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+                    self._eager -= sum(1 for op in ops if not op.lazy)
+                    self._lazy_since = time.monotonic() if self._queue else None
                     if self._held and (
                         time.monotonic() >= self._next_progress or self._stopping
                         or any(op.kind == "flush" for op in ops)
@@ -205,6 +274,16 @@ class Writer:
                 logger.exception("usertasks writer: unexpected error")
                 time.sleep(0.5)
         self._close()
+
+    def _lingers(self, linger, limit, now):
+        """Whether the queue (not empty) may wait: every op in it lazy, fewer than ``limit``,
+        the first one queued less than ``linger`` seconds ago, no stop, and no progress tick
+        due (running tasks' progress and held starts are never kept waiting by a linger)."""
+        return (
+            linger > 0 and not self._eager and not self._stopping and len(self._queue) < limit
+            and self._lazy_since is not None and now < self._lazy_since + linger
+            and not ((self._held or self._running) and now >= self._next_progress)
+        )
 
     def _write(self, ops, dirty, beating):
         delay = 0.05
@@ -264,8 +343,6 @@ class Writer:
         rows = UserTaskStatus.objects.using(db)
         events = []
         applied = []
-        from . import fanout
-
         sql = _Statements.get(connections[db])
         if not dirty and not beating and _one_statement(ops, sql.connection):
             return self._apply_one_statement(ops, rows, sql)
@@ -645,9 +722,7 @@ def _post_end(rows, op, n):
             ctx.started_written = True
         else:
             _start_refused(rows, ctx)
-    if n and (ctx.parent_id is not None or ctx.fanout):
-        from . import fanout  # counters of the container, in this same transaction
-
+    if n and (ctx.parent_id is not None or ctx.fanout):  # counters of the container, in this same transaction
         if ctx.fanout:
             fanout.body_ended(rows, ctx, op.fields.get("state"))
         if ctx.parent_id is not None:
@@ -661,16 +736,12 @@ def _apply_update(rows, op, sql):
     parent_id = op.fields.pop("_parent", None)  # a child ending here is counted on its container
     n = rows.filter(**where).update(modified=op.at, **op.fields)
     if n and parent_id is not None and op.fields.get("state") in (State.SUCCEEDED, State.FAILED, State.CANCELED):
-        from .fanout import child_ended
-
-        child_ended(rows, parent_id, where.get("pk"), op.fields["state"])
+        fanout.child_ended(rows, parent_id, where.get("pk"), op.fields["state"])
     return bool(n)
 
 
 def _apply_body_done(rows, op, sql):
-    from .fanout import body_done
-
-    return body_done(rows, op)
+    return fanout.body_done(rows, op)
 
 
 PLAN = {"start": _plan_start, "end": _plan_end}

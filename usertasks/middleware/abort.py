@@ -22,9 +22,15 @@ import time
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.middleware.threading import raise_thread_exception
 
+from ..abort import FIRST, SKIP, clear_flags, get_backend
 from ..actors import STATUS_OPTION, UserTaskActor
 from ..exceptions import ForcedAbort
+from ..fanout import PARENT_OPTION
 from ..states import ACTIVE_STATES, FINAL_STATES, State
+from ..writer import Op, get_writer
+
+# The models are imported where they are used (once the app registry is ready), by absolute
+# name: see usertasks.middleware.tracking.
 
 logger = logging.getLogger("usertasks.abort")
 
@@ -42,8 +48,6 @@ class AbortPoller:
     @property
     def interval(self):
         try:
-            from ..abort import get_backend
-
             return get_backend().poll_interval
         except Exception:
             return RETRY_AFTER
@@ -70,8 +74,6 @@ class AbortPoller:
                 force(ctx)
 
     def poll(self, contexts, now, prefetched=None):
-        from ..abort import get_backend
-
         prefetched = prefetched or {}
         try:
             # A task stops when its own flag or its container's is raised (fan-out, pipeline).
@@ -117,8 +119,6 @@ _poller = AbortPoller()
 
 def install_poller(writer=None):
     """Register the abort poller on this process's writer (idempotent)."""
-    from ..writer import get_writer
-
     writer = writer or get_writer()
     if _poller not in writer.pollers:
         writer.pollers.append(_poller)
@@ -142,8 +142,6 @@ class UserTaskAbort(Middleware):
         if not isinstance(actor, UserTaskActor):
             return
         install_poller()
-        from ..fanout import PARENT_OPTION
-
         claimed = getattr(message, PREFETCH_CLAIM, None)
         if claimed is not None:
             reason, wait = self.claimed_at_prefetch(status_id, claimed)
@@ -161,8 +159,6 @@ class UserTaskAbort(Middleware):
         alone linearizes the claim with ``cancel()``.  A redelivered message, a store that
         cannot tell, or a store that does not answer take the safe path: the database says
         whether the task may run, and the body waits until its start is stored (guarded)."""
-        from ..abort import FIRST, SKIP, get_backend
-
         try:
             result = get_backend().claim(status_id, parent_id)
         except Exception as exc:
@@ -176,8 +172,6 @@ class UserTaskAbort(Middleware):
 
     def claimed_at_prefetch(self, status_id, result):
         """:meth:`claim`, for a message its consumer claimed when it prefetched it."""
-        from ..abort import FIRST, SKIP
-
         with _prefetch_lock:
             _prefetched.pop(status_id, None)
             flagged = status_id in _flagged_prefetched
@@ -191,7 +185,7 @@ class UserTaskAbort(Middleware):
     @staticmethod
     def canceled(status_id):
         """Why the message of ``status_id`` must not run, or ``None`` (asks the database)."""
-        from ..models import UserTaskStatus
+        from usertasks.models import UserTaskStatus
 
         row = UserTaskStatus.objects.filter(pk=status_id).values_list("state", "cancel_requested").first()
         if row is None:
@@ -207,15 +201,10 @@ class UserTaskAbort(Middleware):
 
     @staticmethod
     def skip(message, status_id, reason):
-        from ..abort import clear_flags
-        from ..writer import get_writer
-
         if reason == "flag":
             # Normally cancel() already made the row Canceled; not when the cancel hit a running
             # attempt that then failed and is being retried, or a message claimed at prefetch.
             # Guarded: a final row stays as is.
-            from ..fanout import PARENT_OPTION
-
             get_writer().submit(_canceled_op(status_id, message.options.get(PARENT_OPTION))).wait()
         clear_flags([status_id])
         logger.info("usertasks: task %s is canceled; message %s skipped", status_id, message.message_id)
@@ -225,8 +214,7 @@ class UserTaskAbort(Middleware):
 def _canceled_op(status_id, parent_id):
     """The writer op that ends a task canceled before its run started (guarded: a final row
     stays as it is; a fan-out child is counted on its container)."""
-    from ..models import EventKind, UserTaskEvent
-    from ..writer import Op
+    from usertasks.models import EventKind, UserTaskEvent
 
     event = UserTaskEvent(status_id=status_id, kind=EventKind.CANCELED, detail="Canceled before this attempt started.")
     return Op("update", fields={
@@ -273,8 +261,6 @@ def _prefetched_now():
 def _cancel_prefetched(status_id, parent_id):
     """The poller saw the flag of a claimed message not started yet: end its task Canceled now
     (not when a worker thread gets to it), and have the message skipped."""
-    from ..writer import get_writer
-
     with _prefetch_lock:
         if status_id not in _prefetched or status_id in _flagged_prefetched:
             return
@@ -294,8 +280,6 @@ def claim_prefetched(consumer, proxy):
     try:
         from dramatiq import Message
         from dramatiq.common import q_name
-
-        from ..abort import FIRST, get_backend
 
         if q_name(consumer.queue_name) != consumer.queue_name:
             return  # a delay queue: its messages are moved, not run
@@ -326,8 +310,6 @@ def claim_prefetched(consumer, proxy):
     if result is not None:
         setattr(proxy, PREFETCH_CLAIM, result)
     if watch:
-        from ..writer import get_writer
-
         get_writer().wake()  # the writer keeps ticking for the poller from now on
 
 
@@ -340,8 +322,6 @@ def _decoded(message_class, data):
 
 def _claimable(broker, message):
     """``(status_id, parent_id)`` of a tracked message of a user task, else ``None``."""
-    from ..fanout import PARENT_OPTION
-
     if message is None:
         return None
     status_id = message.options.get(STATUS_OPTION)

@@ -13,11 +13,20 @@ import traceback
 from django.utils.functional import SimpleLazyObject
 from dramatiq.middleware import Middleware, Retries, Shutdown, TimeLimitExceeded
 
+from .. import acks
+from ..abort import clear_flags, get_backend
 from ..actors import STATUS_OPTION, UserTaskActor
+from ..conf import app_settings
 from ..context import TaskContext, _clip, _current
 from ..exceptions import Aborted, ForcedAbort
 from ..fanout import CHILD_OPTION, PARENT_OPTION
-from ..states import State
+from ..signals import emit_task_finished, receivers_act, task_finished
+from ..states import ACTIVE_STATES, State
+from ..writer import Op, get_writer, stop_writer
+
+# The models are imported where they are used, once the app registry is ready, and by absolute
+# name: the hooks below run for every message, and a relative import statement costs a call of
+# Python code (``ModuleSpec.parent``) each time it runs.
 
 logger = logging.getLogger("usertasks.middleware")
 
@@ -35,8 +44,7 @@ class UserTaskTracking(Middleware):
             return
         if not isinstance(actor, UserTaskActor):
             return
-        from ..models import EventKind, UserTaskEvent
-        from ..writer import Op, get_writer
+        from usertasks.models import EventKind, UserTaskEvent
 
         status_id = message.options.get(STATUS_OPTION)
         ctx = TaskContext(
@@ -52,8 +60,6 @@ class UserTaskTracking(Middleware):
         if status_id is None:
             return
         if CHILD_OPTION in message.options:
-            from ..conf import app_settings
-
             # One of thousands of subtasks: its row says when it started and ended; the events
             # are kept for what goes wrong (failures, retries, cancels).
             ctx.quiet = not app_settings.FANOUT_CHILD_EVENTS
@@ -80,8 +86,6 @@ class UserTaskTracking(Middleware):
         exception = sys.exc_info()[1]
         if exception is None:
             return  # not a retry of a failed run (e.g. an actor sending its own message again)
-        from ..writer import get_writer
-
         get_writer().unregister(ctx)
         ctx.ended = True
         # ``message`` is the retry about to be sent; the outcome is that of the running one.
@@ -95,8 +99,6 @@ class UserTaskTracking(Middleware):
         _current.set(None)
         if not ctx.tracked or ctx.ended:
             return
-        from ..writer import get_writer
-
         writer = get_writer()
         writer.unregister(ctx)
         state, kind, fields, detail = self.outcome(broker, message, ctx, exception)
@@ -110,28 +112,21 @@ class UserTaskTracking(Middleware):
         if _quiet_end(ctx, state, message):
             # Nothing to do after the commit but the acknowledgement: the acker makes it once the
             # end is committed, and this thread takes its next message now (usertasks.acks).
-            from ..acks import defer
-
-            defer(message, self.submit_end(ctx, kind, fields, detail))
+            acks.defer(message, self.submit_end(ctx, kind, fields, detail, lazy=True))
             return
         self.end(ctx, state, kind, fields, detail)
 
     def after_consumer_thread_boot(self, broker, thread):
-        from ..acks import install
-
-        install(thread)
+        acks.install(thread)
 
     def before_consumer_thread_shutdown(self, broker, thread):
-        from ..acks import drain
-        from ..writer import get_writer
-
         # Worker threads have stopped: commit their last ends and acknowledge them before
         # Dramatiq closes the consumer (left unacknowledged, they would run again).
         try:
             get_writer().flush()
         except TimeoutError:
             logger.error("usertasks: could not store the last task states before shutdown")
-        if not drain():
+        if not acks.drain():
             logger.error("usertasks: messages left unacknowledged at shutdown; the broker will redeliver them")
 
     def after_skip_message(self, broker, message):
@@ -139,15 +134,11 @@ class UserTaskTracking(Middleware):
         if ctx is not None and ctx.message_id == message.message_id:
             _current.set(None)
             if ctx.tracked:
-                from ..writer import get_writer
-
                 get_writer().unregister(ctx)
         status_id = message.options.get(STATUS_OPTION)
         if status_id is not None and message.failed:
             # Failed before it could run (AgeLimit): fail the row unless it is already final.
-            from ..models import EventKind, UserTaskEvent
-            from ..states import ACTIVE_STATES
-            from ..writer import Op, get_writer
+            from usertasks.models import EventKind, UserTaskEvent
 
             text = "The task expired before it could run."
             event = UserTaskEvent(status_id=status_id, kind=EventKind.FAILED, detail=text)
@@ -159,8 +150,6 @@ class UserTaskTracking(Middleware):
             get_writer().submit(op).wait()
 
     def after_worker_shutdown(self, broker, worker):
-        from ..writer import stop_writer
-
         try:
             _requeue_abandoned(broker)
         finally:
@@ -172,7 +161,7 @@ class UserTaskTracking(Middleware):
     def outcome(broker, message, ctx, exception, retrying=None):
         """``(state, event kind, row fields, event detail)`` for how this run ended.
         ``retrying``: whether a retry is scheduled (default: read ``Retries``' decision)."""
-        from ..models import EventKind
+        from usertasks.models import EventKind
 
         if exception is None:
             # The error of an earlier, retried attempt stays in the event history only.
@@ -207,8 +196,7 @@ class UserTaskTracking(Middleware):
     @staticmethod
     def body_done(ctx):
         """The body of a container returned: keep it In Progress until its children end."""
-        from ..models import EventKind, UserTaskEvent
-        from ..writer import Op, get_writer
+        from usertasks.models import EventKind, UserTaskEvent
 
         event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.NOTE, attempt=ctx.attempt,
                               detail="The task body finished; waiting for its subtasks.")
@@ -217,16 +205,16 @@ class UserTaskTracking(Middleware):
         return op.applied
 
     @staticmethod
-    def submit_end(ctx, kind, fields, detail=""):
-        """Hand how the run ended to the writer; returns its op (not yet committed)."""
-        from ..models import EventKind, UserTaskEvent
-        from ..writer import Op, get_writer
+    def submit_end(ctx, kind, fields, detail="", lazy=False):
+        """Hand how the run ended to the writer; returns its op (not yet committed).  ``lazy``:
+        no thread will wait for it, only the message's acknowledgement (``Op.lazy``)."""
+        from usertasks.models import EventKind, UserTaskEvent
 
         if ctx.quiet and kind == EventKind.SUCCEEDED:
             events = ()
         else:
             events = [UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, _clip(detail, 4000))]
-        return get_writer().submit(Op("end", ctx, fields=fields, events=events))
+        return get_writer().submit(Op("end", ctx, fields=fields, events=events, lazy=lazy))
 
     @classmethod
     def end(cls, ctx, state, kind, fields, detail=""):
@@ -234,8 +222,6 @@ class UserTaskTracking(Middleware):
         op = cls.submit_end(ctx, kind, fields, detail)
         op.wait()
         if op.applied and state in FINAL and (state == State.CANCELED or ctx.abort_requested):
-            from ..abort import clear_flags
-
             clear_flags([ctx.status_id])
         elif op.applied and state not in FINAL:
             _release(ctx)
@@ -251,20 +237,14 @@ def _quiet_end(ctx, state, message):
     built-in notifier decides from the run alone that it sends no email)."""
     if state not in (State.SUCCEEDED, State.FAILED) or ctx.abort_requested or ctx.fanout:
         return False
-    from ..acks import deferring
-
-    if not deferring(message):
+    if not acks.deferring(message):
         return False
-    from ..signals import receivers_act
-
     return not receivers_act(ctx.parent_id, state, (ctx.options or {}).get("notify"))
 
 
 def _release(ctx):
     """A run ended without a final state (a retry is due, or it was requeued): forget its claim,
     so that a cancel before the next run cancels the task at once."""
-    from ..abort import get_backend
-
     try:
         get_backend().release(ctx.status_id)
     except Exception as exc:
@@ -292,8 +272,7 @@ def _requeue_abandoned(broker):
     threads die with the process).  Show them as requeued (back to Pending, guarded by the
     run's worker token) and hand their messages back to the broker now rather than after the
     broker's heartbeat timeout."""
-    from ..models import EventKind, UserTaskEvent
-    from ..writer import Op, get_writer
+    from usertasks.models import EventKind, UserTaskEvent
 
     writer = get_writer()
     abandoned = [c for c in writer.running() if c.tracked]
@@ -337,7 +316,7 @@ class _LazyStatus(SimpleLazyObject):
     signal's hints (the built-in notifier, when the task does not email) cost no query."""
 
     def __init__(self, ctx):
-        from ..models import UserTaskStatus
+        from usertasks.models import UserTaskStatus
 
         super().__init__(lambda: UserTaskStatus.objects.get(pk=ctx.status_id))
         self.__dict__["_hints"] = {"pk": ctx.status_id, "parent_id": ctx.parent_id}
@@ -350,7 +329,5 @@ class _LazyStatus(SimpleLazyObject):
 
 
 def _finished(ctx, state):
-    from ..signals import emit_task_finished, task_finished
-
     if task_finished.receivers:
         emit_task_finished(_LazyStatus(ctx), state, notify=(ctx.options or {}).get("notify"))
