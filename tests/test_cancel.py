@@ -241,3 +241,114 @@ def test_the_abort_poller_reads_the_flags_once_per_interval(redis):
     finally:
         del backend.flagged
         backend.clear([ctx.status_id])
+
+
+def _tracked_broker(redis, namespace):
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    from usertasks import user_task
+
+    broker = RedisBroker(client=redis, namespace=namespace)
+    broker.flush_all()
+
+    @user_task(broker=broker, queue_name="claimq", actor_name=f"{namespace}_job")
+    def job(task, i):
+        pass
+
+    @dramatiq.actor(broker=broker, queue_name="claimq", actor_name=f"{namespace}_plain")
+    def plain(i):
+        pass
+
+    return broker, job, plain
+
+
+def test_fetch_and_claim_takes_a_batch_as_dramatiq_fetches_it_and_claims_it(redis):
+    """One script fetches the batch (the worker's heartbeat, ids moved to its set of unacknowledged
+    messages, their data in order) and claims its tracked messages: what Dramatiq's fetch and
+    claim_many would do in two round trips."""
+    from usertasks.abort import AGAIN, FIRST, SKIP
+    from usertasks.actors import STATUS_OPTION
+    from usertasks.fanout import PARENT_OPTION
+
+    broker, job, plain = _tracked_broker(redis, "fetchclaim")
+    backend = get_backend()
+    base = 10**9 + 100
+    backend.set(base + 2)  # a canceled task
+    backend.set(base + 90)  # a canceled container
+    assert backend.claim(base + 3) == FIRST  # claimed before: a redelivery
+    sent = [
+        job.send_with_options(args=(1,), **{STATUS_OPTION: base + 1}),
+        plain.send(2),
+        job.send_with_options(args=(3,), **{STATUS_OPTION: base + 2}),
+        job.send_with_options(args=(4,), **{STATUS_OPTION: base + 3}),
+        job.send_with_options(args=(5,), **{STATUS_OPTION: base + 4, PARENT_OPTION: base + 90}),
+        job.send_with_options(args=(6,), **{STATUS_OPTION: base + 5, PARENT_OPTION: base + 91}),
+    ]
+    try:
+        data, claims = backend.fetch_and_claim(broker, "claimq", 5, STATUS_OPTION, PARENT_OPTION)
+        import json
+
+        fetched = [json.loads(d) for d in data]
+        assert [m["message_id"] for m in fetched] == [m.message_id for m in sent[:5]]
+        assert claims == [
+            (sent[0].message_id, base + 1, None, FIRST), (sent[2].message_id, base + 2, None, SKIP),
+            (sent[3].message_id, base + 3, None, AGAIN), (sent[4].message_id, base + 4, base + 90, SKIP),
+        ]
+        unacked = {m.decode() for m in redis.smembers(f"fetchclaim:__acks__.{broker.broker_id}.claimq")}
+        assert unacked == {m["options"]["redis_message_id"] for m in fetched}
+        assert redis.zscore("fetchclaim:__heartbeats__", broker.broker_id) is not None
+        assert redis.llen("fetchclaim:claimq") == 1
+        assert backend.claimed([base + 1, base + 4, base + 5]) == {base + 1}
+        # The rest comes with the next fetch; an empty queue gives an empty batch.
+        data, claims = backend.fetch_and_claim(broker, "claimq", 5, STATUS_OPTION, PARENT_OPTION)
+        assert len(data) == 1 and claims == [(sent[5].message_id, base + 5, base + 91, FIRST)]
+        assert backend.fetch_and_claim(broker, "claimq", 5, STATUS_OPTION, PARENT_OPTION) == ([], [])
+    finally:
+        backend.clear([base + i for i in (1, 2, 3, 4, 5, 90)])
+        broker.flush_all()
+        broker.close()
+
+
+@pytest.mark.parametrize("maintenance", [0, 1000000])
+def test_a_windowed_consumer_hands_out_messages_claimed_with_their_batch(redis, monkeypatch, maintenance):
+    """A worker's Redis consumer fetches and claims in one round trip; the fetches that Dramatiq
+    uses for queue maintenance go through Dramatiq's own fetch, then claim_many."""
+    from usertasks import acks
+    from usertasks.abort import FIRST
+    from usertasks.actors import STATUS_OPTION
+    from usertasks.middleware.abort import PREFETCH_CLAIM
+
+    broker, job, plain = _tracked_broker(redis, f"windowclaim{maintenance}")
+    broker.maintenance_chance = maintenance
+    backend = get_backend()
+    base = 10**9 + 200
+    calls = {"script": 0, "claim_many": 0}
+    fetch, claim_many = backend.fetch_and_claim, backend.claim_many
+
+    def counting(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(backend, "fetch_and_claim", counting("script", fetch))
+    monkeypatch.setattr(backend, "claim_many", counting("claim_many", claim_many))
+    for i in range(3):
+        job.send_with_options(args=(i,), **{STATUS_OPTION: base + i})
+    plain.send(9)
+    acks._wrap_consume(broker)
+    consumer = broker.consume("claimq", prefetch=8, timeout=200)
+    try:
+        proxies = [next(consumer) for _ in range(4)]
+        assert [getattr(p, PREFETCH_CLAIM, None) for p in proxies] == [FIRST, FIRST, FIRST, None]
+        if maintenance:
+            assert calls == {"script": 0, "claim_many": 1}
+        else:
+            assert calls == {"script": 1, "claim_many": 0}
+        assert next(consumer) is None  # empty: a backoff, then the loop gets control back
+    finally:
+        consumer.close()
+        backend.clear([base + i for i in range(3)])
+        broker.flush_all()
+        broker.close()

@@ -26,6 +26,7 @@ the row final and is skipped (``docs/guarantees.md``).
 
 import logging
 import threading
+import time
 from collections import deque
 
 from .process import PerProcess
@@ -74,8 +75,9 @@ def install(consumer_thread):
 
 
 class _Windowed:
-    """Mixed into a Redis consumer: claims the tracked messages it hands out, a fetched batch
-    per round trip (``usertasks.middleware.abort.claim_prefetched``), and, when its prefetch
+    """Mixed into a Redis consumer: fetches a batch and claims its tracked messages in one round
+    trip (``usertasks.middleware.abort.fetch_claimed``; where it cannot, Dramatiq's own fetch
+    and then one claim per batch, ``claim_prefetched``), and, when its prefetch
     window is full, waits until a slot frees (an acknowledgement, a rejection, a run handed to
     the acker) instead of Dramatiq's blind sleep.  That sleep is an idle-queue backoff (5-10 ms,
     doubling while the window stays full): applied to a full window, it leaves the worker
@@ -90,9 +92,19 @@ class _Windowed:
                 room.wait(self.timeout / 1000)
             if self.outstanding_message_count >= self.prefetch:
                 return None  # Dramatiq's loop goes on: delayed messages, shutdown
+        if not self.message_cache:
+            fetched = _prefetching().fetch_claimed(self)  # the batch and its claims in one round trip
+            if fetched is not None and not fetched:
+                # Nothing queued: back off as Dramatiq's consumer does (a fetch of its own
+                # would only ask again).
+                from dramatiq.common import compute_backoff
+
+                self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                time.sleep(backoff_ms / 1000)
+                return None
         proxy = super().__next__()
         if proxy is not None:
-            _claim_prefetched(self, proxy)  # a fetched batch is claimed in one round trip
+            _prefetching().claim_prefetched(self, proxy)  # claimed with its batch, in one round trip
         return proxy
 
     def ack(self, message):
@@ -108,12 +120,17 @@ class _Windowed:
             self._usertasks_room.set()
 
 
-def _claim_prefetched(consumer, proxy):
-    global _claim_prefetched
-    from .middleware.abort import claim_prefetched  # imported once (the middleware imports this module)
+_abort_middleware = None
 
-    _claim_prefetched = claim_prefetched
-    claim_prefetched(consumer, proxy)
+
+def _prefetching():
+    """``usertasks.middleware.abort``, imported on first use (it imports this module)."""
+    global _abort_middleware
+    if _abort_middleware is None:
+        from .middleware import abort
+
+        _abort_middleware = abort
+    return _abort_middleware
 
 
 _windowed_classes = {}

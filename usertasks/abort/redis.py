@@ -53,6 +53,62 @@ for t = 2, #ARGV do
 end
 return results
 """
+# Fetch and claim, for a Redis consumer of a worker: what the "fetch" command of Dramatiq's
+# dispatch script does (the worker's heartbeat; up to ARGV[4] message ids popped from the queue,
+# each added to the worker's set of unacknowledged messages; their data read), and, in the same
+# script, the claim of every tracked message among them (as _CLAIM).  KEYS[1]: Dramatiq's
+# namespace.  ARGV: queue name, worker id, time (ms), count, flag prefix, claim prefix, claim TTL,
+# the names of the status and container options.  Returns the data of the messages, in order,
+# and (message id, task id, container id or "", result) for each tracked message.
+_FETCH_CLAIM = """
+local namespace = KEYS[1]
+local worker_id = ARGV[2]
+redis.call("zadd", namespace .. ":__heartbeats__", ARGV[3], worker_id)
+local queue = namespace .. ":" .. ARGV[1]
+local acks = namespace .. ":__acks__." .. worker_id .. "." .. ARGV[1]
+local ids = {}
+for i = 1, tonumber(ARGV[4]) do
+  local id = redis.call("lpop", queue)
+  if not id then break end
+  ids[i] = id
+  redis.call("sadd", acks, id)
+end
+if #ids == 0 then return {{}, {}} end
+local data = redis.call("hmget", queue .. ".msgs", unpack(ids))
+local function text(v)
+  if type(v) == "number" then return string.format("%.0f", v) end
+  return tostring(v)
+end
+local claims = {}
+for i = 1, #ids do
+  local ok, message = false, nil
+  if data[i] then ok, message = pcall(cjson.decode, data[i]) end
+  if ok and type(message) == "table" and type(message.options) == "table" then
+    local task = message.options[ARGV[8]]
+    if task ~= nil and task ~= cjson.null then
+      task = text(task)
+      local parent = message.options[ARGV[9]]
+      if parent == nil or parent == cjson.null then parent = "" else parent = text(parent) end
+      local result
+      if redis.call("exists", ARGV[5] .. task) == 1 or (parent ~= "" and redis.call("exists", ARGV[5] .. parent) == 1) then
+        result = 0
+      elseif redis.call("set", ARGV[6] .. task, "1", "EX", ARGV[7], "NX") then
+        result = 1
+      else
+        redis.call("expire", ARGV[6] .. task, ARGV[7])
+        result = 2
+      end
+      claims[#claims + 1] = message.message_id
+      claims[#claims + 1] = task
+      claims[#claims + 1] = parent
+      claims[#claims + 1] = result
+    end
+  end
+end
+return {data, claims}
+"""
+#: Most messages one fetch-and-claim takes (Lua's ``unpack`` has a limit).
+FETCH_MAX = 1000
 # KEYS: flag, claim marker (pairs, one per task).  Raises the flags; returns for each task 1
 # when it is claimed, else 0.
 _CANCEL_PENDING = """
@@ -121,6 +177,7 @@ class RedisAbortBackend(AbortBackend):
         self._claim = self.client.register_script(_CLAIM)  # one script for one claim and for many
         self._local = threading.local()
         self._cancel_pending = self.client.register_script(_CANCEL_PENDING)
+        self._fetch_claim = None
 
     def claim_key(self, status_id):
         return f"{self.claim_prefix}{status_id}"
@@ -157,6 +214,43 @@ class RedisAbortBackend(AbortBackend):
             return []
         keys, args = self._claim_args(tasks)
         return [int(r) for r in self._claim(keys=keys, args=args)]
+
+    def fetch_and_claim(self, broker, queue_name, count, status_option, parent_option):
+        """For a consumer of ``broker`` (a ``RedisBroker`` on this Redis), on the calling
+        thread's own connection: fetch up to ``count`` messages of ``queue_name`` as Dramatiq's
+        fetch does and claim the tracked ones (those with ``status_option``) in the same round
+        trip.  Returns ``(data, claims)``: the messages' data for the consumer's cache, and
+        ``(message_id, status_id, parent_id or None, result)`` for each tracked one."""
+        from dramatiq.common import current_millis
+
+        if self._fetch_claim is None:
+            self._fetch_claim = self.client.register_script(_FETCH_CLAIM)
+        args = (queue_name, broker.broker_id, current_millis(), min(count, FETCH_MAX), self.prefix,
+                self.claim_prefix, CLAIM_TTL, status_option, parent_option)
+        conn = self._thread_connection()
+        try:
+            try:
+                conn.send_command("EVALSHA", self._fetch_claim.sha, 1, broker.namespace, *args)
+                data, flat = conn.read_response()
+            except redis.exceptions.NoScriptError:
+                self.client.script_load(_FETCH_CLAIM)
+                conn.send_command("EVALSHA", self._fetch_claim.sha, 1, broker.namespace, *args)
+                data, flat = conn.read_response()
+        except BaseException:
+            self._local.conn = None  # in an unknown state: never reused
+            conn.disconnect()
+            raise
+        claims = [
+            (_text(flat[i]), int(flat[i + 1]), int(flat[i + 2]) if flat[i + 2] else None, int(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+        ]
+        return data, claims
+
+    def shares_server(self, client):
+        """Whether ``client`` (a broker's) talks to the same Redis server and database as the
+        flags."""
+        mine, theirs = self.client.connection_pool.connection_kwargs, client.connection_pool.connection_kwargs
+        return all(mine.get(k) == theirs.get(k) for k in ("host", "port", "db", "path", "username"))
 
     def _thread_connection(self):
         local = self._local
@@ -222,3 +316,7 @@ class RedisAbortBackend(AbortBackend):
             except ValueError:
                 continue
         return found
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -268,15 +268,68 @@ def _cancel_prefetched(status_id, parent_id):
     get_writer().submit(_canceled_op(status_id, parent_id))  # from the writer thread: no wait
 
 
+def fetch_claimed(consumer):
+    """Called by a Redis consumer whose cache is empty: fetch the next batch and claim its
+    tracked messages in ONE round trip (``AbortBackend.fetch_and_claim``), on a connection of the
+    consumer thread's own.  Returns the batch (the consumer's new ``message_cache``, maybe empty),
+    or ``None`` when Dramatiq's own fetch must do it: a delay queue, a store on another Redis, an
+    encoder other than JSON (the script reads the messages), and the fetches that Dramatiq would
+    use for queue maintenance (requeueing the messages of dead workers), at Dramatiq's rate."""
+    count = consumer.prefetch - consumer.outstanding_message_count
+    backend = _fetching_backend(consumer)
+    broker = consumer.broker
+    if count <= 0 or backend is None or broker._should_do_maintenance("fetch"):
+        consumer._usertasks_scripted = False
+        return None
+    try:
+        data, claims = backend.fetch_and_claim(broker, consumer.queue_name, count, STATUS_OPTION, PARENT_OPTION)
+    except Exception as exc:
+        import redis
+        from dramatiq.errors import ConnectionClosed
+
+        if isinstance(exc, redis.RedisError):
+            raise ConnectionClosed(exc) from None  # what Dramatiq's fetch raises: the consumer reconnects
+        raise
+    consumer._usertasks_scripted = True
+    consumer.message_cache = data
+    _record_claims(consumer, [(message_id, status_id, parent_id) for message_id, status_id, parent_id, _ in claims],
+                   [result for *_, result in claims])
+    return data
+
+
+def _fetching_backend(consumer):
+    """The abort backend that can fetch and claim for ``consumer``, or ``None`` (decided once per
+    consumer and backend)."""
+    backend = get_backend()
+    cached = getattr(consumer, "_usertasks_fetcher", None)
+    if cached is not None and cached[0] is backend:
+        return cached[1]
+    import dramatiq
+    from dramatiq.common import q_name
+
+    usable = (
+        getattr(backend, "fetch_and_claim", None) is not None and backend.atomic_claims
+        and q_name(consumer.queue_name) == consumer.queue_name
+        and type(dramatiq.get_encoder()) is dramatiq.JSONEncoder
+        and hasattr(consumer.broker, "_should_do_maintenance") and hasattr(consumer.broker, "broker_id")
+        and backend.shares_server(consumer.broker.client)
+    )
+    consumer._usertasks_fetcher = (backend, backend if usable else None)
+    return consumer._usertasks_fetcher[1]
+
+
 def claim_prefetched(consumer, proxy):
-    """Called by a Redis consumer for each message it hands to the worker threads.  The first
-    message of a fetched batch claims itself and every message still in the consumer's cache in
-    one round trip; the others find their result ready.  On any failure nothing is attached,
-    and the worker thread claims the message itself."""
+    """Called by a Redis consumer for each message it hands to the worker threads.  A batch that
+    :func:`fetch_claimed` fetched is claimed already.  Otherwise the first message of a fetched
+    batch claims itself and every message still in the consumer's cache in one round trip; the
+    others find their result ready.  On any failure nothing is attached, and the worker thread
+    claims the message itself."""
     claims = getattr(consumer, "_usertasks_claims", None)
     if claims and proxy.message_id in claims:
         setattr(proxy, PREFETCH_CLAIM, claims.pop(proxy.message_id))
         return
+    if getattr(consumer, "_usertasks_scripted", False):
+        return  # not a tracked message (or one the script could not read: its thread claims it)
     try:
         from dramatiq import Message
         from dramatiq.common import q_name
@@ -297,6 +350,16 @@ def claim_prefetched(consumer, proxy):
     except Exception as exc:
         logger.debug("usertasks: could not claim prefetched messages (%s); worker threads claim them", exc)
         return
+    _record_claims(consumer, batch, results)
+    result = consumer._usertasks_claims.pop(proxy.message_id, None)
+    if result is not None:
+        setattr(proxy, PREFETCH_CLAIM, result)
+
+
+def _record_claims(consumer, batch, results):
+    """Keep the results of claims made at prefetch (``batch``: ``(message_id, status_id,
+    parent_id)``) for the messages as the consumer hands them out, and have the poller watch
+    the tasks claimed first."""
     now = time.monotonic()
     with _prefetch_lock:
         idle = not _prefetched  # the poller had nothing to watch: the writer may sleep unbounded
@@ -304,11 +367,7 @@ def claim_prefetched(consumer, proxy):
             if result == FIRST:
                 _prefetched[status_id] = (parent_id, now)
         watch = idle and bool(_prefetched)
-    ready = {message_id: result for (message_id, _, _), result in zip(batch, results)}
-    result = ready.pop(proxy.message_id, None)
-    consumer._usertasks_claims = ready
-    if result is not None:
-        setattr(proxy, PREFETCH_CLAIM, result)
+    consumer._usertasks_claims = {message_id: result for (message_id, _, _), result in zip(batch, results)}
     if watch:
         get_writer().wake()  # the writer keeps ticking for the poller from now on
 
