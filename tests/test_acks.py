@@ -196,3 +196,42 @@ def test_done_flag_wakes_every_waiter_once_set():
     for t in threads:
         t.join(10)
     assert woken == [True] * 5 and done.is_set() and done.wait() is True and done.wait(0) is True
+
+
+def test_a_batch_of_acknowledgements_is_one_script_call_with_hooks_per_message(redis):
+    """The acker acknowledges what committed together in one call of a script doing Dramatiq's
+    "ack" for each message: each leaves the worker's unacknowledged set and the queue's hash,
+    the broker's ack hooks run once per message, and the consumer's window frees."""
+    import types
+
+    broker, consumer = _redis_consumer(redis, prefetch=5, timeout_ms=500)
+    seen = []
+
+    class Hooks:
+        def __getattr__(self, name):
+            if name.startswith(("before_", "after_")):
+                return lambda *args, **kwargs: None
+            raise AttributeError(name)
+
+        def before_ack(self, broker, message):
+            seen.append(("before", message.message_id))
+
+        def after_ack(self, broker, message):
+            seen.append(("after", message.message_id))
+
+    broker.middleware.append(Hooks())
+    try:
+        messages = [next(consumer) for _ in range(5)]
+        acks_key = f"windowtest:__acks__.{broker.broker_id}.window"
+        assert redis.scard(acks_key) == 5 and redis.hlen("windowtest:window.msgs") == 5
+        assert acks._dramatiqs_own(consumer, broker)
+        thread = types.SimpleNamespace(consumer=consumer, broker=broker)
+        assert acks._ack_pipelined(thread, messages[:4]) is True
+        assert redis.scard(acks_key) == 1 and redis.hlen("windowtest:window.msgs") == 1
+        assert consumer.queued_message_ids == {messages[4].message_id}
+        ids = [m.message_id for m in messages[:4]]
+        assert seen == [("before", i) for i in ids] + [("after", i) for i in ids]
+    finally:
+        consumer.close()
+        broker.flush_all()
+        broker.close()

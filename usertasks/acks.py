@@ -30,6 +30,7 @@ import time
 from collections import deque
 
 from .process import PerProcess
+from .rediscalls import Script
 
 logger = logging.getLogger("usertasks.acks")
 
@@ -266,32 +267,85 @@ def _pipelines(broker):
     return broker is not None and _pipelines(broker)
 
 
+# KEYS[1]: Dramatiq's namespace.  ARGV: worker id, time (ms), queue name, then the Redis ids of
+# the messages.  What the "ack" command of Dramatiq's dispatch script does (the worker's
+# heartbeat; each message leaves the worker's set of unacknowledged messages and, if it was in
+# it, the queue's hash), for many messages at once.
+_ACK_MANY = Script("""
+local namespace, worker_id, queue_name = KEYS[1], ARGV[1], ARGV[3]
+redis.call("zadd", namespace .. ":__heartbeats__", ARGV[2], worker_id)
+local acks = namespace .. ":__acks__." .. worker_id .. "." .. queue_name
+local messages = namespace .. ":" .. queue_name .. ".msgs"
+for i = 4, #ARGV do
+  if redis.call("srem", acks, ARGV[i]) > 0 then
+    redis.call("hdel", messages, ARGV[i])
+  end
+end
+""")
+
+
 def _ack_pipelined(thread, messages):
     """What ``post_process_message`` does for each message (``before_ack`` hooks, the
     consumer's ``ack``, ``after_ack`` hooks), with the acknowledgements sent to Redis in one
-    pipeline.  ``False`` if the pipeline failed: the caller then acknowledges one by one
+    round trip: one script call (``_ACK_MANY``) where the consumer is Dramatiq's own, else a
+    pipeline of its ``ack``.  ``False`` if that failed: the caller then acknowledges one by one
     (acknowledging twice is harmless)."""
-    import copy
-
-    from .broker import into_pipeline
+    from .broker import _hooks
 
     consumer, broker = thread.consumer, thread.broker
     if consumer is None:
         return False
+    before, after = _hooks(broker, "ack")
     try:
-        pipe = broker.client.pipeline(transaction=False)
-        acking = copy.copy(consumer)  # shares the consumer's count of outstanding messages
-        acking.broker = into_pipeline(broker, pipe)
-        for message in messages:
-            broker.emit_before("ack", message)
-            acking.ack(message)
-        pipe.execute()
+        if _dramatiqs_own(consumer, broker):
+            from dramatiq.common import current_millis
+
+            ids = []
+            for message in messages:
+                before(message)
+                ids.append(message.options["redis_message_id"])
+            _ACK_MANY(broker.client, (broker.namespace,), (broker.broker_id, current_millis(), consumer.queue_name, *ids))
+            outstanding = consumer.queued_message_ids
+            for message in messages:
+                outstanding.discard(message.message_id)
+            consumer._usertasks_room.set()
+        else:
+            _ack_through_pipeline(consumer, broker, messages, before)
     except Exception as exc:
-        logger.info("usertasks: pipelined acknowledgement failed (%s); acknowledging one by one", exc)
+        logger.info("usertasks: batched acknowledgement failed (%s); acknowledging one by one", exc)
         return False
     for message in messages:
-        broker.emit_after("ack", message)
+        after(message)
     return True
+
+
+def _dramatiqs_own(consumer, broker):
+    """Whether ``consumer`` (windowed) and ``broker`` acknowledge as Dramatiq's own Redis consumer
+    and broker do, so that ``_ACK_MANY`` does the same."""
+    from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+
+    from .broker import _enqueue_chunk, _enqueue_scripted
+
+    cls = type(consumer)
+    return (
+        isinstance(consumer, _Windowed) and len(cls.__bases__) > 1 and issubclass(cls.__bases__[1], _RedisConsumer)
+        and cls.__bases__[1].ack is _RedisConsumer.ack and _enqueue_chunk(broker) is _enqueue_scripted
+        and isinstance(broker, RedisBroker)
+    )
+
+
+def _ack_through_pipeline(consumer, broker, messages, before):
+    import copy
+
+    from .broker import into_pipeline
+
+    pipe = broker.client.pipeline(transaction=False)
+    acking = copy.copy(consumer)  # shares the consumer's count of outstanding messages
+    acking.broker = into_pipeline(broker, pipe)
+    for message in messages:
+        before(message)
+        acking.ack(message)
+    pipe.execute()
 
 
 _ackers = PerProcess(Acker)

@@ -5,6 +5,8 @@ import logging
 import dramatiq
 from dramatiq.middleware import Retries
 
+from .rediscalls import Script
+
 logger = logging.getLogger("usertasks")
 
 
@@ -156,7 +158,8 @@ while i < #ARGV do
   i = last + 1
 end
 """
-_enqueue_scripts = {}
+_ENQUEUE_MANY_SCRIPT = Script(_ENQUEUE_MANY)
+
 
 
 def _enqueue_scripted(broker, chunk):
@@ -173,10 +176,6 @@ def _enqueue_scripted(broker, chunk):
 
     from .sending import random_uuids
 
-    client = broker.client
-    script = _enqueue_scripts.get(id(client))
-    if script is None or script[0] is not client:
-        script = _enqueue_scripts[id(client)] = (client, client.register_script(_ENQUEUE_MANY))
     before, after = _hooks(broker, "enqueue")
     queues = {}  # queue name -> [redis id, data, ...], in order
     sent = []
@@ -199,7 +198,7 @@ def _enqueue_scripted(broker, chunk):
     args = []
     for queue_name, entries in queues.items():
         args += (queue_name, len(entries) // 2, *entries)
-    script[1](keys=[broker.namespace], args=args)
+    _ENQUEUE_MANY_SCRIPT(broker.client, (broker.namespace,), args)
     for message, delay in sent:
         after(message, delay)
 

@@ -12,12 +12,9 @@ Whichever runs first decides: either the worker sees the flag and skips the mess
 cancel sees the claim and treats the task as running.
 """
 
-import os
-import threading
 import time
 
-import redis
-
+from ..rediscalls import Script
 from .base import AbortBackend
 
 #: Prefix of every key when ``REDIS_KEY_PREFIX`` is not set; the database's hash follows.
@@ -58,8 +55,9 @@ return results
 # each added to the worker's set of unacknowledged messages; their data read), and, in the same
 # script, the claim of every tracked message among them (as _CLAIM).  KEYS[1]: Dramatiq's
 # namespace.  ARGV: queue name, worker id, time (ms), count, flag prefix, claim prefix, claim TTL,
-# the names of the status and container options.  Returns the data of the messages, in order,
-# and (message id, task id, container id or "", result) for each tracked message.
+# the names of the status and container options.  Returns the data of the messages joined by
+# NUL bytes (JSON has none; a missing message is an empty string), then for each tracked one
+# "result NUL task id NUL container id or empty NUL message id": few values to parse.
 _FETCH_CLAIM = """
 local namespace = KEYS[1]
 local worker_id = ARGV[2]
@@ -73,16 +71,16 @@ for i = 1, tonumber(ARGV[4]) do
   ids[i] = id
   redis.call("sadd", acks, id)
 end
-if #ids == 0 then return {{}, {}} end
+if #ids == 0 then return {} end
 local data = redis.call("hmget", queue .. ".msgs", unpack(ids))
 local function text(v)
   if type(v) == "number" then return string.format("%.0f", v) end
   return tostring(v)
 end
-local claims = {}
+local out = {""}
 for i = 1, #ids do
   local ok, message = false, nil
-  if data[i] then ok, message = pcall(cjson.decode, data[i]) end
+  if data[i] then ok, message = pcall(cjson.decode, data[i]) else data[i] = "" end
   if ok and type(message) == "table" and type(message.options) == "table" then
     local task = message.options[ARGV[8]]
     if task ~= nil and task ~= cjson.null then
@@ -91,22 +89,22 @@ for i = 1, #ids do
       if parent == nil or parent == cjson.null then parent = "" else parent = text(parent) end
       local result
       if redis.call("exists", ARGV[5] .. task) == 1 or (parent ~= "" and redis.call("exists", ARGV[5] .. parent) == 1) then
-        result = 0
+        result = "0"
       elseif redis.call("set", ARGV[6] .. task, "1", "EX", ARGV[7], "NX") then
-        result = 1
+        result = "1"
       else
         redis.call("expire", ARGV[6] .. task, ARGV[7])
-        result = 2
+        result = "2"
       end
-      claims[#claims + 1] = message.message_id
-      claims[#claims + 1] = task
-      claims[#claims + 1] = parent
-      claims[#claims + 1] = result
+      out[#out + 1] = result .. "\\0" .. task .. "\\0" .. parent .. "\\0" .. tostring(message.message_id)
     end
   end
 end
-return {data, claims}
+out[1] = table.concat(data, "\\0")
+return out
 """
+_CLAIM_SCRIPT = Script(_CLAIM)  # one script for one claim and for many
+_FETCH_CLAIM_SCRIPT = Script(_FETCH_CLAIM)
 #: Most messages one fetch-and-claim takes (Lua's ``unpack`` has a limit).
 FETCH_MAX = 1000
 # KEYS: flag, claim marker (pairs, one per task).  Raises the flags; returns for each task 1
@@ -174,10 +172,7 @@ class RedisAbortBackend(AbortBackend):
         key_prefix = key_prefix or key_namespace()
         self.prefix = f"{key_prefix}abort:"
         self.claim_prefix = f"{key_prefix}claim:"
-        self._claim = self.client.register_script(_CLAIM)  # one script for one claim and for many
-        self._local = threading.local()
         self._cancel_pending = self.client.register_script(_CANCEL_PENDING)
-        self._fetch_claim = None
 
     def claim_key(self, status_id):
         return f"{self.claim_prefix}{status_id}"
@@ -193,19 +188,10 @@ class RedisAbortBackend(AbortBackend):
         return keys, [CLAIM_TTL, *counts]
 
     def claim(self, status_id, parent_id=None):
+        # A worker thread's own claim (when its consumer could not claim the message): on a
+        # connection of this thread's own (usertasks.rediscalls).
         keys, args = self._claim_args([(status_id, parent_id)])
-        # A worker thread's own claim (when its consumer's batch claim failed): a connection of
-        # this thread's own, without the pool's checkout (a lock and a readiness poll).
-        conn = self._thread_connection()
-        try:
-            conn.send_command("EVALSHA", self._claim.sha, len(keys), *keys, *args)
-            return int(conn.read_response()[0])
-        except redis.exceptions.NoScriptError:
-            return int(self._claim(keys=keys, args=args)[0])  # loads the script, then runs it
-        except BaseException:
-            self._local.conn = None  # in an unknown state: never reused
-            conn.disconnect()
-            raise
+        return int(_CLAIM_SCRIPT(self.client, keys, args)[0])
 
     def claim_many(self, tasks):
         """:meth:`claim` for many ``(status_id, parent_id)`` pairs in one round trip; returns
@@ -213,37 +199,27 @@ class RedisAbortBackend(AbortBackend):
         if not tasks:
             return []
         keys, args = self._claim_args(tasks)
-        return [int(r) for r in self._claim(keys=keys, args=args)]
+        return [int(r) for r in _CLAIM_SCRIPT(self.client, keys, args)]
 
     def fetch_and_claim(self, broker, queue_name, count, status_option, parent_option):
-        """For a consumer of ``broker`` (a ``RedisBroker`` on this Redis), on the calling
-        thread's own connection: fetch up to ``count`` messages of ``queue_name`` as Dramatiq's
-        fetch does and claim the tracked ones (those with ``status_option``) in the same round
-        trip.  Returns ``(data, claims)``: the messages' data for the consumer's cache, and
-        ``(message_id, status_id, parent_id or None, result)`` for each tracked one."""
+        """For a consumer of ``broker`` (a ``RedisBroker`` on this Redis whose messages are
+        JSON), on the calling thread's own connection: fetch up to ``count`` messages of
+        ``queue_name`` as Dramatiq's fetch does and claim the tracked ones (those with
+        ``status_option``) in the same round trip.  Returns ``(data, claims)``: the messages'
+        data for the consumer's cache, and ``(message_id, status_id, parent_id or None,
+        result)`` for each tracked one."""
         from dramatiq.common import current_millis
 
-        if self._fetch_claim is None:
-            self._fetch_claim = self.client.register_script(_FETCH_CLAIM)
         args = (queue_name, broker.broker_id, current_millis(), min(count, FETCH_MAX), self.prefix,
                 self.claim_prefix, CLAIM_TTL, status_option, parent_option)
-        conn = self._thread_connection()
-        try:
-            try:
-                conn.send_command("EVALSHA", self._fetch_claim.sha, 1, broker.namespace, *args)
-                data, flat = conn.read_response()
-            except redis.exceptions.NoScriptError:
-                self.client.script_load(_FETCH_CLAIM)
-                conn.send_command("EVALSHA", self._fetch_claim.sha, 1, broker.namespace, *args)
-                data, flat = conn.read_response()
-        except BaseException:
-            self._local.conn = None  # in an unknown state: never reused
-            conn.disconnect()
-            raise
-        claims = [
-            (_text(flat[i]), int(flat[i + 1]), int(flat[i + 2]) if flat[i + 2] else None, int(flat[i + 3]))
-            for i in range(0, len(flat), 4)
-        ]
+        reply = _FETCH_CLAIM_SCRIPT(self.client, (broker.namespace,), args)
+        if not reply:
+            return [], []
+        data = [d or None for d in reply[0].split(b"\0")]
+        claims = []
+        for entry in reply[1:]:
+            result, task, parent, message_id = entry.split(b"\0", 3)
+            claims.append((message_id.decode(), int(task), int(parent) if parent else None, int(result)))
         return data, claims
 
     def shares_server(self, client):
@@ -251,15 +227,6 @@ class RedisAbortBackend(AbortBackend):
         flags."""
         mine, theirs = self.client.connection_pool.connection_kwargs, client.connection_pool.connection_kwargs
         return all(mine.get(k) == theirs.get(k) for k in ("host", "port", "db", "path", "username"))
-
-    def _thread_connection(self):
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            pool = self.client.connection_pool
-            conn = local.conn = pool.connection_class(**pool.connection_kwargs)
-            local.pid = os.getpid()
-        return conn
 
     def cancel_pending(self, status_id):
         return status_id in self.cancel_pending_many([status_id])
