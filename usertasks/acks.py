@@ -53,7 +53,7 @@ def install(consumer_thread):
         return
 
     def post_process_message(message):
-        op = getattr(message, PENDING, None)
+        op = vars(message).get(PENDING)  # set on the proxy, if at all (no forwarding to the message)
         if op is None or op.done.is_set():
             return original(message)
         setattr(message, PENDING, None)

@@ -23,7 +23,7 @@ ALIASES = {
     "database": "usertasks.abort.database.DatabaseAbortBackend",
 }
 
-_cache = {}  # pid -> (database NAME, broker, backend)
+_cache = {}  # pid -> (settings dict of the database of the status rows, its NAME, broker, backend)
 _lock = threading.Lock()
 
 
@@ -48,25 +48,36 @@ def backend_path():
 def get_backend():
     """The abort backend of this process.  Made once per process and kept while the database
     and the broker stay the same; a change of the ``USERTASKS`` or database settings
-    (``setting_changed``, as in tests) makes the next call build a new one.  Called once per
-    message by the worker, so the common case is two lookups."""
+    (``setting_changed``, as in tests) makes the next call build a new one.  Called for every
+    fetched batch and message, so the common case reads three values it already holds."""
+    import dramatiq.broker
+
+    entry = _cache.get(os.getpid())
+    if entry is not None:
+        settings_dict, database, broker, backend = entry
+        if settings_dict.get("NAME") == database and dramatiq.broker.global_broker is broker:
+            return backend
+    return _build_backend()
+
+
+def _build_backend():
     from django.db import connections, router
     from django.utils.module_loading import import_string
 
     from ..broker import configured_broker
     from ..models import UserTaskStatus
 
-    broker = configured_broker()
-    database = connections[router.db_for_write(UserTaskStatus)].settings_dict.get("NAME")
-    entry = _cache.get(os.getpid())
-    if entry is None or entry[0] != database or entry[1] is not broker:
-        with _lock:
-            entry = _cache.get(os.getpid())
-            if entry is None or entry[0] != database or entry[1] is not broker:
-                entry = (database, broker, import_string(backend_path())())
-                _cache.clear()
-                _cache[os.getpid()] = entry
-    return entry[2]
+    with _lock:
+        broker = configured_broker()
+        # The connection's settings dict is the one a test runner renames to its test database.
+        settings_dict = connections[router.db_for_write(UserTaskStatus)].settings_dict
+        database = settings_dict.get("NAME")
+        entry = _cache.get(os.getpid())
+        if entry is None or entry[1] != database or entry[2] is not broker or entry[0] is not settings_dict:
+            entry = (settings_dict, database, broker, import_string(backend_path())())
+            _cache.clear()
+            _cache[os.getpid()] = entry
+        return entry[3]
 
 
 @receiver(setting_changed, dispatch_uid="usertasks.abort.settings")

@@ -132,7 +132,8 @@ class UserTaskAbort(Middleware):
         install_poller()
 
     def before_process_message(self, broker, message):
-        status_id = message.options.get(STATUS_OPTION)
+        options = message.options
+        status_id = options.get(STATUS_OPTION)
         if status_id is None:
             return
         try:
@@ -142,13 +143,13 @@ class UserTaskAbort(Middleware):
         if not isinstance(actor, UserTaskActor):
             return
         install_poller()
-        claimed = getattr(message, PREFETCH_CLAIM, None)
+        claimed = vars(message).get(PREFETCH_CLAIM)  # set on the proxy, if at all (no forwarding)
         if claimed is not None:
             reason, wait = self.claimed_at_prefetch(status_id, claimed)
         else:
-            reason, wait = self.claim(status_id, message.options.get(PARENT_OPTION))
+            reason, wait = self.claim(status_id, options.get(PARENT_OPTION))
         # Read by the tracking middleware: must the body wait until its start is stored?
-        message._usertasks_wait_start = wait
+        setattr(message, WAIT_START, wait)
         if reason is not None:
             self.skip(message, status_id, reason)
 
@@ -237,6 +238,8 @@ def _canceled_op(status_id, parent_id):
 
 #: Message attribute (on Dramatiq's ``MessageProxy``) carrying the result of the prefetch claim.
 PREFETCH_CLAIM = "_usertasks_claim"
+#: Message attribute telling the tracking middleware whether the body waits for its stored start.
+WAIT_START = "_usertasks_wait_start"
 #: Seconds after which a prefetched claim no longer watched is forgotten (its consumer went away
 #: with the message; the broker delivers it again, and that delivery claims again).
 PREFETCH_FORGET = 3600.0

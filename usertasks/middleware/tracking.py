@@ -23,6 +23,7 @@ from ..fanout import CHILD_OPTION, PARENT_OPTION
 from ..signals import emit_task_finished, receivers_act, task_finished
 from ..states import ACTIVE_STATES, State
 from ..writer import Op, get_writer, stop_writer
+from .abort import WAIT_START
 
 # The models are imported where they are used, once the app registry is ready, and by absolute
 # name: the hooks below run for every message, and a relative import statement costs a call of
@@ -46,27 +47,28 @@ class UserTaskTracking(Middleware):
             return
         from usertasks.models import EventKind, UserTaskEvent
 
-        status_id = message.options.get(STATUS_OPTION)
+        options = message.options  # (a MessageProxy forwards each attribute read in Python)
+        status_id = options.get(STATUS_OPTION)
         ctx = TaskContext(
             status_id=status_id,
             message_id=message.message_id,
             actor_name=actor.actor_name,
-            attempt=message.options.get("retries", 0) + 1,
+            attempt=options.get("retries", 0) + 1,
             options=actor.usertask_options,
         )
         ctx.broker_message = message
-        ctx.parent_id = message.options.get(PARENT_OPTION)  # a fan-out child or pipeline stage
+        ctx.parent_id = options.get(PARENT_OPTION)  # a fan-out child or pipeline stage
         _current.set(ctx)
         if status_id is None:
             return
-        if CHILD_OPTION in message.options:
+        if CHILD_OPTION in options:
             # One of thousands of subtasks: its row says when it started and ended; the events
             # are kept for what goes wrong (failures, retries, cancels).
             ctx.quiet = not app_settings.FANOUT_CHILD_EVENTS
         # Set by UserTaskAbort: a first claim in an atomic abort store lets the body start at
         # once, and the writer may then fold this start into the run's end (one UPDATE for a
         # short task).  Otherwise the body waits until its guarded start is stored.
-        ctx.wait_for_start = getattr(message, "_usertasks_wait_start", True)
+        ctx.wait_for_start = vars(message).get(WAIT_START, True)
         writer = get_writer()
         writer.register(ctx)
         events = () if ctx.quiet else [UserTaskEvent.of_run(status_id, EventKind.STARTED, ctx.attempt, ctx.worker)]
