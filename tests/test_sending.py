@@ -485,3 +485,42 @@ def test_bulk_enqueue_stores_what_the_broker_would(dead_broker):
             return super().enqueue(message, delay=delay)
 
     assert _enqueue_chunk(Custom(client=client)) is _enqueue_pipelined
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="array literals are for PostgreSQL's unnest")
+def test_array_literals_give_back_the_values(user):
+    """bulk.literal writes the arrays of the bulk statements as text: what PostgreSQL reads back
+    is what was written, whatever the characters."""
+    import uuid
+
+    from django.utils import timezone
+
+    from usertasks import bulk
+
+    field = UserTaskStatus._meta.get_field
+    texts = ['plain', '', 'NULL', None, 'a "quoted" word', 'back\\slash \\" both', '{braces}, commas',
+             'new\nline\ttab', 'ünïcødé ✓', "'single'"]
+    now = timezone.now()
+    cases = [
+        (field("name"), "varchar(255)", texts),
+        (field("error"), "text", texts),
+        (field("completed_steps"), "bigint", [0, 1, 2**62, None]),
+        (field("user"), "integer", [1, 2, 3]),
+        (field("created"), "timestamptz", [now, None, now.replace(microsecond=0)]),
+        (field("is_container"), "boolean", [True, False, None]),
+        (field("uuid"), "uuid", [uuid.uuid4(), None]),
+    ]
+    with connection.cursor() as cursor:
+        for f, db_type, values in cases:
+            prepared = [None if v is None else f.get_db_prep_save(v, connection) for v in values]
+            text = bulk.literal(prepared, f, connection)
+            assert isinstance(text, str)
+            cursor.execute(f"SELECT unnest(%s::{db_type}[])", [text])
+            assert [row[0] for row in cursor.fetchall()] == values, f.name
+        options = field("options")
+        docs = [{"a": 'x"y\\z', "n": [1, None]}, {}, None]
+        text = bulk.literal([None if d is None else options.get_db_prep_save(d, connection) for d in docs], options,
+                            connection)
+        cursor.execute("SELECT unnest(%s::jsonb[])", [text])
+        assert [row[0] if row[0] is None or isinstance(row[0], dict) else json.loads(row[0])
+                for row in cursor.fetchall()] == docs

@@ -182,10 +182,64 @@ def arrays(fields, connection):
 
 
 def columns(objs, fields, connection):
-    """The database values of ``fields`` of ``objs``, one list per field (``unnest`` arrays)."""
+    """The database values of ``fields`` of ``objs``, one array per field (``unnest``), each as
+    :func:`literal` makes it."""
     flat = _values(objs, fields, connection)
     width = len(fields)
-    return [flat[j::width] for j in range(width)]
+    return [literal(flat[j::width], field, connection) for j, field in enumerate(fields)]
+
+
+def literal(values, field, connection):
+    """PostgreSQL: ``values`` (database values of ``field``) as the text of an array literal,
+    for a ``%s::<type>[]`` parameter.  psycopg dumps a Python list element by element in Python
+    (about 0.6 µs each, in binary); this is a few string operations per column.  Types it does
+    not know are left as the list, which psycopg dumps."""
+    kind = _kind(field, connection)
+    if kind is None:
+        return values
+    if kind == "int":
+        items = ["NULL" if v is None else str(int(v)) for v in values] if None in values else map(str, values)
+    elif kind == "text":
+        items = ["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+    elif kind == "datetime":
+        items = ["NULL" if v is None else v.isoformat() for v in values]
+    elif kind == "bool":
+        items = ["NULL" if v is None else ("t" if v else "f") for v in values]
+    elif kind == "uuid":
+        items = ["NULL" if v is None else str(v) for v in values]
+    else:  # jsonb: psycopg's Jsonb wrapper (Django's adapt_json_value), or JSON text
+        items = []
+        for v in values:
+            if v is None:
+                items.append("NULL")
+                continue
+            text = v.dumps(v.obj) if hasattr(v, "dumps") and hasattr(v, "obj") else str(v)
+            items.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"
+
+
+_kinds = {}
+
+
+def _kind(field, connection):
+    """How :func:`literal` writes values of ``field``: ``int``, ``text``, ``datetime``, ``bool``,
+    ``uuid``, ``json``, or ``None`` (left to psycopg)."""
+    key = (field, connection.vendor)
+    kind = _kinds.get(key, _UNSET)
+    if kind is _UNSET:
+        db_type = (field.db_type(connection) or "").lower()
+        if db_type in ("bigint", "integer", "smallint", "bigserial", "serial", "smallserial"):
+            kind = "int"
+        elif db_type == "text" or db_type.startswith(("varchar", "character varying")):
+            kind = "text"
+        elif db_type == "timestamp with time zone":
+            kind = "datetime"
+        else:
+            kind = {"boolean": "bool", "uuid": "uuid", "jsonb": "json"}.get(db_type)
+        if len(_kinds) > 256:
+            _kinds.clear()
+        _kinds[key] = kind
+    return kind
 
 
 def _values(objs, fields, connection):

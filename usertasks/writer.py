@@ -555,7 +555,8 @@ class _Statements:
                 params.append(where["worker"])
         if self.connection.vendor == "postgresql":  # one array per column
             width = len(params) // len(indexes)
-            params = [params[j::width] for j in range(width)]
+            fields = self._fields(names, any(k == "worker" for k, _ in wkey))
+            params = [bulk.literal(params[j::width], fields[j], self.connection) for j in range(width)]
         for key, value in wkey:
             if key.endswith("__in"):
                 params.extend(value)
@@ -602,8 +603,7 @@ class _Statements:
                 value = f"{self.greatest}({t}.{col} + 1, {value})"
             sets.append(f"{col} = {value}")
         if pg:
-            fields = [UserTaskStatus._meta.get_field(n) for n in ("id",) + names + (("worker",) if worker else ())]
-            source = f"unnest({bulk.arrays(fields, self.connection)}) AS v({', '.join(cols)})"
+            source = f"unnest({bulk.arrays(self._fields(names, worker), self.connection)}) AS v({', '.join(cols)})"
         else:
             select = ", ".join(f"column{j + 1} AS {c}" for j, c in enumerate(cols))
             values = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * rows)
@@ -625,6 +625,18 @@ class _Statements:
             f"WHERE {' AND '.join(conds)} RETURNING {t}.{self.columns['pk']}"
         )
         return self._keep(key, sql)
+
+    def _fields(self, names, worker):
+        """The fields of the columns of a multi-row UPDATE of ``names``: the key, the fields
+        set, then the guard on the run's worker token if there is one."""
+        key = ("fields", names, worker)
+        fields = self.cache.get(key)
+        if fields is None:
+            from .models import UserTaskStatus
+
+            get = UserTaskStatus._meta.get_field
+            fields = self._keep(key, [get(n) for n in ("id",) + names + (("worker",) if worker else ())])
+        return fields
 
     def _adapt(self, value):
         if isinstance(value, NextAttempt):
