@@ -10,7 +10,9 @@ statement whose text does not grow with the rows) or ``INSERT ... VALUES (...), 
 RETURNING pk`` per batch on SQLite.
 """
 
+import itertools
 import logging
+import operator
 import sqlite3
 
 from django.db import DatabaseError, OperationalError, connections
@@ -184,9 +186,7 @@ def arrays(fields, connection):
 def columns(objs, fields, connection):
     """The database values of ``fields`` of ``objs``, one array per field (``unnest``), each as
     :func:`literal` makes it."""
-    flat = _values(objs, fields, connection)
-    width = len(fields)
-    return [literal(flat[j::width], field, connection) for j, field in enumerate(fields)]
+    return [literal(values, field, connection) for values, field in zip(_columns(objs, fields, connection), fields)]
 
 
 def literal(values, field, connection):
@@ -197,8 +197,18 @@ def literal(values, field, connection):
     kind = _kind(field, connection)
     if kind is None:
         return values
+    n = len(values)
+    if n > 1 and values.count(values[0]) == n and len(set(map(type, values))) == 1:
+        # One value for every row (state, user, time, options... of a batch): written once.
+        item = literal(values[:1], field, connection)[1:-1]
+        return "{" + ",".join([item] * n) + "}"
     if kind == "int":
-        items = ["NULL" if v is None else str(int(v)) for v in values] if None in values else map(str, values)
+        # int.__repr__ in C, also for psycopg's Int2/Int4/Int8 wrappers (Django's integer values
+        # on psycopg 3), whose own __str__ is Python.
+        if None in values:
+            items = ["NULL" if v is None else int.__repr__(v) for v in values]
+        else:
+            items = map(int.__repr__, values)
     elif kind == "text":
         items = ["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
     elif kind == "datetime":
@@ -243,27 +253,54 @@ def _kind(field, connection):
 
 
 def _values(objs, fields, connection):
-    """The database values of ``fields`` of ``objs``, row after row.  A value is prepared only
-    when it differs from the same field's value in the previous row (rows of one batch share
-    most of theirs: user, actor, time, options).  A field stamped on save (``auto_now``) gets
-    one time for the whole batch."""
+    """The database values of ``fields`` of ``objs``, row after row (see :func:`_columns`)."""
+    return list(itertools.chain.from_iterable(zip(*_columns(objs, fields, connection))))
+
+
+def _plain_text():
+    from django.db import models
+
+    return (models.CharField, models.TextField)
+
+
+_PLAIN_TEXT = _plain_text()
+
+
+def _columns(objs, fields, connection):
+    """The database values of ``fields`` of ``objs``, one list per field.  The raw values are
+    read with one ``attrgetter`` call per row; a column whose rows share one value (user, actor,
+    time, options...) is prepared once, and in the others a value is prepared only when it
+    differs from the previous row's.  A field stamped on save (``auto_now``) gets one time for
+    the whole batch."""
+    if not objs:
+        return [[] for _ in fields]
     for field in fields:
-        if _stamped(field) and objs:
+        if _stamped(field):
             stamp = field.pre_save(objs[0], True)
             for obj in objs[1:]:
                 setattr(obj, field.attname, stamp)
-    last_raw = [_UNSET] * len(fields)
-    last_value = [None] * len(fields)
-    values = []
-    for obj in objs:
-        for j, field in enumerate(fields):
-            raw = getattr(obj, field.attname)
-            previous = last_raw[j]
+    get = operator.attrgetter(*(f.attname for f in fields))
+    raws = [get(obj) for obj in objs] if len(fields) > 1 else [(get(obj),) for obj in objs]
+    columns = []
+    n = len(objs)
+    for field, column in zip(fields, zip(*raws)):
+        prep = field.get_db_prep_save
+        first = column[0]
+        types = set(map(type, column))
+        if len(types) == 1 and column.count(first) == n:
+            columns.append([prep(first, connection=connection)] * n)
+            continue
+        if types == {str} and type(field) in _PLAIN_TEXT:
+            columns.append(list(column))  # Django stores a str of a plain text field as it is
+            continue
+        values = []
+        previous, value = _UNSET, None
+        for raw in column:
             if raw is not previous and (type(raw) is not type(previous) or raw != previous):
-                last_raw[j] = raw
-                last_value[j] = field.get_db_prep_save(raw, connection=connection)
-            values.append(last_value[j])
-    return values
+                previous, value = raw, prep(raw, connection=connection)
+            values.append(value)
+        columns.append(values)
+    return columns
 
 
 def insert_with_event(obj, event, using):
