@@ -216,7 +216,7 @@ class Writer:
             try:
                 interval = float(app_settings.PROGRESS_INTERVAL)
                 limit = int(app_settings.WRITE_BATCH_SIZE)
-                linger = float(app_settings.WRITE_LINGER)
+                linger = _seconds(app_settings.WRITE_LINGER)
                 with self._cond:
                     self._linger_limit = limit
                     now = time.monotonic()
@@ -373,6 +373,16 @@ class Writer:
                 bulk.insert(events, db)
             fanout.end_batch(rows)
         _settle(ops, applied)
+
+
+def _seconds(value):
+    """A linger setting as seconds in [0, 1]; anything else (reported by ``usertasks.E008``)
+    means no linger, so a mistyped setting cannot stop the writer."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(max(value, 0.0), 1.0)
 
 
 def _settle(ops, applied):
