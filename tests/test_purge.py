@@ -138,3 +138,36 @@ def test_purge_with_a_worker_removes_files_and_leaves_running_tasks(start_worker
     assert busy.state == State.IN_PROGRESS
     busy.cancel()
     wait_final(busy, timeout=60)
+
+
+def test_a_batch_that_finds_the_database_locked_is_tried_again(user, monkeypatch):
+    """Another writer holding the lock (SQLite's "database is locked" when a transaction that has
+    read must write) rolls the batch back whole; it is tried again, files included."""
+    from django.db import OperationalError
+
+    from usertasks import purge as purge_module
+
+    old = task(user)
+    names = stored(old)
+    calls = []
+    files = purge_module._files
+
+    def locked_twice(*args):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OperationalError("database is locked")
+        return files(*args)
+
+    monkeypatch.setattr(purge_module, "_files", locked_twice)
+    monkeypatch.setattr(purge_module.time, "sleep", lambda s: None)
+    result = purge()
+    assert (result.tasks, result.files, len(calls)) == (1, 1, 3)
+    assert not UserTaskStatus.objects.filter(pk=old.pk).exists()
+    assert not artifact_storage().exists(names[0])
+
+    other = task(user)
+    calls.clear()
+    monkeypatch.setattr(purge_module, "_files", lambda *a: (_ for _ in ()).throw(OperationalError("no such table: x")))
+    with pytest.raises(OperationalError, match="no such table"):
+        purge()  # not a lock: raised at once
+    assert UserTaskStatus.objects.filter(pk=other.pk).exists()

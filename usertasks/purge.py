@@ -17,17 +17,21 @@ Entry points: ``manage.py usertasks_purge`` (``--dry-run``, ``--older-than``), t
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import dramatiq
-from django.db import router, transaction
+from django.db import OperationalError, router, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from .states import FINAL_STATES
 
 logger = logging.getLogger("usertasks.purge")
+
+#: Times a batch is tried again when another writer holds the database's lock.
+LOCK_RETRIES = 8
 
 __all__ = ["PurgeResult", "expired_tasks", "parse_age", "purge", "purge_expired_tasks"]
 
@@ -185,7 +189,8 @@ def _delete(ids, cutoff, db, result):
     from .models import UserTaskArtifact, UserTaskEvent, UserTaskStatus
 
     rows = UserTaskStatus.objects.using(db)
-    for _ in range(3):
+    changed, locked = 0, 0
+    while changed < 3:
         try:
             with transaction.atomic(using=db):
                 guard = rows.filter(pk__in=ids, state__in=FINAL_STATES).exclude(
@@ -211,7 +216,16 @@ def _delete(ids, cutoff, db, result):
             result.files += len(files)
             return deleted, len(ids) - deleted
         except _Changed:
-            continue
+            changed += 1
+        except OperationalError as exc:
+            # Another writer holds the lock (SQLite's "database is locked" when a transaction
+            # that has read must write, a deadlock elsewhere): the batch is one short
+            # transaction, rolled back whole; try it again after a pause.
+            text = str(exc).lower()
+            if "lock" not in text or locked >= LOCK_RETRIES:
+                raise
+            locked += 1
+            time.sleep(min(0.05 * 2 ** locked, 2.0))
     return 0, len(ids)
 
 
