@@ -204,6 +204,19 @@ def emit(obj):
     print(json.dumps(obj), flush=True)
 
 
+def stolen_seconds():
+    """CPU seconds the hypervisor has given this VM's virtual CPUs to others since boot (the
+    ``steal`` column of ``/proc/stat``; 0 where there is none).  On a shared VM the same run can
+    take twice as long when its neighbours are busy: the benchmarks record how much was stolen
+    during each run, so a slow run can be told from a slow code path."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+        return int(fields[7]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def wait_until(predicate, timeout, interval=0.01, what="condition"):
     deadline = time.monotonic() + timeout
     while True:

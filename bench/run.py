@@ -174,7 +174,8 @@ class Bench:
                                                          "--sleep", "--log", self.log_file])
                         pair[processes] = r["median"]
                         rates[processes].append(r["median"])
-                        log(f"   {r['median']:.0f} tasks/s")
+                        steal = r["runs"][0].get("steal")
+                        log(f"   {r['median']:.0f} tasks/s" + ("" if steal is None else f" ({100 * steal:.0f} % stolen)"))
                     except Exception as exc:
                         log(f"   FAILED: {str(exc)[-1500:]}")
                 if 1 in pair and 2 in pair:

@@ -124,12 +124,15 @@ def check(n):
 
 
 def one_run(broker, send, n, timeout):
+    stolen = common.stolen_seconds()
     t0 = time.perf_counter()
     send(n)
     t_sent = time.perf_counter()
     common.wait_until(lambda: pending(broker) == 0, timeout, interval=0.005, what="the queue to drain")
     t1 = time.perf_counter()
-    return {"seconds": t1 - t0, "enqueue_seconds": t_sent - t0, "rate": n / (t1 - t0)}
+    # Share of the machine's CPU time the hypervisor gave to other VMs during the run.
+    steal = (common.stolen_seconds() - stolen) / ((t1 - t0) * (os.cpu_count() or 1))
+    return {"seconds": t1 - t0, "enqueue_seconds": t_sent - t0, "rate": n / (t1 - t0), "steal": round(steal, 3)}
 
 
 def cmd_migrate(args):
@@ -167,7 +170,8 @@ def cmd_throughput(args):
             run["checked"] = check(args.n)
             connections.close_all()
             runs.append(run)
-            print(f"   {variant()}: {run['rate']:.0f} tasks/s", file=sys.stderr, flush=True)
+            print(f"   {variant()}: {run['rate']:.0f} tasks/s ({100 * run['steal']:.0f} % of the CPU time stolen)",
+                  file=sys.stderr, flush=True)
     rates = [r["rate"] for r in runs]
     common.emit({
         "variant": variant(), "enqueue": args.enqueue if variant() == "tracked" else "send",
