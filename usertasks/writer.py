@@ -556,23 +556,36 @@ class _Statements:
     def _many(self, plans, names, wkey, indexes):
         """SQL and parameters of one multi-row UPDATE ... RETURNING pk for one shape."""
         sql = self._many_sql(names, wkey, len(indexes))
-        params = []
-        for i in indexes:
-            fields, where = plans[i]
-            params.append(where["pk"])
-            params.extend(self._adapt(v) for v in fields.values())
-            if "worker" in where:
-                params.append(where["worker"])
-        if self.connection.vendor == "postgresql":  # one array per column
-            width = len(params) // len(indexes)
-            fields = self._fields(names, any(k == "worker" for k, _ in wkey))
-            params = [bulk.literal(params[j::width], fields[j], self.connection) for j in range(width)]
+        if self.connection.vendor == "postgresql":
+            params = self._many_arrays(plans, names, any(k == "worker" for k, _ in wkey), indexes)
+        else:
+            params = []
+            for i in indexes:
+                fields, where = plans[i]
+                params.append(where["pk"])
+                params.extend(self._adapt(v) for v in fields.values())
+                if "worker" in where:
+                    params.append(where["worker"])
         for key, value in wkey:
             if key.endswith("__in"):
                 params.extend(value)
             elif key == "state":
                 params.append(value)
         return sql, params
+
+    def _many_arrays(self, plans, names, worker, indexes):
+        """PostgreSQL: the parameters of :meth:`_many`, one array literal per column (the keys,
+        each field set, the worker tokens of the guard)."""
+        columns = [[plans[i][1]["pk"] for i in indexes]]
+        for name in names:
+            values = [plans[i][0][name] for i in indexes]
+            if name == "attempts":
+                values = [v.n if isinstance(v, NextAttempt) else v for v in values]
+            columns.append(values)
+        if worker:
+            columns.append([plans[i][1]["worker"] for i in indexes])
+        fields = self._fields(names, worker)
+        return [bulk.literal(values, field, self.connection) for values, field in zip(columns, fields)]
 
     @property
     def multi_row(self):
