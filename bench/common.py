@@ -204,6 +204,59 @@ def emit(obj):
     print(json.dumps(obj), flush=True)
 
 
+class CpuMeter:
+    """CPU seconds spent since it was made (Linux ``/proc``; empty elsewhere): ``busy`` by the
+    whole machine (every core, every process, and ``steal``: time the hypervisor gave the
+    virtual CPUs to someone else, which a shared VM counts as busy), ``workers`` by the worker
+    processes (the session ``session`` started for them), ``driver`` by this process (the
+    sending), ``servers`` by the PostgreSQL and Redis processes alive at both reads.  ``ours``
+    is workers + driver + servers: the work the run cost, whatever else the machine did."""
+
+    SERVERS = ("postgres", "redis-server")
+
+    def __init__(self, session):
+        self.session = session
+        self.start = self.read()
+
+    def read(self):
+        if not os.path.exists("/proc/stat"):
+            return {}
+        tick = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        workers, servers = 0, {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            name = raw[raw.index("(") + 1:raw.rindex(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            used = int(fields[11]) + int(fields[12])  # utime, stime
+            if int(fields[3]) == self.session:  # session id
+                workers += used
+            elif name in self.SERVERS:
+                servers[entry] = used
+        own = os.times()
+        steal = ticks[7] if len(ticks) > 7 else 0
+        return {"busy": (sum(ticks) - ticks[3] - ticks[4]) / tick, "steal": steal / tick, "workers": workers / tick,
+                "driver": own.user + own.system, "servers": servers, "tick": tick}
+
+    def since(self):
+        now = self.read()
+        if not now:
+            return {}
+        out = {k: round(now[k] - self.start[k], 2) for k in ("busy", "steal", "workers", "driver")}
+        # Server processes alive at both reads (PostgreSQL backends of the workers, Redis).
+        out["servers"] = round(sum(v - self.start["servers"].get(pid, v) for pid, v in now["servers"].items())
+                               / now["tick"], 2)
+        out["ours"] = round(out["workers"] + out["driver"] + out["servers"], 2)
+        return out
+
+
 def stolen_seconds():
     """CPU seconds the hypervisor has given this VM's virtual CPUs to others since boot (the
     ``steal`` column of ``/proc/stat``; 0 where there is none).  On a shared VM the same run can

@@ -40,6 +40,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import common  # noqa: E402  (bench/, the script's own directory)
+
 
 def ensure_postgres_database(url):
     import dj_database_url
@@ -144,12 +146,12 @@ def main():
 
 def one_size(t, r, user, n, label, worker_session):
     """One run of each of the three ways to process ``n`` children: seconds, and CPU seconds
-    (see :class:`Cpu`) of the untracked run and of the fan-out."""
+    (see ``common.CpuMeter``) of the untracked run and of the fan-out."""
     from usertasks.models import UserTaskStatus
     from usertasks.states import FINAL_STATES
 
     key = f"side-effect:fanchild:untracked{label}"
-    cpu = Cpu(worker_session)
+    cpu = common.CpuMeter(worker_session)
     t0 = time.perf_counter()
     for i in range(n):
         t.fan_child.send(i=i, label=f"untracked{label}")
@@ -164,7 +166,7 @@ def one_size(t, r, user, n, label, worker_session):
     plain = time.perf_counter() - t0
     UserTaskStatus.objects.filter(task_class="fan_child").delete()
 
-    cpu = Cpu(worker_session)
+    cpu = common.CpuMeter(worker_session)
     t0 = time.perf_counter()
     status = t.fan_parent.send_for(user, n, label=f"tracked{label}")
     wait(lambda: UserTaskStatus.objects.filter(pk=status.pk, state__in=FINAL_STATES).exists(), 3600, 0.05)
@@ -177,59 +179,6 @@ def one_size(t, r, user, n, label, worker_session):
           f"separate tracked tasks {plain:6.2f} s; CPU s untracked {untracked_cpu}, fan-out {tracked_cpu}", flush=True)
     return {"tracked_s": round(tracked, 3), "untracked_s": round(untracked, 3), "plain_tracked_s": round(plain, 3),
             "untracked_cpu": untracked_cpu, "tracked_cpu": tracked_cpu}
-
-
-class Cpu:
-    """CPU seconds spent since it was made (Linux ``/proc``; empty elsewhere): ``busy`` by the
-    whole machine (every core, every process, and ``steal``: time the hypervisor gave the
-    virtual CPUs to someone else, which a shared VM counts as busy), ``workers`` by the Dramatiq
-    worker processes (the session started for them), ``driver`` by this process (the untracked
-    run's ``send()`` loop), ``servers`` by the PostgreSQL and Redis processes.  ``ours`` is
-    workers + driver + servers: the work the run cost, whatever else the machine did."""
-
-    SERVERS = ("postgres", "redis-server")
-
-    def __init__(self, session):
-        self.session = session
-        self.start = self.read()
-
-    def read(self):
-        if not os.path.exists("/proc/stat"):
-            return {}
-        tick = os.sysconf("SC_CLK_TCK")
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-        workers, servers = 0, {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    raw = f.read()
-            except OSError:
-                continue
-            name = raw[raw.index("(") + 1:raw.rindex(")")]
-            fields = raw.rsplit(")", 1)[1].split()
-            used = int(fields[11]) + int(fields[12])  # utime, stime
-            if int(fields[3]) == self.session:  # session id
-                workers += used
-            elif name in self.SERVERS:
-                servers[entry] = used
-        own = os.times()
-        steal = ticks[7] if len(ticks) > 7 else 0
-        return {"busy": (sum(ticks) - ticks[3] - ticks[4]) / tick, "steal": steal / tick, "workers": workers / tick,
-                "driver": own.user + own.system, "servers": servers, "tick": tick}
-
-    def since(self):
-        now = self.read()
-        if not now:
-            return {}
-        out = {k: round(now[k] - self.start[k], 2) for k in ("busy", "steal", "workers", "driver")}
-        # Server processes alive at both reads (PostgreSQL backends of the workers, Redis).
-        out["servers"] = round(sum(v - self.start["servers"].get(pid, v) for pid, v in now["servers"].items())
-                               / now["tick"], 2)
-        out["ours"] = round(out["workers"] + out["driver"] + out["servers"], 2)
-        return out
 
 
 def bench_purge(user, n):

@@ -135,7 +135,11 @@ class Bench:
                 res = {"error": str(exc)[-3000:]}
             res.update({"key": key, "db": kind, "conn_max_age": cma})
             if "median" in res:
-                log(f"   median {res['median']:.0f} tasks/s over {len(res['runs'])} runs")
+                cpu = [r["cpu_ms_per_task"] for r in res["runs"] if "cpu_ms_per_task" in r]
+                if cpu:
+                    res["cpu_ms_per_task"] = statistics.median(cpu)
+                log(f"   median {res['median']:.0f} tasks/s over {len(res['runs'])} runs"
+                    + (f", {res['cpu_ms_per_task']:.2f} ms of CPU per task" if cpu else ""))
             rows.append(res)
 
         record("raw", None, lambda: self.ours(main_db, "raw", self.tp_args()))
@@ -164,6 +168,7 @@ class Bench:
         for variant in ("tracked", "raw"):
             rates = {1: [], 2: []}
             ratios = []
+            cpu = {}
             for k in range(a.runs):
                 pair = {}
                 for processes in (1, 2):
@@ -174,14 +179,17 @@ class Bench:
                                                          "--sleep", "--log", self.log_file])
                         pair[processes] = r["median"]
                         rates[processes].append(r["median"])
-                        steal = r["runs"][0].get("steal")
-                        log(f"   {r['median']:.0f} tasks/s" + ("" if steal is None else f" ({100 * steal:.0f} % stolen)"))
+                        run = r["runs"][0]
+                        cpu.setdefault(processes, []).append(run.get("cpu_ms_per_task"))
+                        log(f"   {r['median']:.0f} tasks/s ({100 * run.get('steal', 0):.0f} % of the CPU time stolen, "
+                            f"{run.get('cpu_ms_per_task') or 0:.2f} ms of CPU per task)")
                     except Exception as exc:
                         log(f"   FAILED: {str(exc)[-1500:]}")
                 if 1 in pair and 2 in pair:
                     ratios.append(pair[2] / pair[1])
             res = {p: statistics.median(v) for p, v in rates.items() if v}
             res["runs"] = rates
+            res["cpu_ms_per_task"] = {p: statistics.median([x for x in v if x is not None] or [0]) for p, v in cpu.items()}
             if ratios:
                 res["ratio"] = statistics.median(ratios)
                 res["ratios"] = ratios
@@ -448,9 +456,11 @@ def report(result, kinds, a):
     for kind, sc in (result.get("scaling") or {}).items():
         for variant, res in sc.items():
             if "ratio" in res:
+                cpu = res.get("cpu_ms_per_task") or {}
                 log(f"2 processes vs 1, 5 ms sleep tasks, {kind}, {variant}: {res[1]:.0f} -> {res[2]:.0f} tasks/s "
                     f"(median of the paired runs' ratios {res['ratio']:.2f}×: "
-                    f"{', '.join(f'{x:.2f}' for x in res['ratios'])})")
+                    f"{', '.join(f'{x:.2f}' for x in res['ratios'])}; CPU per task "
+                    f"{cpu.get(1, 0):.2f} / {cpu.get(2, 0):.2f} ms)")
     os.makedirs(common.RESULTS, exist_ok=True)
     path = os.path.join(common.RESULTS, time.strftime("%Y%m%d-%H%M%S") + ".json")
     with open(path, "w") as fh:

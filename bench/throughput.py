@@ -123,8 +123,9 @@ def check(n):
     return done
 
 
-def one_run(broker, send, n, timeout):
+def one_run(broker, send, n, timeout, worker=None):
     stolen = common.stolen_seconds()
+    meter = common.CpuMeter(worker.proc.pid) if worker is not None else None
     t0 = time.perf_counter()
     send(n)
     t_sent = time.perf_counter()
@@ -132,7 +133,12 @@ def one_run(broker, send, n, timeout):
     t1 = time.perf_counter()
     # Share of the machine's CPU time the hypervisor gave to other VMs during the run.
     steal = (common.stolen_seconds() - stolen) / ((t1 - t0) * (os.cpu_count() or 1))
-    return {"seconds": t1 - t0, "enqueue_seconds": t_sent - t0, "rate": n / (t1 - t0), "steal": round(steal, 3)}
+    run = {"seconds": t1 - t0, "enqueue_seconds": t_sent - t0, "rate": n / (t1 - t0), "steal": round(steal, 3)}
+    cpu = meter.since() if meter is not None else {}
+    if cpu:
+        run["cpu"] = cpu
+        run["cpu_ms_per_task"] = round(1000 * cpu["ours"] / n, 3)  # worker, driver, database and Redis
+    return run
 
 
 def cmd_migrate(args):
@@ -166,12 +172,12 @@ def cmd_throughput(args):
             connections.close_all()
             if not worker.alive():
                 raise RuntimeError("the worker process died")
-            run = one_run(broker, send, args.n, args.timeout)
+            run = one_run(broker, send, args.n, args.timeout, worker)
             run["checked"] = check(args.n)
             connections.close_all()
             runs.append(run)
-            print(f"   {variant()}: {run['rate']:.0f} tasks/s ({100 * run['steal']:.0f} % of the CPU time stolen)",
-                  file=sys.stderr, flush=True)
+            print(f"   {variant()}: {run['rate']:.0f} tasks/s ({100 * run['steal']:.0f} % of the CPU time stolen, "
+                  f"{run.get('cpu_ms_per_task', 0):.2f} ms of CPU per task)", file=sys.stderr, flush=True)
     rates = [r["rate"] for r in runs]
     common.emit({
         "variant": variant(), "enqueue": args.enqueue if variant() == "tracked" else "send",
