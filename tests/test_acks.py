@@ -226,7 +226,7 @@ def test_a_batch_of_acknowledgements_is_one_script_call_with_hooks_per_message(r
         assert redis.scard(acks_key) == 5 and redis.hlen("windowtest:window.msgs") == 5
         assert acks._dramatiqs_own(consumer, broker)
         thread = types.SimpleNamespace(consumer=consumer, broker=broker)
-        assert acks._ack_pipelined(thread, messages[:4]) is True
+        assert acks._ack_together(thread, messages[:4]) is True
         assert redis.scard(acks_key) == 1 and redis.hlen("windowtest:window.msgs") == 1
         assert consumer.queued_message_ids == {messages[4].message_id}
         ids = [m.message_id for m in messages[:4]]

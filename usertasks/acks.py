@@ -13,8 +13,9 @@ acknowledgement of a run whose end needs nothing else after its commit to this m
 * The acker thread waits for each such end to be committed, then runs the original
   ``post_process_message``.  Ends are committed in the order they were submitted, so waiting
   for them one after another costs no more than waiting for the last.  On a Redis broker the
-  acknowledgements of everything that committed together go to Redis in one pipeline (the
-  consumer's own ``ack``, with the broker's ``before_ack``/``after_ack`` hooks around each).
+  acknowledgements of everything that committed together go to Redis in one round trip (one
+  script doing Dramatiq's ``ack`` for each message, with the broker's ``before_ack``/``after_ack``
+  hooks around each).
 
 A message is thus still acknowledged only after its final state is durable; what changes is
 which thread waits.  A finished run no longer counts against the prefetch window of a Redis
@@ -239,7 +240,7 @@ class Acker:
 
     @staticmethod
     def _post_process(ready):
-        """Acknowledge committed messages: the successes of one Redis consumer in one pipeline,
+        """Acknowledge committed messages: the successes of one Redis consumer in one round trip,
         everything else through Dramatiq's own ``post_process_message``."""
         groups = {}
         for post_process, message in ready:
@@ -249,7 +250,7 @@ class Acker:
             else:
                 _post_process_one(post_process, message)
         for thread, post_process, messages in groups.values():
-            if len(messages) == 1 or not _ack_pipelined(thread, messages):
+            if len(messages) == 1 or not _ack_together(thread, messages):
                 for message in messages:
                     _post_process_one(post_process, message)
 
@@ -284,7 +285,7 @@ end
 """)
 
 
-def _ack_pipelined(thread, messages):
+def _ack_together(thread, messages):
     """What ``post_process_message`` does for each message (``before_ack`` hooks, the
     consumer's ``ack``, ``after_ack`` hooks), with the acknowledgements sent to Redis in one
     round trip: one script call (``_ACK_MANY``) where the consumer is Dramatiq's own, else a

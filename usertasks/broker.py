@@ -161,7 +161,6 @@ end
 _ENQUEUE_MANY_SCRIPT = Script(_ENQUEUE_MANY)
 
 
-
 def _enqueue_scripted(broker, chunk):
     """``RedisBroker.enqueue`` for each message of ``chunk``, in ONE script call.
 
@@ -214,25 +213,25 @@ def _hooks(broker, signal):
     if cls.emit_before is not Broker.emit_before or cls.emit_after is not Broker.emit_after:
         return (lambda *a: broker.emit_before(signal, *a)), (lambda *a: broker.emit_after(signal, *a))
     names = ("before_" + signal, "after_" + signal)
-    own = [[getattr(m, name) for m in broker.middleware
+    own = [[(m, getattr(m, name)) for m in broker.middleware
             if getattr(type(m), name, None) is not getattr(Middleware, name)] for name in names]
     logger_ = broker.logger
 
     def before(*args):
-        for hook in own[0]:
+        for middleware, hook in own[0]:
             try:
                 hook(broker, *args)
             except MiddlewareError:
                 raise
             except Exception:
-                logger_.critical("Unexpected failure in %s of %r.", names[0], hook.__self__, exc_info=True)
+                logger_.critical("Unexpected failure in %s of %r.", names[0], middleware, exc_info=True)
 
     def after(*args):
-        for hook in reversed(own[1]):
+        for middleware, hook in reversed(own[1]):
             try:
                 hook(broker, *args)
             except Exception:
-                logger_.critical("Unexpected failure in %s of %r.", names[1], hook.__self__, exc_info=True)
+                logger_.critical("Unexpected failure in %s of %r.", names[1], middleware, exc_info=True)
 
     return before, after
 
