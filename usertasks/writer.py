@@ -8,7 +8,10 @@ has committed, so a message is acknowledged only once its outcome is durable.
 
 Starts are deferred: the start of a run whose body need not wait for it is held until the next
 progress tick (``PROGRESS_INTERVAL``), and when the run ends before then, its start and its end
-become ONE guarded ``UPDATE``.  Short tasks therefore cost one statement in a shared
+become ONE guarded ``UPDATE``.  Ends that no thread waits for (only their messages'
+acknowledgements do, ``usertasks.acks``) may wait up to ``WRITE_LINGER`` seconds for company, so
+that the ends of many runs share a transaction; anything a thread waits for is written at once
+and takes them along.  Short tasks therefore cost one statement in a shared
 transaction.  The hot statements are prepared SQL (``_Statements``), not ORM querysets, which
 cost ten times as much to build; on PostgreSQL a batch made only of starts and ends of ordinary
 runs is ONE autocommitted statement (the updates and the INSERT of their events as

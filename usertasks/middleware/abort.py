@@ -292,7 +292,12 @@ def fetch_claimed(consumer):
 
         if isinstance(exc, redis.RedisError):
             raise ConnectionClosed(exc) from None  # what Dramatiq's fetch raises: the consumer reconnects
-        raise
+        # Not an outage but a reply this code cannot read: leave this consumer to Dramatiq's
+        # fetch from now on (a batch the script took comes back when this worker stops).
+        logger.exception("usertasks: fetch-and-claim failed on queue %s; using Dramatiq's fetch", consumer.queue_name)
+        consumer._usertasks_fetcher = (backend, None)
+        consumer._usertasks_scripted = False
+        return None
     consumer._usertasks_scripted = True
     consumer.message_cache = data
     _record_claims(consumer, [(message_id, status_id, parent_id) for message_id, status_id, parent_id, _ in claims],
