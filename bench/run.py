@@ -169,6 +169,7 @@ class Bench:
             rates = {1: [], 2: []}
             ratios = []
             cpu = {}
+            details = {}
             for k in range(a.runs):
                 pair = {}
                 for processes in (1, 2):
@@ -181,6 +182,7 @@ class Bench:
                         rates[processes].append(r["median"])
                         run = r["runs"][0]
                         cpu.setdefault(processes, []).append(run.get("cpu_ms_per_task"))
+                        details.setdefault(processes, []).append(run)
                         log(f"   {r['median']:.0f} tasks/s ({100 * run.get('steal', 0):.0f} % of the CPU time stolen, "
                             f"{run.get('cpu_ms_per_task') or 0:.2f} ms of CPU per task)")
                     except Exception as exc:
@@ -189,6 +191,7 @@ class Bench:
                     ratios.append(pair[2] / pair[1])
             res = {p: statistics.median(v) for p, v in rates.items() if v}
             res["runs"] = rates
+            res["details"] = details  # every run as throughput.py reported it (enqueue time, CPU, steal)
             res["cpu_ms_per_task"] = {p: statistics.median([x for x in v if x is not None] or [0]) for p, v in cpu.items()}
             if ratios:
                 res["ratio"] = statistics.median(ratios)
