@@ -175,9 +175,11 @@ class Bench:
                 for processes in (1, 2):
                     log(f"-- {kind}: {variant}, 5 ms sleep, {processes} process(es), run {k + 1} of {a.runs}")
                     try:
-                        r = self.ours(main_db, variant, ["throughput", "--n", str(a.scaling_n), "--runs", "1",
-                                                         "--threads", str(a.threads), "--processes", str(processes),
-                                                         "--sleep", "--log", self.log_file])
+                        argv = ["throughput", "--n", str(a.scaling_n), "--runs", "1", "--threads", str(a.threads),
+                                "--processes", str(processes), "--sleep", "--log", self.log_file]
+                        if a.scaling_mode == "prefilled":
+                            argv.append("--prefill")
+                        r = self.ours(main_db, variant, argv)
                         pair[processes] = r["median"]
                         rates[processes].append(r["median"])
                         run = r["runs"][0]
@@ -196,6 +198,7 @@ class Bench:
             if ratios:
                 res["ratio"] = statistics.median(ratios)
                 res["ratios"] = ratios
+            res["mode"] = a.scaling_mode
             out[variant] = res
         return out
 
@@ -334,6 +337,10 @@ def parse():
     p.add_argument("--db", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     p.add_argument("--conn-max-age", default="0,60", help="comma-separated CONN_MAX_AGE values")
     p.add_argument("--scaling-n", type=int, help="tasks per run of the 1-vs-2-processes test (default n)")
+    p.add_argument("--scaling-mode", choices=("prefilled", "streamed"), default="prefilled",
+                   help="1-vs-2-processes test: each run's tasks queued before a fresh worker starts, the rate "
+                        "taken between the 10 %% and 90 %% marks (prefilled: the worker processes alone), or "
+                        "enqueued by the one driver while the workers consume (streamed, as the throughput runs)")
     p.add_argument("--sections", default="throughput,step,send,scaling",
                    help="comma-separated subset of: throughput, step, send, scaling")
     p.add_argument("--variants", default=",".join(ORDER),
