@@ -8,6 +8,7 @@ Everything is chosen by environment variables (``bench/common.py`` sets them):
                        (``BENCH_DB_NAME`` is the database on ``BENCH_PG_HOST``:``BENCH_PG_PORT``).
 ``BENCH_CONN_MAX_AGE`` Django's ``CONN_MAX_AGE`` (default 0, Django's own default).
 ``BENCH_REDIS_URL``    the broker.
+``BENCH_WRITE_LINGER`` ``USERTASKS["WRITE_LINGER"]`` (default: the app's own), for experiments.
 """
 
 import os
@@ -79,6 +80,8 @@ DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = []
 
 USERTASKS = {"NOTIFY": False}
+if os.environ.get("BENCH_WRITE_LINGER"):  # experiments: bench/run.py passes the environment on
+    USERTASKS["WRITE_LINGER"] = float(os.environ["BENCH_WRITE_LINGER"])
 
 LOGGING = {
     "version": 1,
