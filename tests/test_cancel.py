@@ -243,6 +243,37 @@ def test_the_abort_poller_reads_the_flags_once_per_interval(redis):
         backend.clear([ctx.status_id])
 
 
+def test_the_writer_wakes_when_the_abort_poller_is_due(redis):
+    """A writer with a running task and nothing to write wakes when the next read of the flags
+    is due, not one whole interval after its last wake-up (which, when that wake-up came just
+    before the read was due, left up to two intervals between two reads)."""
+    import time
+
+    from usertasks.context import TaskContext
+    from usertasks.middleware.abort import AbortPoller
+    from usertasks.writer import Writer
+
+    backend = get_backend()
+    reads = []
+    flagged = backend.flagged
+    backend.flagged = lambda ids: reads.append(time.monotonic()) or flagged(ids)
+    writer = Writer()
+    try:
+        writer.pollers.append(AbortPoller())
+        ctx = TaskContext(status_id=10**9 + 11, message_id="m", actor_name="a")
+        writer.register(ctx)
+        time.sleep(40 * backend.poll_interval)
+        writer.unregister(ctx)
+    finally:
+        writer.stop()
+        del backend.flagged
+    gaps = sorted(b - a for a, b in zip(reads, reads[1:]))
+    assert len(gaps) >= 20, reads
+    # Reads every interval; a late one now and then on a busy machine, never one in two.
+    assert gaps[len(gaps) // 2] < 1.2 * backend.poll_interval, gaps
+    assert gaps[int(len(gaps) * 0.9)] < 1.5 * backend.poll_interval, gaps
+
+
 def _tracked_broker(redis, namespace):
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker

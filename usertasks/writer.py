@@ -227,7 +227,10 @@ class Writer:
                         wait = self._next_progress - now if (self._running or self._held) else None
                         for poller in self.pollers:
                             if self._running or getattr(poller, "active", False):
-                                wait = min(wait, poller.interval) if wait is not None else poller.interval
+                                # Until the poller is due (it keeps its own schedule), or one
+                                # interval for a poller that has none.
+                                due = poller.due(now) if hasattr(poller, "due") else poller.interval
+                                wait = min(wait, due) if wait is not None else due
                         if wait is None or wait > 0:
                             self._cond.wait(wait)
                         now = time.monotonic()

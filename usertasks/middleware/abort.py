@@ -36,6 +36,8 @@ logger = logging.getLogger("usertasks.abort")
 
 #: Seconds between two attempts to reach an abort store that failed.
 RETRY_AFTER = 1.0
+#: How early a read of the flags may run (a thread's timed wait can end a little early).
+EARLY = 0.005
 
 
 class AbortPoller:
@@ -58,16 +60,23 @@ class AbortPoller:
         prefetch, not started yet."""
         return bool(_prefetched)
 
+    def due(self, now):
+        """Seconds until the next read of the flags is due (the writer thread sleeps no longer
+        while there is something to watch)."""
+        return max(0.0, self._next_try - now)
+
     def __call__(self, running):
         tracked = [c for c in running if c.tracked]
         now = time.monotonic()
         # At most once per poll interval: the writer thread runs its pollers after every batch,
-        # and a busy writer writes hundreds of batches a second.
-        if now >= self._next_try:
+        # and a busy writer writes hundreds of batches a second.  A wake-up a moment before the
+        # read is due counts as due: skipped, the read would wait for the next wake-up, up to a
+        # whole interval later.
+        if now >= self._next_try - EARLY:
+            self._next_try = now + self.interval
             waiting = [c for c in tracked if not c.abort_requested]
             prefetched = _prefetched_now()
             if waiting or prefetched:
-                self._next_try = now + self.interval
                 self.poll(waiting, now, prefetched)
         for ctx in tracked:
             if ctx.abort_requested and not ctx.forced and now - ctx.cancel_seen_at >= ctx.abort_grace:
