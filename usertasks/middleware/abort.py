@@ -62,8 +62,9 @@ class AbortPoller:
 
     def due(self, now):
         """Seconds until the next read of the flags is due (the writer thread sleeps no longer
-        while there is something to watch)."""
-        return max(0.0, self._next_try - now)
+        while there is something to watch); at most one interval, so that a cancel's grace
+        period is still checked every interval while an unreachable store is retried later."""
+        return max(0.0, min(self._next_try - now, self.interval))
 
     def __call__(self, running):
         tracked = [c for c in running if c.tracked]
