@@ -22,7 +22,7 @@ real ``dramatiq`` worker processes (2 processes x 4 threads by default).  The br
 maintenance at Dramatiq's default rate (the tests do it on every command, to recover the messages
 of the workers they kill at once).
 
-    python bench/fanout.py [--sizes 1000 10000] [--runs 3] [--purge 20000]
+    python bench/fanout.py [--sizes 1000 10000] [--runs 3] [--purge 20000] [--worker-timeout 100]
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_fanout python bench/fanout.py
 
 Targets: per-child cost at 10,000 <= 1.2x the cost at 1,000; tracked total <= 1.3x untracked.
@@ -62,6 +62,9 @@ def main():
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="sizes 500 and 2,000; purge 5,000")
+    parser.add_argument("--worker-timeout", type=int, default=None, metavar="MS",
+                        help="Dramatiq's worker timeout of the worker processes (dramatiq_worker_timeout; "
+                             "default: Dramatiq's, 1,000 ms): the longest an idle consumer sleeps between polls")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.purge = [500, 2000], 5000
@@ -97,13 +100,15 @@ def main():
     user, _ = get_user_model().objects.get_or_create(username="bench")
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=ROOT,
                USERTASKS_TEST_DB_NAME=str(connection.settings_dict["NAME"]))
+    if args.worker_timeout is not None:
+        env["dramatiq_worker_timeout"] = str(args.worker_timeout)
     worker = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "django_dramatiq.setup", "tests.tasks", "tests.tasks_fanout",
          "--processes", str(args.processes), "--threads", str(args.threads), "--worker-shutdown-timeout", "10000"],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    results = {"database": connection.vendor, "processes": args.processes, "threads": args.threads, "fanout": [],
-               "purge": None}
+    results = {"database": connection.vendor, "processes": args.processes, "threads": args.threads,
+               "worker_timeout_ms": args.worker_timeout, "fanout": [], "purge": None}
     try:
         # Warm-up: workers up, connections open.
         warm = t.fan_parent.send_for(user, 20, label="warm")
