@@ -118,7 +118,10 @@ class Writer:
         self._failing_since = None
         self._idle = True
         self.batches = 0  # for tests and benchmarks
-        self.pollers = []  # callables run on every tick with the running contexts (abort checks)
+        # Callables run on every tick with the running contexts (abort checks).  A poller also
+        # has ``due(now)``, the seconds until it wants to run again (the thread sleeps no longer
+        # while tasks run), and ``active``, whether it has something to watch when none does.
+        self.pollers = []
         self._thread = threading.Thread(target=self._run, name="usertasks-writer", daemon=True)
         self._thread.start()
 
@@ -226,10 +229,8 @@ class Writer:
                     if not self._queue and not self._stopping:
                         wait = self._next_progress - now if (self._running or self._held) else None
                         for poller in self.pollers:
-                            if self._running or getattr(poller, "active", False):
-                                # Until the poller is due (it keeps its own schedule), or one
-                                # interval for a poller that has none.
-                                due = poller.due(now) if hasattr(poller, "due") else poller.interval
+                            if self._running or poller.active:
+                                due = poller.due(now)
                                 wait = min(wait, due) if wait is not None else due
                         if wait is None or wait > 0:
                             self._cond.wait(wait)

@@ -36,8 +36,6 @@ logger = logging.getLogger("usertasks.abort")
 
 #: Seconds between two attempts to reach an abort store that failed.
 RETRY_AFTER = 1.0
-#: How early a read of the flags may run (a thread's timed wait can end a little early).
-EARLY = 0.005
 
 
 class AbortPoller:
@@ -70,10 +68,10 @@ class AbortPoller:
         tracked = [c for c in running if c.tracked]
         now = time.monotonic()
         # At most once per poll interval: the writer thread runs its pollers after every batch,
-        # and a busy writer writes hundreds of batches a second.  A wake-up a moment before the
-        # read is due counts as due: skipped, the read would wait for the next wake-up, up to a
-        # whole interval later.
-        if now >= self._next_try - EARLY:
+        # and a busy writer writes hundreds of batches a second.  The next read is scheduled
+        # even when there is nothing to read (every running task already told to stop): the
+        # writer sleeps until ``due()``, which must not stay at zero.
+        if now >= self._next_try:
             self._next_try = now + self.interval
             waiting = [c for c in tracked if not c.abort_requested]
             prefetched = _prefetched_now()
