@@ -166,6 +166,8 @@ if os.environ.get("USERTASKS_TEST_NOTIFY") == "0":  # benchmarks: no emails
     USERTASKS["NOTIFY"] = False
 if os.environ.get("USERTASKS_TEST_FANOUT_CHILD_EVENTS") == "1":  # worker processes of tests/test_fanout.py
     USERTASKS["FANOUT_CHILD_EVENTS"] = True
+if os.environ.get("USERTASKS_TEST_WAKE_CONSUMERS") == "0":  # bench/pickup.py: Dramatiq's polling only
+    USERTASKS["WAKE_CONSUMERS"] = False
 if os.environ.get("USERTASKS_TEST_ABORT_REDIS_URL"):  # fault tests: abort flags on their own Redis
     USERTASKS["REDIS_URL"] = os.environ["USERTASKS_TEST_ABORT_REDIS_URL"]
 

@@ -84,7 +84,9 @@ class _Windowed:
     the acker) instead of Dramatiq's blind sleep.  That sleep is an idle-queue backoff (5-10 ms,
     doubling while the window stays full): applied to a full window, it leaves the worker
     threads idle once they have drained the few prefetched messages, most of the time for tasks
-    of a millisecond or two."""
+    of a millisecond or two.  Its idle backoff, when the queue is empty, is Dramatiq's, spent
+    listening for the wake-ups of usertasks' sends (:mod:`usertasks.wakeup`) where the consumer
+    is Dramatiq's own."""
 
     def __next__(self):
         if not self.message_cache and self.outstanding_message_count >= self.prefetch:
@@ -93,21 +95,47 @@ class _Windowed:
             if self.outstanding_message_count >= self.prefetch:  # checked again after the clear
                 room.wait(self.timeout / 1000)
             if self.outstanding_message_count >= self.prefetch:
+                waker = self._usertasks_waker
+                if waker is not None:
+                    waker.drain()  # what was published while the window was full
                 return None  # Dramatiq's loop goes on: delayed messages, shutdown
         if not self.message_cache:
+            waker = self._usertasks_waker
             fetched = _prefetching().fetch_claimed(self)  # the batch and its claims in one round trip
+            if fetched is None and waker is not None:
+                fetched = self._usertasks_fetch()  # Dramatiq's fetch, without its sleep
             if fetched is not None and not fetched:
                 # Nothing queued: back off as Dramatiq's consumer does (a fetch of its own
-                # would only ask again).
+                # would only ask again), woken early by a send to the queue.
                 from dramatiq.common import compute_backoff
 
                 self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
-                time.sleep(backoff_ms / 1000)
+                if waker is None:
+                    time.sleep(backoff_ms / 1000)
+                else:
+                    waker.wait(backoff_ms / 1000)
                 return None
         proxy = super().__next__()
         if proxy is not None:
             _prefetching().claim_prefetched(self, proxy)  # claimed with its batch, in one round trip
         return proxy
+
+    def _usertasks_fetch(self):
+        """What Dramatiq's ``__next__`` fetches when its cache is empty (the window has room)."""
+        import redis
+        from dramatiq.errors import ConnectionClosed
+
+        try:
+            self.message_cache = self.broker.do_fetch(self.queue_name, self.prefetch - self.outstanding_message_count)
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+        return self.message_cache
+
+    def close(self):
+        waker, self._usertasks_waker = self._usertasks_waker, None
+        if waker is not None:
+            waker.close()
+        return super().close()
 
     def ack(self, message):
         try:
@@ -149,8 +177,26 @@ def _windowed(consumer):
     if sub is None:
         sub = _windowed_classes[cls] = type(cls.__name__, (_Windowed, cls), {"__module__": cls.__module__})
     consumer._usertasks_room = threading.Event()
+    consumer._usertasks_waker = _waker(consumer)
     consumer.__class__ = sub
     return consumer
+
+
+def _waker(consumer):
+    """A :class:`usertasks.wakeup.Waker` for a consumer that is Dramatiq's own Redis consumer (its
+    fetch is known), unless ``USERTASKS["WAKE_CONSUMERS"]`` is off; else ``None``."""
+    from dramatiq.brokers.redis import _RedisConsumer
+
+    from .conf import app_settings
+    from .wakeup import Waker, channel
+
+    broker = consumer.broker
+    if (
+        not app_settings.WAKE_CONSUMERS or type(consumer).__next__ is not _RedisConsumer.__next__
+        or not _pipelines(broker)
+    ):
+        return None
+    return Waker(broker.client, channel(broker.namespace, consumer.queue_name))
 
 
 def _room(consumer):

@@ -72,11 +72,15 @@ def enqueue_many(broker, items):
     ``broker`` (``options`` are added to the message's), with its middleware's enqueue hooks
     for each message.  On a Redis broker the messages go in chunks of :data:`PIPELINE_SIZE`,
     one round trip and all or nothing per chunk (:func:`_enqueue_scripted`, or a ``MULTI``/
-    ``EXEC`` pipeline of the broker's own ``enqueue`` where a subclass overrides it); other
-    brokers get one ``enqueue`` per message.  Raises :class:`EnqueueFailed` with how many were
+    ``EXEC`` pipeline of the broker's own ``enqueue`` where a subclass overrides it, a single
+    message through that ``enqueue``); other brokers get one ``enqueue`` per message.  On
+    Dramatiq's own Redis broker, a push onto an empty queue wakes its idle consumers
+    (:mod:`usertasks.wakeup`).  Raises :class:`EnqueueFailed` with how many were
     sent when one fails."""
     items = list(items)
-    send = _enqueue_chunk(broker) if len(items) > 1 else None
+    send = _enqueue_chunk(broker)
+    if send is _enqueue_pipelined and len(items) == 1:
+        send = None  # the broker's own enqueue: a pipeline of one would only cost more
     step = PIPELINE_SIZE if send is not None else 1
     sent = 0
     for start in range(0, len(items), step):
@@ -144,16 +148,21 @@ def _enqueue_pipelined(broker, chunk):
 
 # KEYS[1]: the broker's namespace.  ARGV: a queue name and how many messages follow for it, then
 # the Redis id and the data of each; again for the next queue.  What the "enqueue" command of
-# Dramatiq's dispatch script does, for many messages at once.
+# Dramatiq's dispatch script does, for many messages at once; and a publish on the wake channel
+# of each queue that was empty (usertasks.wakeup).
 _ENQUEUE_MANY = """
 local i = 1
 while i < #ARGV do
   local queue = KEYS[1] .. ":" .. ARGV[i]
   local messages = queue .. ".msgs"
+  local idle = redis.call("llen", queue) == 0
   local last = i + 1 + 2 * tonumber(ARGV[i + 1])
   for j = i + 2, last, 2 do
     redis.call("hset", messages, ARGV[j], ARGV[j + 1])
     redis.call("rpush", queue, ARGV[j])
+  end
+  if idle then
+    redis.call("publish", queue .. ".wake", "")
   end
   i = last + 1
 end

@@ -65,6 +65,10 @@ DEFAULTS = {
     # Whether fan-out children record their start and their success as events (their failures,
     # retries, cancels and requeues always are).
     "FANOUT_CHILD_EVENTS": False,
+    # Whether usertasks' sends wake the idle Redis consumers of the queues they push onto (a
+    # publish on the queue's wake channel), instead of leaving them to Dramatiq's idle backoff
+    # (up to the worker timeout, 1 s by default).
+    "WAKE_CONSUMERS": True,
     # Dashboard page size.
     "PAGE_SIZE": 25,
     # Longest life of one server-sent-events stream of a status page, in seconds (the browser

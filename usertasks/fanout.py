@@ -569,6 +569,7 @@ def send_callback(pk, callback, db):
     tries again)."""
     import dramatiq
 
+    from .broker import enqueue_many
     from .models import UserTaskStatus
 
     rows = UserTaskStatus.objects.using(db)
@@ -580,7 +581,7 @@ def send_callback(pk, callback, db):
             queue_name=callback["queue"], actor_name=callback["actor"], args=tuple(args),
             kwargs=callback["kwargs"], options=dict(callback["options"], **{CONTAINER_OPTION: pk}),
         )
-        dramatiq.get_broker().enqueue(message)
+        enqueue_many(dramatiq.get_broker(), [(message, None)])  # wakes idle consumers (usertasks.wakeup)
     except Exception:
         logger.exception("usertasks: could not send the completion callback of task %s", pk)
         return False
