@@ -22,7 +22,7 @@ real ``dramatiq`` worker processes (2 processes x 4 threads by default).  The br
 maintenance at Dramatiq's default rate (the tests do it on every command, to recover the messages
 of the workers they kill at once).
 
-    python bench/fanout.py [--sizes 1000 10000] [--runs 3] [--purge 20000] [--worker-timeout 100]
+    python bench/fanout.py [--sizes 1000 10000] [--runs 3] [--purge 20000] [--worker-timeout 100] [--no-wake]
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_fanout python bench/fanout.py
 
 Targets: per-child cost at 10,000 <= 1.2x the cost at 1,000; tracked total <= 1.3x untracked.
@@ -65,6 +65,9 @@ def main():
     parser.add_argument("--worker-timeout", type=int, default=None, metavar="MS",
                         help="Dramatiq's worker timeout of the worker processes (dramatiq_worker_timeout; "
                              "default: Dramatiq's, 1,000 ms): the longest an idle consumer sleeps between polls")
+    parser.add_argument("--no-wake", action="store_true",
+                        help="workers without wake-ups (USERTASKS['WAKE_CONSUMERS'] = False): their consumers poll "
+                             "as Dramatiq's do")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.purge = [500, 2000], 5000
@@ -102,13 +105,15 @@ def main():
                USERTASKS_TEST_DB_NAME=str(connection.settings_dict["NAME"]))
     if args.worker_timeout is not None:
         env["dramatiq_worker_timeout"] = str(args.worker_timeout)
+    if args.no_wake:
+        env["USERTASKS_TEST_WAKE_CONSUMERS"] = "0"
     worker = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "django_dramatiq.setup", "tests.tasks", "tests.tasks_fanout",
          "--processes", str(args.processes), "--threads", str(args.threads), "--worker-shutdown-timeout", "10000"],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     results = {"database": connection.vendor, "processes": args.processes, "threads": args.threads,
-               "worker_timeout_ms": args.worker_timeout, "fanout": [], "purge": None}
+               "worker_timeout_ms": args.worker_timeout, "wake_consumers": not args.no_wake, "fanout": [], "purge": None}
     try:
         # Warm-up: workers up, connections open.
         warm = t.fan_parent.send_for(user, 20, label="warm")

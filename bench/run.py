@@ -28,7 +28,7 @@ from common import BENCH, PEERS, ROOT, Database  # noqa: E402
 THROUGHPUT = os.path.join(BENCH, "throughput.py")
 PEERS_DRIVE = os.path.join(PEERS, "drive.py")
 CHART = os.path.join(ROOT, "docs", "benchmarks.png")
-OPTIONAL = ("abort_latency.py", "fanout.py", "page_latency.py")
+OPTIONAL = ("abort_latency.py", "fanout.py", "page_latency.py", "pickup.py")
 
 LABELS = {
     "raw": "raw Dramatiq (no database)",
@@ -207,6 +207,7 @@ QUICK_ARGS = {
     "abort_latency.py": ["--runs", "10"],
     "fanout.py": ["--quick"],
     "page_latency.py": ["--rows", "100000", "--requests", "100"],
+    "pickup.py": ["--runs", "4", "--idle", "2"],
 }
 
 
@@ -349,7 +350,7 @@ def parse():
     p.add_argument("--no-single", action="store_true", help="skip the send_for-per-task variant")
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--chart", default=CHART, help="where to draw the PNG")
-    p.add_argument("--all", action="store_true", help="also run abort_latency.py, fanout.py, page_latency.py")
+    p.add_argument("--all", action="store_true", help="also run abort_latency.py, fanout.py, page_latency.py, pickup.py")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine under load')")
     p.add_argument("--sqlite-wal", action="store_true",
                    help="SQLite in WAL mode with synchronous=NORMAL, as docs/deployment.md configures it "

@@ -26,7 +26,8 @@ A consumer holds one Redis connection for its subscription (one per queue and pr
 web processes).  A consumer whose window is full reads what was published meanwhile each time
 its wait for room ends, so a busy consumer's subscription never piles up.  Any Redis error
 drops the subscription: the consumer sleeps as Dramatiq's does and subscribes again after
-:data:`RETRY_AFTER` seconds.  ``USERTASKS["WAKE_CONSUMERS"] = False`` turns all of this off.
+:data:`RETRY_AFTER` seconds.  With ``USERTASKS["WAKE_CONSUMERS"] = False`` the consumers do not
+subscribe and poll as Dramatiq's do (the sends still publish: without subscribers, a no-op).
 """
 
 import logging
