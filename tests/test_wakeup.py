@@ -173,3 +173,22 @@ def test_an_idle_worker_starts_a_sent_task_at_once(start_worker, redis, user):
         status = UserTaskStatus.objects.get(pk=status.pk)
         delays.append((status.started - status.created).total_seconds())
     assert statistics.median(delays) < 0.5, delays
+
+
+def test_a_consumer_that_keeps_finding_messages_reads_its_wake_ups_once_a_second(wake_broker, redis, monkeypatch):
+    broker, job, consume = wake_broker
+    consumer = consume(timeout_ms=200)
+    waker = consumer._usertasks_waker
+    next(consumer)  # subscribes
+    monkeypatch.setattr(waker, "DRAIN_EVERY", 0.3)
+    name = wakeup.channel("waketest", "wakeq")
+    for round_ in range(2):
+        for _ in range(20):
+            redis.publish(name, "")
+        time.sleep(0.35)  # the next read is due
+        enqueue_many(broker, [(job.message(round_), None)])  # publishes too: the queue was empty
+        time.sleep(0.05)  # every wake-up delivered to the subscription
+        proxy = next(consumer)  # a fetch that finds a message: no wait, but a read first
+        assert proxy is not None
+        consumer.ack(proxy)
+        assert waker._pubsub.get_message(timeout=0.05) is None

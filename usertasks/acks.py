@@ -101,6 +101,8 @@ class _Windowed:
                 return None  # Dramatiq's loop goes on: delayed messages, shutdown
         if not self.message_cache:
             waker = self._usertasks_waker
+            if waker is not None:
+                waker.drain_if_due()  # what was published while this consumer kept finding messages
             fetched = _prefetching().fetch_claimed(self)  # the batch and its claims in one round trip
             if fetched is None and waker is not None:
                 fetched = self._usertasks_fetch()  # Dramatiq's fetch, without its sleep

@@ -23,8 +23,9 @@ queue empty, so any push after that fetch finds the queue empty, or follows one 
 queue empties again, usertasks' pushes do not publish and consumers poll at Dramatiq's pace.)
 
 A consumer holds one Redis connection for its subscription (one per queue and process; none in
-web processes).  A consumer whose window is full reads what was published meanwhile each time
-its wait for room ends, so a busy consumer's subscription never piles up.  Any Redis error
+web processes).  A consumer that does not wait (it keeps finding messages, or its window is
+full) reads what was published meanwhile at most once a second, before a fetch or when its wait
+for room ends, so a busy consumer's subscription never piles up.  Any Redis error
 drops the subscription: the consumer sleeps as Dramatiq's does and subscribes again after
 :data:`RETRY_AFTER` seconds.  With ``USERTASKS["WAKE_CONSUMERS"] = False`` the consumers do not
 subscribe and poll as Dramatiq's do (the sends still publish: without subscribers, a no-op).
@@ -51,11 +52,16 @@ class Waker:
     """One consumer's subscription to its queue's wake channel, used only by the consumer's
     thread.  :meth:`wait` is the consumer's idle backoff."""
 
+    #: Seconds between two reads of a subscription whose consumer never waits (it keeps finding
+    #: messages), so that the wake-ups published meanwhile do not pile up in Redis.
+    DRAIN_EVERY = 1.0
+
     def __init__(self, client, name):
         self.client = client
         self.channel = name
         self._pubsub = None
         self._retry_at = 0.0
+        self._drain_at = 0.0
 
     def wait(self, seconds):
         """Sleep up to ``seconds``; return ``True`` as soon as a wake-up is heard (the queue has
@@ -79,9 +85,14 @@ class Waker:
             time.sleep(max(0.0, deadline - time.monotonic()))
             return False
 
+    def drain_if_due(self):
+        """:meth:`drain`, at most once per :attr:`DRAIN_EVERY` (the consumer calls this before
+        each fetch)."""
+        if self._pubsub is not None and time.monotonic() >= self._drain_at:
+            self.drain()
+
     def drain(self):
-        """Read, and forget, what was published since the last wait (while the consumer was
-        busy)."""
+        """Read, and forget, what was published while the consumer was busy."""
         pubsub = self._pubsub
         if pubsub is None:
             return
@@ -114,10 +125,10 @@ class Waker:
             self._pubsub = pubsub
         return self._pubsub
 
-    @staticmethod
-    def _drain(pubsub):
+    def _drain(self, pubsub):
         while pubsub.get_message(timeout=0) is not None:
             pass
+        self._drain_at = time.monotonic() + self.DRAIN_EVERY
 
     def _failed(self, exc):
         logger.info("usertasks: wake-up subscription to %s failed (%s); polling only for %.0f s",
