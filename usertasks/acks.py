@@ -40,8 +40,7 @@ __all__ = ["Acker", "defer", "deferring", "drain", "install"]
 #: Queue names whose consumer threads acknowledge through the acker.
 _queues = set()
 
-#: Message attribute carrying the writer op of a run's end until the message is post-processed.
-PENDING = "_usertasks_pending_end"
+from .protocol import PENDING_END as PENDING
 
 
 def install(consumer_thread):

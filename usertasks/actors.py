@@ -9,15 +9,15 @@ import dramatiq
 from dramatiq import Actor
 from dramatiq.middleware import SkipMessage
 
-from .context import TaskContext, _clip, current_task
+from .context import TaskContext, current_task
+from .text import clip
 from .exceptions import Aborted, ForcedAbort
+from .protocol import STATUS_OPTION
 
 logger = logging.getLogger("usertasks")
 
 __all__ = ["UserTaskActor", "user_task"]
 
-#: Message option carrying the primary key of the status row.
-STATUS_OPTION = "usertask_id"
 
 _NOT_GIVEN = object()
 
@@ -85,10 +85,10 @@ class UserTaskActor(Actor):
         if template is None:
             return self.actor_name
         if callable(template):
-            return _clip(template(**arguments), 255)
+            return clip(template(**arguments), 255)
         try:
             positional, names = self._format_arguments(arguments)
-            return _clip(template.format(*positional, **names), 255)
+            return clip(template.format(*positional, **names), 255)
         except (KeyError, IndexError, AttributeError, ValueError) as exc:
             raise ValueError(f"{self.actor_name}: cannot format task name {template!r}: {exc!r}") from None
 

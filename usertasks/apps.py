@@ -10,7 +10,11 @@ class UserTasksConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401  (registers the system checks)
+        from . import operations
         from .broker import install_middleware
+        from .cancel import cancel
+
+        operations.provide(cancel=cancel)
 
         install_middleware()
 

@@ -3,7 +3,6 @@
 import logging
 
 from django.core.files.base import ContentFile, File
-from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +42,3 @@ def _delete_file(fieldfile):
         fieldfile.storage.delete(name)
     except Exception:  # storage down: report, keep going
         logger.exception("Could not delete artifact file %r", name)
-
-
-def delete_files_on_commit(names_and_storages, using=None):
-    """Delete stored files once the transaction that deleted their rows commits."""
-
-    def run():
-        for storage, name in names_and_storages:
-            try:
-                storage.delete(name)
-            except Exception:
-                logger.exception("Could not delete artifact file %r", name)
-
-    transaction.on_commit(run, using=using)

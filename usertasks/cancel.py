@@ -20,7 +20,7 @@ from .states import ACTIVE_STATES, FINAL_STATES, State
 
 logger = logging.getLogger("usertasks")
 
-__all__ = ["cancel_task", "CANCELED", "REQUESTED", "ALREADY_FINAL"]
+__all__ = ["cancel", "cancel_task", "CANCELED", "REQUESTED", "ALREADY_FINAL"]
 
 #: Outcomes, stored on the instance as ``status.cancel_outcome`` after ``cancel()``.
 CANCELED = "canceled"  # it had not started (or was waiting to retry): Canceled now
@@ -32,6 +32,22 @@ def _user(by):
     if by is None or getattr(by, "pk", None) is None or not getattr(by, "is_authenticated", True):
         return None
     return by
+
+
+def cancel(status, by=None):
+    """``status.cancel(by=...)``: :func:`cancel_task`, and for a container (fan-out, pipeline)
+    its children too: those that have not started are canceled now (one UPDATE), the running
+    ones are asked to stop; the container ends with the last of them."""
+    done = cancel_task(status, by=by)
+    if done and status.is_container:
+        from .fanout import cancel_children
+
+        outcome = getattr(status, "cancel_outcome", None)
+        cancel_children(status, by=by if getattr(by, "pk", None) else None)
+        status.refresh_from_db()
+        if outcome is not None:
+            status.cancel_outcome = outcome
+    return done
 
 
 def cancel_task(status, by=None):

@@ -13,6 +13,7 @@ import time
 from contextvars import ContextVar
 
 from .exceptions import Aborted
+from .text import clip
 
 _current = ContextVar("usertasks_current_task", default=None)
 
@@ -37,11 +38,6 @@ def _run_token():
 def current_task():
     """The :class:`TaskContext` of the user task running in this thread, or ``None``."""
     return _current.get()
-
-
-def _clip(text, limit):
-    text = "" if text is None else str(text)
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 class TaskContext:
@@ -121,7 +117,7 @@ class TaskContext:
         from .conf import app_settings
 
         self.dirty = False
-        message = None if self.message is None else _clip(self.message, app_settings.MESSAGE_MAX_LENGTH)
+        message = None if self.message is None else clip(self.message, app_settings.MESSAGE_MAX_LENGTH)
         return self.completed, self.total, message
 
     # -- cancel -------------------------------------------------------------------------------

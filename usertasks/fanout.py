@@ -33,8 +33,19 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import bulk
-from .context import _clip
+from .text import clip
 from .exceptions import Aborted, UserTasksError
+from .protocol import (
+    ALLOW_FAILURES,
+    CALLBACK_DUE,
+    CHILD_OPTION,
+    CONTAINER_OPTION,
+    FAIL_FAST,
+    PARENT_OPTION,
+    POLICIES,
+    STATUS_OPTION,
+    WAITING,
+)
 from .states import ACTIVE_STATES, State
 
 logger = logging.getLogger("usertasks.fanout")
@@ -49,23 +60,6 @@ __all__ = [
     "children_ended",
     "fan_out",
 ]
-
-#: Message option carrying the primary key of a child's container.
-PARENT_OPTION = "usertask_parent"
-#: Message option marking a fan-out child (not a pipeline stage): unless
-#: ``USERTASKS["FANOUT_CHILD_EVENTS"]``, its ordinary start and success leave no event.
-CHILD_OPTION = "usertask_child"
-#: ``worker`` value of a container whose body has returned and that waits for its children.
-WAITING = "(waiting for children)"
-#: Message option a completion callback receives: the container's primary key.
-CONTAINER_OPTION = "usertask_container"
-#: Key of a container's fan-out (or pipeline) options while its completion callback is due:
-#: set in the transaction that ends the container, removed once the callback is sent.
-CALLBACK_DUE = "callback_due"
-
-ALLOW_FAILURES = "allow_failures"
-FAIL_FAST = "fail_fast"
-POLICIES = (ALLOW_FAILURES, FAIL_FAST)
 
 _COUNTERS = ("children_succeeded", "children_failed", "children_canceled", "children_skipped")
 _COUNTER_FOR = {
@@ -329,7 +323,6 @@ def _stop_writing(rows, parent_id, index, missing, why):
 def enqueue_children(broker, parent_id, pairs, db=None):
     """Send the messages of committed child rows.  A broker failure fails the children not
     sent (counted on the parent) and is logged; the parent carries on with the others."""
-    from .actors import STATUS_OPTION
     from .broker import EnqueueFailed, enqueue_many
     from .models import EventKind, UserTaskEvent
     from .sending import fail_unsent
@@ -525,14 +518,14 @@ def try_complete(rows, info):
             .order_by("finished", "pk").values("name", "error", "error_class").first()
         )
         what = "A stage failed" if pipeline else "A subtask failed"
-        fields["error"] = _clip(f"{what}: {first['name']}: {first['error']}" if first else f"{what}.", 4000)
+        fields["error"] = clip(f"{what}: {first['name']}: {first['error']}" if first else f"{what}.", 4000)
         fields["error_class"] = (first or {}).get("error_class", "")[:255]
         detail = fields["error"]
     n = rows.filter(pk=info["pk"], state=State.IN_PROGRESS, worker=WAITING).update(**fields)
     if not n:
         return False
     kind = {State.SUCCEEDED: EventKind.SUCCEEDED, State.FAILED: EventKind.FAILED, State.CANCELED: EventKind.CANCELED}[state]
-    UserTaskEvent.objects.using(rows.db).create(status_id=info["pk"], kind=kind, created=now, detail=_clip(detail, 4000))
+    UserTaskEvent.objects.using(rows.db).create(status_id=info["pk"], kind=kind, created=now, detail=clip(detail, 4000))
     pk, db = info["pk"], rows.db
     transaction.on_commit(lambda: _container_finished(pk, state, callback, db), using=db)
     if info.get("parent_id") is not None:

@@ -19,7 +19,11 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 from django.utils.translation import gettext_lazy as _
 
+from . import operations
+from .conf import app_settings
+from .protocol import WAITING
 from .states import ACTIVE_STATES, FINAL_STATES, State
+from .storage import delete_files_on_commit
 
 __all__ = ["State", "UserTaskStatus", "UserTaskArtifact", "UserTaskEvent", "artifact_storage"]
 
@@ -60,8 +64,6 @@ class UserTaskStatusQuerySet(models.QuerySet):
 
     def stale(self, now=None):
         """In Progress tasks whose worker has not reported within ``STALE_AFTER``."""
-        from .conf import app_settings
-
         now = now or timezone.now()
         cutoff = now - timedelta(seconds=app_settings.STALE_AFTER)
         return self.filter(state=State.IN_PROGRESS).filter(
@@ -70,8 +72,6 @@ class UserTaskStatusQuerySet(models.QuerySet):
 
     @staticmethod
     def _waiting_containers():
-        from .fanout import WAITING
-
         # Fan-outs whose body returned, and pipelines: no worker runs them, their children do.
         return Q(is_container=True, worker=WAITING)
 
@@ -87,8 +87,6 @@ class UserTaskStatusQuerySet(models.QuerySet):
 
     def expired(self, now=None):
         """Finished tasks older than ``MAX_AGE`` counted from when they finished."""
-        from .conf import app_settings
-
         now = now or timezone.now()
         return self.finished().filter(finished__lt=now - app_settings.MAX_AGE)
 
@@ -239,21 +237,9 @@ class UserTaskStatus(models.Model):
 
     def cancel(self, by=None):
         """Cancel this task; returns ``True`` when the cancel took effect, ``False`` when the
-        task had already finished.  See ``docs/cancel.md``."""
-        from .cancel import cancel_task
-
-        done = cancel_task(self, by=by)
-        if done and self.is_container:
-            # Fan-outs and pipelines: the children that have not started are canceled now (one
-            # UPDATE), the running ones are asked to stop; the container ends with the last.
-            from .fanout import cancel_children
-
-            outcome = getattr(self, "cancel_outcome", None)
-            cancel_children(self, by=by if getattr(by, "pk", None) else None)
-            self.refresh_from_db()
-            if outcome is not None:
-                self.cancel_outcome = outcome
-        return done
+        task had already finished.  ``self`` is refreshed, and ``self.cancel_outcome`` tells
+        what happened (``usertasks.cancel``).  See ``docs/cancel.md``."""
+        return operations.get("cancel")(self, by=by)
 
     # -- fan-out and pipelines ----------------------------------------------------------------
 
@@ -289,8 +275,6 @@ class UserTaskStatus(models.Model):
         """Delete this finished task, its children, artifacts and events; the stored files go
         once the transaction commits.  Returns ``False`` (and deletes nothing) while the task is
         still active."""
-        from .artifacts import delete_files_on_commit
-
         with transaction.atomic():
             row = type(self).objects.select_for_update().filter(pk=self.pk).first()
             if row is None:
@@ -332,8 +316,6 @@ class ArtifactStorage(Storage):
     def resolve():
         from django.core.files.storage import storages
         from django.utils.module_loading import import_string
-
-        from .conf import app_settings
 
         name = app_settings.ARTIFACT_STORAGE
         if "." in name:

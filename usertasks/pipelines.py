@@ -26,14 +26,12 @@ from django.db import router, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .context import _clip
-from .fanout import PARENT_OPTION, WAITING, callback_spec, enqueue_children, request_abort
+from .text import clip
+from .fanout import callback_spec, enqueue_children, request_abort
+from .protocol import PARENT_OPTION, PIPELINE_CLASS, WAITING
 from .states import State
 
 __all__ = ["pipeline"]
-
-#: ``task_class`` of pipeline containers.
-PIPELINE_CLASS = "usertasks.pipeline"
 
 
 def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
@@ -82,7 +80,7 @@ def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
     now = timezone.now()
     with transaction.atomic(using=db):
         container = UserTaskStatus(
-            user=user, task_id=f"pipeline-{uuid.uuid4()}", task_class=PIPELINE_CLASS, name=_clip(name, 255),
+            user=user, task_id=f"pipeline-{uuid.uuid4()}", task_class=PIPELINE_CLASS, name=clip(name, 255),
             state=State.IN_PROGRESS, is_container=True, worker=WAITING, children_total=n, total_steps=n,
             created=now, modified=now, started=now, heartbeat=now, options=options,
         )

@@ -15,7 +15,6 @@ Entry points: ``manage.py usertasks_purge`` (``--dry-run``, ``--older-than``), t
 """
 
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from .states import FINAL_STATES
+from .storage import delete_files_on_commit
 
 logger = logging.getLogger("usertasks.purge")
 
@@ -185,7 +185,6 @@ def _delete(ids, cutoff, db, result):
     """Delete the rows ``ids`` that are final (and finished before ``cutoff``, when given) and have
     no child left, with their events and artifacts; their files once committed.
     Returns ``(deleted, left alone)``."""
-    from .artifacts import delete_files_on_commit
     from .models import UserTaskArtifact, UserTaskEvent, UserTaskStatus
 
     rows = UserTaskStatus.objects.using(db)
@@ -211,7 +210,6 @@ def _delete(ids, cutoff, db, result):
                 if deleted != len(picked):
                     raise _Changed()
                 delete_files_on_commit(files, using=db)
-                transaction.on_commit(lambda: _remove_empty_dirs(files), using=db)
             result.artifacts += n_artifacts
             result.files += len(files)
             return deleted, len(ids) - deleted
@@ -227,22 +225,6 @@ def _delete(ids, cutoff, db, result):
             locked += 1
             time.sleep(min(0.05 * 2 ** locked, 2.0))
     return 0, len(ids)
-
-
-def _remove_empty_dirs(files):
-    """Local storages: remove the ``usertasks/<task>/<artifact>/`` folders left empty."""
-    for storage, name in files:
-        try:
-            path = storage.path(name)
-        except Exception:  # not a local storage
-            return
-        folder = os.path.dirname(path)
-        for _ in range(2):
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
-            folder = os.path.dirname(folder)
 
 
 @dramatiq.actor(actor_name="usertasks_purge", max_retries=0, time_limit=60 * 60 * 1000)

@@ -13,8 +13,8 @@ from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from . import bulk
-from .actors import STATUS_OPTION
-from .context import _clip
+from .protocol import STATUS_OPTION
+from .text import clip
 from .exceptions import ArgumentsNotSerializable, EnqueueError
 
 logger = logging.getLogger("usertasks")
@@ -269,7 +269,7 @@ def fail_unsent(db, pks, exc, now):
     from .models import UserTaskStatus
     from .states import State
 
-    text = _clip(f"The task could not be queued: {exc}", 2000)
+    text = clip(f"The task could not be queued: {exc}", 2000)
     rows = UserTaskStatus.objects.using(db)
     n = 0
     for start in range(0, len(pks), 1000):

@@ -10,7 +10,7 @@ import logging
 
 from django.db import router, transaction
 
-from usertasks.artifacts import delete_files_on_commit
+from usertasks.storage import delete_files_on_commit
 from usertasks.models import UserTaskArtifact, UserTaskStatus
 from usertasks.states import FINAL_STATES
 

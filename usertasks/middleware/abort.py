@@ -23,9 +23,9 @@ from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.middleware.threading import raise_thread_exception
 
 from ..abort import FIRST, SKIP, clear_flags, get_backend
-from ..actors import STATUS_OPTION, UserTaskActor
+from ..actors import UserTaskActor
 from ..exceptions import ForcedAbort
-from ..fanout import PARENT_OPTION
+from ..protocol import PARENT_OPTION, PREFETCH_CLAIM, STATUS_OPTION, WAIT_START
 from ..states import ACTIVE_STATES, FINAL_STATES, State
 from ..writer import Op, get_writer
 
@@ -244,10 +244,6 @@ def _canceled_op(status_id, parent_id):
 # Canceled at once (the writer's guarded update) and has its message skipped when a worker
 # thread takes it.
 
-#: Message attribute (on Dramatiq's ``MessageProxy``) carrying the result of the prefetch claim.
-PREFETCH_CLAIM = "_usertasks_claim"
-#: Message attribute telling the tracking middleware whether the body waits for its stored start.
-WAIT_START = "_usertasks_wait_start"
 #: Seconds after which a prefetched claim no longer watched is forgotten (its consumer went away
 #: with the message; the broker delivers it again, and that delivery claims again).
 PREFETCH_FORGET = 3600.0

@@ -15,15 +15,15 @@ from dramatiq.middleware import Middleware, Retries, Shutdown, TimeLimitExceeded
 
 from .. import acks
 from ..abort import clear_flags, get_backend
-from ..actors import STATUS_OPTION, UserTaskActor
+from ..actors import UserTaskActor
 from ..conf import app_settings
-from ..context import TaskContext, _clip, _current
+from ..context import TaskContext, _current
+from ..text import clip
 from ..exceptions import Aborted, ForcedAbort
-from ..fanout import CHILD_OPTION, PARENT_OPTION
+from ..protocol import CHILD_OPTION, PARENT_OPTION, STATUS_OPTION, WAIT_START
 from ..signals import emit_task_finished, receivers_act, task_finished
 from ..states import ACTIVE_STATES, State
 from ..writer import Op, get_writer, stop_writer
-from .abort import WAIT_START
 
 # The models are imported where they are used, once the app registry is ready, and by absolute
 # name: the hooks below run for every message, and a relative import statement costs a call of
@@ -182,8 +182,8 @@ class UserTaskTracking(Middleware):
         else:
             text = str(exception) or type(exception).__name__
         fields = {
-            "error": _clip(text, 4000),
-            "error_class": _clip(f"{type(exception).__module__}.{type(exception).__qualname__}", 255),
+            "error": clip(text, 4000),
+            "error_class": clip(f"{type(exception).__module__}.{type(exception).__qualname__}", 255),
             "traceback": "".join(traceback.format_exception(type(exception), exception, exception.__traceback__)),
         }
         if retrying is None:
@@ -215,7 +215,7 @@ class UserTaskTracking(Middleware):
         if ctx.quiet and kind == EventKind.SUCCEEDED:
             events = ()
         else:
-            events = [UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, _clip(detail, 4000))]
+            events = [UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, clip(detail, 4000))]
         return get_writer().submit(Op("end", ctx, fields=fields, events=events, lazy=lazy))
 
     @classmethod
