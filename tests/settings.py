@@ -136,7 +136,7 @@ if os.environ.get("USERTASKS_TEST_EMAIL_DIR"):
     EMAIL_FILE_PATH = os.environ["USERTASKS_TEST_EMAIL_DIR"]
 
 DRAMATIQ_BROKER = {
-    "BROKER": "dramatiq.brokers.redis.RedisBroker",
+    "BROKER": "usertasks.redis.RedisBroker",
     # maintenance_chance: every broker command may requeue the messages of dead workers, so a
     # killed worker's messages come back within heartbeat_timeout (the default is 0.1 %;
     # bench/fanout.py runs with the default).

@@ -1,96 +1,84 @@
-"""The acker: acknowledgements wait for their commits, in order, and are bounded."""
+"""The acker and the consumer of usertasks.redis: acknowledgements wait for their commits, in
+order, bounded, in batches, off the worker threads."""
 
 import threading
+import time
 
-from usertasks import acks
-from usertasks.process import PerProcess
+import pytest
+
+from usertasks.protocol import DEFERRING_CONSUMER, PENDING_END
+from usertasks.redis import acks
+from usertasks.transitions import Done
 
 
-class _Op:
+class _Change:
     def __init__(self):
-        self.done = threading.Event()
+        self.done = Done()
 
 
 class _Message:
     failed = False
 
-    def __init__(self, i, queue_name="default"):
+    def __init__(self, i):
         self.message_id = f"m{i}"
-        self.queue_name = queue_name
+
+
+class _Consumer:
+    """What the acker uses of a consumer."""
+
+    def __init__(self, fail=()):
+        self.acked, self.rejected, self.fail = [], [], set(fail)
+
+    def ack_now(self, message):
+        if message.message_id in self.fail:
+            raise RuntimeError("broker gone")
+        self.acked.append(message)
+
+    def reject_now(self, message):
+        self.rejected.append(message)
 
 
 def test_acknowledges_only_after_the_commit_in_order_and_is_bounded(monkeypatch):
-    monkeypatch.setattr(acks, "_queues", {"default"})
-    monkeypatch.setattr(acks, "MAX_PENDING", 3)
+    from usertasks.redis import consumer as consumer_module
+
+    monkeypatch.setattr(consumer_module, "MAX_PENDING", 3)
     acker = acks.Acker()
-    monkeypatch.setattr(acks, "_ackers", PerProcess(lambda: acker))
-    assert acks.get_acker() is acker
-    acked = []
-    ops = [_Op() for _ in range(3)]
+    consumer = _Consumer()
+    gate = type("Gate", (), {"acker": acker})()  # what can_defer() reads
+    can_defer = consumer_module.Consumer.can_defer
+    changes = [_Change() for _ in range(3)]
     messages = [_Message(i) for i in range(3)]
-    assert acks.deferring(messages[0])
-    for op, message in zip(ops, messages):
-        acker.defer(op, acked.append, message)
+    assert can_defer(gate)
+    for change, message in zip(changes, messages):
+        acker.defer(consumer, change, message)
     assert acker.pending == 3
-    assert not acks.deferring(_Message(9))  # full: the next worker thread waits for its own commit
-    assert not acks.deferring(_Message(9, queue_name="elsewhere"))  # a consumer that was not wrapped
-    assert not acker.drain(timeout=0.3) and acked == []  # nothing committed, nothing acknowledged
-    ops[1].done.set()
-    assert not acker.drain(timeout=0.3) and acked == []  # the first end is not committed yet
-    ops[0].done.set()
-    ops[2].done.set()
+    assert not can_defer(gate)  # full: the next worker thread waits for its own commit
+    assert not acker.drain(timeout=0.3) and consumer.acked == []  # nothing committed, nothing acknowledged
+    changes[1].done.set()
+    assert not acker.drain(timeout=0.3) and consumer.acked == []  # the first end is not committed yet
+    changes[0].done.set()
+    changes[2].done.set()
     assert acker.drain(timeout=5)
-    assert acked == messages and acker.pending == 0
-    assert acks.deferring(_Message(9))
+    # One consumer's successes go out in one script call; this one is no Redis consumer, so the
+    # acker falls back to acknowledging them one by one, in order.
+    assert consumer.acked == messages and acker.pending == 0
+    assert can_defer(gate)
 
 
-def test_a_failing_acknowledgement_does_not_stop_the_others(monkeypatch, caplog):
+def test_a_failing_acknowledgement_does_not_stop_the_others(caplog):
     acker = acks.Acker()
-    acked = []
-
-    def flaky(message):
-        if message.message_id == "m0":
-            raise RuntimeError("broker gone")
-        acked.append(message.message_id)
-
+    consumer = _Consumer(fail={"m0"})
     for i in range(3):
-        op = _Op()
-        op.done.set()
-        acker.defer(op, flaky, _Message(i))
+        change = _Change()
+        change.done.set()
+        acker.defer(consumer, change, _Message(i))
+    rejected = _Change()
+    rejected.done.set()
+    acker.defer(consumer, rejected, _Message(3), reject=True)
     assert acker.drain(timeout=5)
-    assert acked == ["m1", "m2"]
+    assert [m.message_id for m in consumer.acked] == ["m1", "m2"]
+    assert [m.message_id for m in consumer.rejected] == ["m3"]
     assert "could not acknowledge message m0" in caplog.text
-
-
-def test_install_wraps_a_consumer_thread_once(monkeypatch):
-    monkeypatch.setattr(acks, "_queues", set())
-    monkeypatch.setattr(acks, "_ackers", PerProcess(acks.Acker))
-    direct = []
-
-    class Consumer:
-        queued_message_ids = {"m1", "m2"}
-
-    class Thread:
-        queue_name = "q"
-        consumer = Consumer()
-
-        def post_process_message(self, message):
-            direct.append(message.message_id)
-
-    thread = Thread()
-    acks.install(thread)
-    wrapped = thread.post_process_message
-    acks.install(thread)
-    assert thread.post_process_message is wrapped and acks._queues == {"q"}
-    plain = _Message(1, "q")
-    thread.post_process_message(plain)  # no pending end: straight to Dramatiq's own
-    assert direct == ["m1"]
-    pending, op = _Message(2, "q"), _Op()
-    acks.defer(pending, op)
-    thread.post_process_message(pending)
-    assert direct == ["m1"] and "m2" not in Consumer.queued_message_ids  # out of the prefetch window
-    op.done.set()
-    assert acks.drain(timeout=5) and direct == ["m1", "m2"]
 
 
 def test_receivers_act_from_the_hints_alone(monkeypatch):
@@ -124,9 +112,12 @@ def test_receivers_act_from_the_hints_alone(monkeypatch):
     assert not receivers_act(parent_id=7, state=State.SUCCEEDED, notify=False)
 
 
-def _redis_consumer(redis, prefetch, timeout_ms):
+@pytest.fixture
+def window_broker(redis):
+    """A usertasks RedisBroker on the test Redis with five messages on queue ``window``."""
     import dramatiq
-    from dramatiq.brokers.redis import RedisBroker
+
+    from usertasks.redis import RedisBroker
 
     broker = RedisBroker(client=redis, namespace="windowtest")
     broker.flush_all()
@@ -137,40 +128,42 @@ def _redis_consumer(redis, prefetch, timeout_ms):
 
     for i in range(5):
         job.send(i)
-    acks._wrap_consume(broker)
-    return broker, broker.consume("window", prefetch=prefetch, timeout=timeout_ms)
+    yield broker
+    broker.flush_all()
+    broker.close()
 
 
-def test_a_full_prefetch_window_waits_for_room_not_a_blind_sleep(redis):
+def test_a_full_prefetch_window_waits_for_room_not_a_blind_sleep(window_broker):
     """Dramatiq's Redis consumer sleeps an idle-queue backoff when its prefetch window is full;
-    the windowed one fetches as soon as an acknowledgement frees a slot."""
-    import time
+    usertasks' fetches as soon as an acknowledgement frees a slot."""
+    from usertasks.redis import Consumer
 
-    broker, consumer = _redis_consumer(redis, prefetch=2, timeout_ms=5000)
+    consumer = window_broker.consume("window", prefetch=2, timeout=5000)
     try:
-        assert isinstance(consumer, acks._Windowed) and type(consumer).__name__ == "_RedisConsumer"
+        assert isinstance(consumer, Consumer)
         first, second = next(consumer), next(consumer)
         assert first is not None and second is not None
+        assert vars(first)[DEFERRING_CONSUMER] is consumer  # the middleware may leave the ack to it
         threading.Timer(0.2, consumer.ack, [first]).start()
         t0 = time.monotonic()
         third = next(consumer)  # the window is full: waits for the ack, then fetches
         elapsed = time.monotonic() - t0
         assert third is not None and third.message_id not in (first.message_id, second.message_id)
         assert 0.15 < elapsed < 2.0
-        # A slot freed by the acker's hand-over (the message leaves the window unacknowledged).
-        consumer.queued_message_ids.discard(second.message_id)
-        acks._room(consumer)
+        # A slot freed by the hand-over to the acker (the message leaves the window unacknowledged).
+        change = _Change()
+        setattr(second, PENDING_END, change)
+        consumer.ack(second)
+        assert second.message_id not in consumer.queued_message_ids
         assert next(consumer) is not None
+        change.done.set()
+        assert consumer.acker.drain(consumer, timeout=5)
     finally:
         consumer.close()
-        broker.flush_all()
-        broker.close()
 
 
-def test_a_window_that_stays_full_gives_the_loop_back_after_the_timeout(redis):
-    import time
-
-    broker, consumer = _redis_consumer(redis, prefetch=1, timeout_ms=300)
+def test_a_window_that_stays_full_gives_the_loop_back_after_the_timeout(window_broker):
+    consumer = window_broker.consume("window", prefetch=1, timeout=300)
     try:
         assert next(consumer) is not None
         t0 = time.monotonic()
@@ -178,13 +171,9 @@ def test_a_window_that_stays_full_gives_the_loop_back_after_the_timeout(redis):
         assert 0.25 < time.monotonic() - t0 < 2.0
     finally:
         consumer.close()
-        broker.flush_all()
-        broker.close()
 
 
 def test_done_flag_wakes_every_waiter_once_set():
-    from usertasks.writer import Done
-
     done = Done()
     assert not done.is_set() and done.wait(0.01) is False
     woken = []
@@ -198,13 +187,16 @@ def test_done_flag_wakes_every_waiter_once_set():
     assert woken == [True] * 5 and done.is_set() and done.wait() is True and done.wait(0) is True
 
 
-def test_a_batch_of_acknowledgements_is_one_script_call_with_hooks_per_message(redis):
-    """The acker acknowledges what committed together in one call of a script doing Dramatiq's
-    "ack" for each message: each leaves the worker's unacknowledged set and the queue's hash,
-    the broker's ack hooks run once per message, and the consumer's window frees."""
-    import types
+def test_dramatiqs_consumer_thread_hands_pending_ends_to_the_acker_in_one_script_call(window_broker, redis):
+    """Through Dramatiq's own ConsumerThread.post_process_message (the worker thread's path): a
+    message without a pending end is acknowledged at once; messages whose ends wait for their
+    commit are acknowledged by the acker once committed, what committed together in one call of
+    a script doing Dramatiq's "ack" for each (each leaves the worker's unacknowledged set and the
+    queue's hash), and the broker's ack hooks run once per message."""
+    from queue import PriorityQueue
 
-    broker, consumer = _redis_consumer(redis, prefetch=5, timeout_ms=500)
+    from dramatiq.worker import ConsumerThread
+
     seen = []
 
     class Hooks:
@@ -219,19 +211,31 @@ def test_a_batch_of_acknowledgements_is_one_script_call_with_hooks_per_message(r
         def after_ack(self, broker, message):
             seen.append(("after", message.message_id))
 
-    broker.middleware.append(Hooks())
+    window_broker.middleware.append(Hooks())
+    thread = ConsumerThread(broker=window_broker, queue_name="window", prefetch=5, work_queue=PriorityQueue(),
+                            worker_timeout=500)
+    thread.consumer = consumer = window_broker.consume("window", prefetch=5, timeout=500)
+    calls = []
+    original = acks._ack_together
     try:
         messages = [next(consumer) for _ in range(5)]
-        acks_key = f"windowtest:__acks__.{broker.broker_id}.window"
+        acks_key = f"windowtest:__acks__.{window_broker.broker_id}.window"
         assert redis.scard(acks_key) == 5 and redis.hlen("windowtest:window.msgs") == 5
-        assert acks._dramatiqs_own(consumer, broker)
-        thread = types.SimpleNamespace(consumer=consumer, broker=broker)
-        assert acks._ack_together(thread, messages[:4]) is True
+        thread.post_process_message(messages[0])  # no pending end: acknowledged now
+        assert redis.scard(acks_key) == 4 and redis.hlen("windowtest:window.msgs") == 4
+        change = _Change()
+        for message in messages[1:4]:
+            setattr(message, PENDING_END, change)
+            thread.post_process_message(message)  # handed over: the worker thread goes on
+        assert redis.scard(acks_key) == 4  # nothing committed: nothing acknowledged
+        assert consumer.queued_message_ids == {messages[4].message_id}  # out of the prefetch window
+        acks._ack_together = lambda c, ms: calls.append(len(ms)) or original(c, ms)
+        change.done.set()
+        assert consumer.acker.drain(consumer, timeout=5)
+        assert calls == [3]
         assert redis.scard(acks_key) == 1 and redis.hlen("windowtest:window.msgs") == 1
-        assert consumer.queued_message_ids == {messages[4].message_id}
         ids = [m.message_id for m in messages[:4]]
-        assert seen == [("before", i) for i in ids] + [("after", i) for i in ids]
+        assert sorted(seen) == sorted([("before", i) for i in ids] + [("after", i) for i in ids])
     finally:
+        acks._ack_together = original
         consumer.close()
-        broker.flush_all()
-        broker.close()

@@ -217,68 +217,78 @@ def test_claim_many_matches_claim(redis):
 
 
 def test_the_abort_poller_reads_the_flags_once_per_interval(redis):
-    """The writer runs its pollers after every batch; the flags are read at most once per poll
-    interval all the same, and a raised flag still reaches the running task on the next read."""
+    """However often the poller ticks, the flags are read at most once per poll interval, and a
+    raised flag reaches the running task on the next read."""
     import time
 
     from usertasks.context import TaskContext
     from usertasks.middleware.abort import AbortPoller
+    from usertasks.writer import get_writer
 
     backend = get_backend()
     reads = []
     flagged = backend.flagged
     backend.flagged = lambda ids: reads.append(list(ids)) or flagged(ids)
+    ctx = TaskContext(status_id=10**9 + 7, message_id="m", actor_name="a")
+    writer = get_writer()
+    writer.register(ctx)
     try:
-        poller = AbortPoller()
-        ctx = TaskContext(status_id=10**9 + 7, message_id="m", actor_name="a")
+        poller = AbortPoller()  # its thread is not started: the test ticks it
+        now = time.monotonic()
         for _ in range(50):
-            poller([ctx])
+            poller.tick(now)
         assert reads == [[ctx.status_id]]
         backend.set(ctx.status_id)
-        time.sleep(backend.poll_interval)
-        poller([ctx])
+        poller.tick(now + backend.poll_interval)
         assert len(reads) == 2 and ctx.abort_requested
     finally:
+        writer.unregister(ctx)
         del backend.flagged
         backend.clear([ctx.status_id])
 
 
-def test_the_writer_wakes_when_the_abort_poller_is_due(redis):
-    """A writer with a running task and nothing to write wakes when the next read of the flags
-    is due, not one whole interval after its last wake-up (which, when that wake-up came just
-    before the read was due, left up to two intervals between two reads)."""
+def test_the_abort_poller_thread_reads_every_interval_while_a_task_runs(redis):
+    """The poller's own thread reads the flags once per interval while a tracked task runs (a
+    late read now and then on a busy machine, never one interval in two), and stops reading
+    once none does."""
     import time
 
     from usertasks.context import TaskContext
-    from usertasks.middleware.abort import AbortPoller
-    from usertasks.writer import Writer
+    from usertasks.middleware.abort import IDLE_GRACE, AbortPoller
+    from usertasks.writer import get_writer
+
+    from .conftest import wait_for
 
     backend = get_backend()
     reads = []
     flagged = backend.flagged
     backend.flagged = lambda ids: reads.append(time.monotonic()) or flagged(ids)
-    writer = Writer()
+    poller = AbortPoller().start()
+    writer = get_writer()
+    ctx = TaskContext(status_id=10**9 + 11, message_id="m", actor_name="a")
     try:
-        writer.pollers.append(AbortPoller())
-        ctx = TaskContext(status_id=10**9 + 11, message_id="m", actor_name="a")
         writer.register(ctx)
-        time.sleep(40 * backend.poll_interval)
+        poller.wake()
+        wait_for(lambda: len(reads) >= 41, timeout=30, message="40 intervals of reads")
         writer.unregister(ctx)
+        stopped = len(reads)
+        wait_for(lambda: poller.polls == len(reads) and time.monotonic() - reads[-1] > IDLE_GRACE / 4,
+                 timeout=10, message="the poller to notice there is nothing left to watch")
+        assert len(reads) <= stopped + 1
     finally:
-        writer.stop()
+        writer.unregister(ctx)
+        poller.stop()
         del backend.flagged
-    gaps = sorted(b - a for a, b in zip(reads, reads[1:]))
-    assert len(gaps) >= 20, reads
-    # Reads every interval; a late one now and then on a busy machine, never one in two.
+    gaps = sorted(b - a for a, b in zip(reads[:41], reads[1:41]))
     assert gaps[len(gaps) // 2] < 1.2 * backend.poll_interval, gaps
     assert gaps[int(len(gaps) * 0.9)] < 1.5 * backend.poll_interval, gaps
 
 
 def _tracked_broker(redis, namespace):
     import dramatiq
-    from dramatiq.brokers.redis import RedisBroker
 
     from usertasks import user_task
+    from usertasks.redis import RedisBroker
 
     broker = RedisBroker(client=redis, namespace=namespace)
     broker.flush_all()
@@ -298,9 +308,10 @@ def test_fetch_and_claim_takes_a_batch_as_dramatiq_fetches_it_and_claims_it(redi
     """One script fetches the batch (the worker's heartbeat, ids moved to its set of unacknowledged
     messages, their data in order) and claims its tracked messages: what Dramatiq's fetch and
     claim_many would do in two round trips."""
-    from usertasks.abort import AGAIN, FIRST, SKIP
-    from usertasks.actors import STATUS_OPTION
-    from usertasks.fanout import PARENT_OPTION
+    import json
+
+    from usertasks.abort import AGAIN, FIRST, SKIP, prefetch
+    from usertasks.protocol import PARENT_OPTION, STATUS_OPTION
 
     broker, job, plain = _tracked_broker(redis, "fetchclaim")
     backend = get_backend()
@@ -316,26 +327,30 @@ def test_fetch_and_claim_takes_a_batch_as_dramatiq_fetches_it_and_claims_it(redi
         job.send_with_options(args=(5,), **{STATUS_OPTION: base + 4, PARENT_OPTION: base + 90}),
         job.send_with_options(args=(6,), **{STATUS_OPTION: base + 5, PARENT_OPTION: base + 91}),
     ]
+    consumer = broker.consume("claimq", prefetch=5, timeout=200)
+    prefetch.forget()
     try:
-        data, claims = backend.fetch_and_claim(broker, "claimq", 5, STATUS_OPTION, PARENT_OPTION)
-        import json
-
+        data = consumer._fetch_and_claim(backend, 5)
         fetched = [json.loads(d) for d in data]
         assert [m["message_id"] for m in fetched] == [m.message_id for m in sent[:5]]
-        assert claims == [
-            (sent[0].message_id, base + 1, None, FIRST), (sent[2].message_id, base + 2, None, SKIP),
-            (sent[3].message_id, base + 3, None, AGAIN), (sent[4].message_id, base + 4, base + 90, SKIP),
-        ]
+        assert consumer._claims == {
+            sent[0].message_id: FIRST, sent[2].message_id: SKIP, sent[3].message_id: AGAIN,
+            sent[4].message_id: SKIP,
+        }
+        assert prefetch.watched() == {base + 1: None}  # the first claims are watched for cancels
         unacked = {m.decode() for m in redis.smembers(f"fetchclaim:__acks__.{broker.broker_id}.claimq")}
         assert unacked == {m["options"]["redis_message_id"] for m in fetched}
         assert redis.zscore("fetchclaim:__heartbeats__", broker.broker_id) is not None
         assert redis.llen("fetchclaim:claimq") == 1
         assert backend.claimed([base + 1, base + 4, base + 5]) == {base + 1}
         # The rest comes with the next fetch; an empty queue gives an empty batch.
-        data, claims = backend.fetch_and_claim(broker, "claimq", 5, STATUS_OPTION, PARENT_OPTION)
-        assert len(data) == 1 and claims == [(sent[5].message_id, base + 5, base + 91, FIRST)]
-        assert backend.fetch_and_claim(broker, "claimq", 5, STATUS_OPTION, PARENT_OPTION) == ([], [])
+        data = consumer._fetch_and_claim(backend, 5)
+        assert len(data) == 1 and consumer._claims == {sent[5].message_id: FIRST}
+        assert prefetch.watched() == {base + 1: None, base + 5: base + 91}
+        assert consumer._fetch_and_claim(backend, 5) == []
     finally:
+        prefetch.forget()
+        consumer.close()
         backend.clear([base + i for i in (1, 2, 3, 4, 5, 90)])
         broker.flush_all()
         broker.close()
@@ -343,19 +358,19 @@ def test_fetch_and_claim_takes_a_batch_as_dramatiq_fetches_it_and_claims_it(redi
 
 @pytest.mark.parametrize("maintenance", [0, 1000000])
 def test_a_windowed_consumer_hands_out_messages_claimed_with_their_batch(redis, monkeypatch, maintenance):
-    """A worker's Redis consumer fetches and claims in one round trip; the fetches that Dramatiq
-    uses for queue maintenance go through Dramatiq's own fetch, then claim_many."""
-    from usertasks import acks
-    from usertasks.abort import FIRST
-    from usertasks.actors import STATUS_OPTION
-    from usertasks.middleware.abort import PREFETCH_CLAIM
+    """A worker's Redis consumer fetches and claims in one round trip; the fetches that do
+    Dramatiq's queue maintenance go through Dramatiq's own fetch (maintenance included), then
+    claim_many."""
+    from usertasks.abort import FIRST, prefetch
+    from usertasks.protocol import PREFETCH_CLAIM, STATUS_OPTION
+    from usertasks.redis import Consumer
 
     broker, job, plain = _tracked_broker(redis, f"windowclaim{maintenance}")
     broker.maintenance_chance = maintenance
     backend = get_backend()
     base = 10**9 + 200
-    calls = {"script": 0, "claim_many": 0}
-    fetch, claim_many = backend.fetch_and_claim, backend.claim_many
+    calls = {"script": 0, "claim_many": 0, "maintenance": 0}
+    fetch, claim_many, dramatiq_fetch = Consumer._fetch_and_claim, backend.claim_many, broker.fetch
 
     def counting(name, fn):
         def call(*args, **kwargs):
@@ -363,22 +378,27 @@ def test_a_windowed_consumer_hands_out_messages_claimed_with_their_batch(redis, 
             return fn(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(backend, "fetch_and_claim", counting("script", fetch))
+    def maintenance_fetch(queue_name, count, *, maintenance=False):
+        calls["maintenance"] += maintenance
+        return dramatiq_fetch(queue_name, count, maintenance=maintenance)
+
+    monkeypatch.setattr(Consumer, "_fetch_and_claim", counting("script", fetch))
     monkeypatch.setattr(backend, "claim_many", counting("claim_many", claim_many))
+    monkeypatch.setattr(broker, "fetch", maintenance_fetch)
     for i in range(3):
         job.send_with_options(args=(i,), **{STATUS_OPTION: base + i})
     plain.send(9)
-    acks._wrap_consume(broker)
     consumer = broker.consume("claimq", prefetch=8, timeout=200)
     try:
         proxies = [next(consumer) for _ in range(4)]
         assert [getattr(p, PREFETCH_CLAIM, None) for p in proxies] == [FIRST, FIRST, FIRST, None]
         if maintenance:
-            assert calls == {"script": 0, "claim_many": 1}
+            assert calls["script"] == 0 and calls["claim_many"] == 1 and calls["maintenance"] >= 1
         else:
-            assert calls == {"script": 1, "claim_many": 0}
+            assert calls == {"script": 1, "claim_many": 0, "maintenance": 0}
         assert next(consumer) is None  # empty: a backoff, then the loop gets control back
     finally:
+        prefetch.forget()
         consumer.close()
         backend.clear([base + i for i in range(3)])
         broker.flush_all()

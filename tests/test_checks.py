@@ -10,7 +10,7 @@ from django.core import checks
 from django.test.utils import override_settings
 from dramatiq.brokers.stub import StubBroker
 
-from usertasks.broker import install_middleware
+from usertasks.middleware import install as install_middleware
 from usertasks.checks import check_broker, check_settings, check_sqlite
 from usertasks.middleware import UserTaskTracking
 

@@ -12,7 +12,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from usertasks import Aborted, TaskContext
-from usertasks.fanout import FAIL_FAST, children_ended
+from usertasks.protocol import FAIL_FAST
+from usertasks.transitions import children_ended
 from usertasks.models import EventKind, UserTaskStatus
 from usertasks.states import State
 

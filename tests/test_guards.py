@@ -9,9 +9,10 @@ from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from usertasks import TaskContext
-from usertasks.models import EventKind, UserTaskEvent, UserTaskStatus
-from usertasks.states import ACTIVE_STATES, FINAL_STATES, State
-from usertasks.writer import Op, Writer, get_writer, stop_writer
+from usertasks.models import EventKind, UserTaskStatus
+from usertasks.states import FINAL_STATES, State
+from usertasks import transitions
+from usertasks.writer import Writer, get_writer, stop_writer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,15 +38,13 @@ def make_ctx(row, attempt=1):
 
 
 def start(writer, ctx):
-    event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.STARTED, attempt=ctx.attempt)
-    return writer.submit(Op("start", ctx, events=[event])).wait(30)
+    return writer.submit(transitions.start(ctx)).wait(30)
 
 
 def end(writer, ctx, state, **extra):
     kind = {State.SUCCEEDED: EventKind.SUCCEEDED, State.FAILED: EventKind.FAILED,
             State.CANCELED: EventKind.CANCELED, State.RETRYING: EventKind.RETRYING}[state]
-    event = UserTaskEvent(status_id=ctx.status_id, kind=kind, attempt=ctx.attempt)
-    return writer.submit(Op("end", ctx, fields=dict(extra, state=state), events=[event])).wait(30)
+    return writer.submit(transitions.end(ctx, state, kind, fields=extra)).wait(30)
 
 
 def snapshot(row):
@@ -151,8 +150,7 @@ def test_guarded_update_only_touches_active_rows(user, writer):
     active = make_row(user)
     final = make_row(user, state=State.SUCCEEDED, finished=timezone.now())
     for row in (active, final):
-        op = Op("update", fields={"_where": {"pk": row.pk, "state__in": ACTIVE_STATES}, "state": State.FAILED})
-        writer.submit(op).wait(30)
+        writer.submit(transitions.expire_before_start(row.pk)).wait(30)
     assert UserTaskStatus.objects.get(pk=active.pk).state == State.FAILED
     assert UserTaskStatus.objects.get(pk=final.pk).state == State.SUCCEEDED
 
@@ -211,7 +209,7 @@ def test_many_updates_of_one_shape_in_one_statement(user):
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from usertasks.writer import _Statements
+    from usertasks.sql import Statements as _Statements
 
     rows = [
         UserTaskStatus.objects.create(user=user, task_id=f"many-{i}", task_class="x", name=f"n{i}",
@@ -241,8 +239,7 @@ def test_many_updates_of_one_shape_in_one_statement(user):
 
 
 def lazy_end(writer, ctx):
-    event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.SUCCEEDED, attempt=ctx.attempt)
-    return writer.submit(Op("end", ctx, fields={"state": State.SUCCEEDED}, events=[event], lazy=True))
+    return writer.submit(transitions.end(ctx, State.SUCCEEDED, EventKind.SUCCEEDED, lazy=True))
 
 
 def test_lazy_ends_wait_for_company_and_an_eager_change_takes_them_along(user, writer, settings):

@@ -124,7 +124,7 @@ def test_retries_exhausted_fails(worker, user, redis):
 
 
 def test_message_whose_row_is_missing_runs_untracked(worker, user, redis):
-    from usertasks.actors import STATUS_OPTION
+    from usertasks.protocol import STATUS_OPTION
 
     from .conftest import wait_for
 

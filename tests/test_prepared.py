@@ -1,4 +1,4 @@
-"""usertasks.bulk.execute: server-side prepared statements on PostgreSQL (psycopg 3), and the way
+"""usertasks.sql.execute: server-side prepared statements on PostgreSQL (psycopg 3), and the way
 back to client-side binding when the server refuses them (a transaction-mode pooler)."""
 
 import logging
@@ -6,7 +6,7 @@ import logging
 import pytest
 from django.db import OperationalError, connection, transaction
 
-from usertasks import bulk
+from usertasks import sql as bulk
 
 pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only")
 

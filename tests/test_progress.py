@@ -11,7 +11,8 @@ from django.utils import timezone
 from usertasks import Aborted, TaskContext, current_task
 from usertasks.models import UserTaskStatus
 from usertasks.states import State
-from usertasks.writer import Op, get_writer, stop_writer
+from usertasks import transitions
+from usertasks.writer import get_writer, stop_writer
 
 from . import tasks, tasks_core
 from .conftest import wait_final, wait_for
@@ -54,7 +55,7 @@ def test_steps_are_coalesced_by_the_writer(user, writer):
     ctx = TaskContext(status_id=row.pk, message_id=row.task_id, actor_name="count")
     writer.register(ctx)
     try:
-        assert writer.submit(Op("start", ctx)).wait(30)
+        assert writer.submit(transitions.start(ctx)).wait(30)
         before = writer.batches
         started = time.monotonic()
         for i in range(10_000):
@@ -75,7 +76,7 @@ def test_long_message_is_clipped(user, writer):
     ctx = TaskContext(status_id=row.pk, message_id=row.task_id, actor_name="count")
     writer.register(ctx)
     try:
-        assert writer.submit(Op("start", ctx)).wait(30)
+        assert writer.submit(transitions.start(ctx)).wait(30)
         with override_settings(USERTASKS={"MESSAGE_MAX_LENGTH": 20}):
             ctx.set_message("x" * 100)
             writer.flush()

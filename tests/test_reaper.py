@@ -170,7 +170,8 @@ def test_completion_callback_left_due_is_sent_once(user, redis):
     process)."""
     import json
 
-    from usertasks.fanout import CALLBACK_DUE, CONTAINER_OPTION, callback_spec
+    from usertasks.containers.completion import callback_spec
+    from usertasks.protocol import CALLBACK_DUE, CONTAINER_OPTION
 
     from . import tasks_fanout as tf
 
@@ -209,7 +210,10 @@ def test_completion_callback_left_due_is_sent_once(user, redis):
 def test_the_ending_transaction_marks_the_callback_due_until_it_is_sent(user, redis):
     from django.db import transaction
 
-    from usertasks.fanout import CALLBACK_DUE, WAITING, _info, callback_spec, try_complete
+    from usertasks.containers.completion import callback_spec
+    from usertasks.containers.counting import info as _info
+    from usertasks.protocol import CALLBACK_DUE, WAITING
+    from usertasks.transitions import complete_container as try_complete
 
     from . import tasks_fanout as tf
 

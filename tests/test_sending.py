@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from usertasks import ArgumentsNotSerializable, EnqueueError, UserTasksError, user_task
-from usertasks.actors import STATUS_OPTION
+from usertasks.protocol import STATUS_OPTION
 from usertasks.models import EventKind, UserTaskEvent, UserTaskStatus
 from usertasks.states import State
 
@@ -209,11 +209,10 @@ def test_delay_sets_eta_and_uses_the_delay_queue(user, clean_redis):
 
 @pytest.fixture
 def dead_broker():
-    """A RedisBroker on a private Redis, and a user task declared on it."""
-    from dramatiq.brokers.redis import RedisBroker
-
-    from usertasks.broker import install_middleware
+    """usertasks' RedisBroker on a private Redis, and a user task declared on it."""
     from usertasks.devredis import RedisServer
+    from usertasks.middleware import install as install_middleware
+    from usertasks.redis import RedisBroker
 
     server = RedisServer().start()
     broker = RedisBroker(url=server.url)
@@ -285,12 +284,10 @@ def test_send_many_for_pipelines_the_messages(user, dead_broker, monkeypatch):
     the broker's own middleware hooks run for every message, all arrive in order."""
     import redis.connection
 
-    from usertasks import broker as broker_module
-
     server, broker, actor = dead_broker
     client = broker.client
     client.ping()
-    monkeypatch.setattr(broker_module, "PIPELINE_SIZE", 40)
+    monkeypatch.setattr(broker, "chunk_size", 40)
     hooks = _RefuseLabel(label=None)
     broker.middleware.append(hooks)
     trips = [0]
@@ -315,10 +312,8 @@ def test_send_many_for_pipelines_the_messages(user, dead_broker, monkeypatch):
 
 
 def test_a_failed_pipeline_fails_its_tasks_and_the_later_ones_only(user, dead_broker, monkeypatch):
-    from usertasks import broker as broker_module
-
     server, broker, actor = dead_broker
-    monkeypatch.setattr(broker_module, "PIPELINE_SIZE", 4)
+    monkeypatch.setattr(broker, "chunk_size", 4)
     broker.middleware.append(_RefuseLabel(label="f5"))
     with pytest.raises(EnqueueError, match="refused f5"):
         actor.send_many_for(user, [{"label": f"f{i}"} for i in range(10)])
@@ -329,11 +324,12 @@ def test_a_failed_pipeline_fails_its_tasks_and_the_later_ones_only(user, dead_br
 
 
 def test_bulk_insert_prepares_values_like_the_orm(user):
-    """usertasks.bulk.insert stores exactly what bulk_create would, shared values included."""
+    """usertasks.sql.insert stores exactly what bulk_create would, shared values included."""
     from django.utils import timezone
 
-    from usertasks import bulk
-    from usertasks.sending import _event, _row, prepare
+    from usertasks import sql as bulk
+    from usertasks.sending import _event, prepare
+    from usertasks.sending import new_row as _row
 
     now = timezone.now()
     prepared = [prepare(tasks_core.fixed_total, user, (), {}) for _ in range(3)]
@@ -354,12 +350,14 @@ def test_bulk_insert_prepares_values_like_the_orm(user):
 
 
 def test_rows_copied_from_the_first_are_the_rows_the_model_builds(user, django_assert_num_queries):
-    """sending._rows copies the first row for calls sharing its user and parent; what is stored
-    is what one model instance per call would store, and each row has its own uuid."""
+    """sending.new_rows copies the first row for calls sharing its user and parent; what is
+    stored is what one model instance per call would store, and each row has its own uuid."""
     from django.utils import timezone
 
-    from usertasks import bulk
-    from usertasks.sending import _row, _rows, prepare_many
+    from usertasks import sql as bulk
+    from usertasks.sending import new_row as _row
+    from usertasks.sending import new_rows as _rows
+    from usertasks.sending import prepare_many
 
     now = timezone.now()
     parent = tasks_core.fixed_total.send_for(user)
@@ -391,7 +389,8 @@ def test_rows_copied_from_the_first_are_the_rows_the_model_builds(user, django_a
 def test_prepare_many_draws_distinct_message_ids(user):
     import uuid
 
-    from usertasks.sending import prepare_many, random_uuids
+    from usertasks.ids import random_uuids
+    from usertasks.sending import prepare_many
 
     ids = random_uuids(1000)
     assert len(set(ids)) == 1000 and {u.version for u in ids} == {4}
@@ -445,12 +444,13 @@ def test_bulk_enqueue_stores_what_the_broker_would(dead_broker):
     from dramatiq import Message
     from dramatiq.brokers.redis import RedisBroker
 
-    from usertasks.broker import _enqueue_chunk, _enqueue_pipelined, _enqueue_scripted, enqueue_many
+    from usertasks.broker import enqueue_many
+    from usertasks.redis import RedisBroker as FastBroker
 
     server, broker, actor = dead_broker
     hooks = _RefuseLabel(label=None)
     broker.middleware.append(hooks)
-    assert _enqueue_chunk(broker) is _enqueue_scripted
+    assert type(broker).enqueue is RedisBroker.enqueue  # the one-script path
 
     def message(queue, label):
         return Message(queue_name=queue, actor_name=actor.actor_name, args=(), kwargs={"label": label}, options={"k": 1})
@@ -480,11 +480,23 @@ def test_bulk_enqueue_stores_what_the_broker_would(dead_broker):
     own = json.loads(broker.enqueue(message("mine", "e")).encode())
     assert set(own) == set(default[0]) - {"_rid"} and set(own["options"]) == {"k", "redis_message_id"}
 
-    class Custom(RedisBroker):
+    # A subclass overriding enqueue, and Dramatiq's own broker: one enqueue() per message.
+    calls = []
+
+    class Custom(FastBroker):
         def enqueue(self, message, *, delay=None):
+            calls.append(message.kwargs["label"])
             return super().enqueue(message, delay=delay)
 
-    assert _enqueue_chunk(Custom(client=client)) is _enqueue_pipelined
+    for cls in (Custom, RedisBroker):
+        custom = cls(client=client, namespace="custom")
+        if cls is RedisBroker:
+            custom.enqueue = lambda message, *, delay=None, _own=custom.enqueue: calls.append(
+                message.kwargs["label"]) or _own(message, delay=delay)
+        assert enqueue_many(custom, [(message("q", "x"), None), (message("q", "y"), None)]) == 2
+        assert client.llen("custom:q") == 2
+        client.delete("custom:q", "custom:q.msgs")
+    assert calls == ["x", "y", "x", "y"]
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="array literals are for PostgreSQL's unnest")
@@ -495,7 +507,7 @@ def test_array_literals_give_back_the_values(user):
 
     from django.utils import timezone
 
-    from usertasks import bulk
+    from usertasks import sql as bulk
 
     field = UserTaskStatus._meta.get_field
     texts = ['plain', '', 'NULL', None, 'a "quoted" word', 'back\\slash \\" both', '{braces}, commas',

@@ -9,7 +9,7 @@ from django.db import transaction
 from dramatiq.brokers.stub import StubBroker
 
 from usertasks import user_task
-from usertasks.broker import install_middleware
+from usertasks.middleware import install as install_middleware
 from usertasks.models import EventKind
 from usertasks.states import State
 from usertasks.testing import last_status, run_user_tasks, statuses

@@ -7,8 +7,8 @@ import time
 import pytest
 from django.test import override_settings
 
-from usertasks import acks, wakeup
 from usertasks.broker import enqueue_many
+from usertasks.redis import wakeup
 
 from .conftest import wait_for, wait_final
 
@@ -17,7 +17,8 @@ from .conftest import wait_for, wait_final
 def wake_broker(redis):
     """A Redis broker of its own namespace, an actor on queue ``wakeq`` and a consumer factory."""
     import dramatiq
-    from dramatiq.brokers.redis import RedisBroker
+
+    from usertasks.redis import RedisBroker
 
     broker = RedisBroker(client=redis, namespace="waketest")
     broker.flush_all()
@@ -26,7 +27,6 @@ def wake_broker(redis):
     def job(i):
         pass
 
-    acks._wrap_consume(broker)
     consumers = []
 
     def consume(timeout_ms, prefetch=4):
@@ -61,9 +61,9 @@ def test_a_send_ends_the_backoff_of_an_idle_consumer(wake_broker):
     0.3 s into it wakes the consumer, which then hands out the message."""
     broker, job, consume = wake_broker
     consumer = consume(timeout_ms=5000)
-    assert isinstance(consumer._usertasks_waker, wakeup.Waker)
+    assert isinstance(consumer.waker, wakeup.Waker)
     next(consumer)  # an empty fetch and a short backoff: subscribes
-    assert consumer._usertasks_waker.subscribed
+    assert consumer.waker.subscribed
     for n in (1, 3):  # a single send (send_for) and a chunk (send_many_for, fan-out)
         timer = _send_later(broker, job, 0.3, n)
         result, seconds = _idle_next(consumer)
@@ -79,7 +79,7 @@ def test_a_send_ends_the_backoff_of_an_idle_consumer(wake_broker):
 def test_without_wake_ups_the_consumer_sleeps_its_whole_backoff(wake_broker):
     broker, job, consume = wake_broker
     consumer = consume(timeout_ms=1500)
-    assert consumer._usertasks_waker is None
+    assert consumer.waker is None
     timer = _send_later(broker, job, 0.1)
     result, seconds = _idle_next(consumer)  # a backoff of 0.75-1.5 s, whatever is sent
     timer.join()
@@ -127,13 +127,13 @@ def test_a_busy_consumer_reads_its_wake_ups_when_its_window_is_full(wake_broker,
         redis.publish(wakeup.channel("waketest", "wakeq"), "")
     time.sleep(0.05)
     assert next(consumer) is None  # waits for room (0.2 s), then reads the wake-ups
-    assert consumer._usertasks_waker._pubsub.get_message(timeout=0.05) is None
+    assert consumer.waker._pubsub.get_message(timeout=0.05) is None
 
 
 def test_a_broken_subscription_falls_back_to_polling_then_subscribes_again(wake_broker, redis, monkeypatch):
     broker, job, consume = wake_broker
     consumer = consume(timeout_ms=300)
-    waker = consumer._usertasks_waker
+    waker = consumer.waker
     next(consumer)
     assert waker.subscribed
     name = wakeup.channel("waketest", "wakeq")
@@ -178,7 +178,7 @@ def test_an_idle_worker_starts_a_sent_task_at_once(start_worker, redis, user):
 def test_a_consumer_that_keeps_finding_messages_reads_its_wake_ups_once_a_second(wake_broker, redis, monkeypatch):
     broker, job, consume = wake_broker
     consumer = consume(timeout_ms=200)
-    waker = consumer._usertasks_waker
+    waker = consumer.waker
     next(consumer)  # subscribes
     monkeypatch.setattr(waker, "DRAIN_EVERY", 0.3)
     name = wakeup.channel("waketest", "wakeq")

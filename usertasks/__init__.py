@@ -26,7 +26,7 @@ __all__ = [
 def __getattr__(name):
     # ``usertasks.pipeline`` is imported on first use, keeping this module light.
     if name == "pipeline":
-        from .pipelines import pipeline
+        from .containers.pipelines import pipeline
 
         return pipeline
     raise AttributeError(f"module 'usertasks' has no attribute {name!r}")

@@ -10,13 +10,12 @@ class UserTasksConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401  (registers the system checks)
-        from . import operations
-        from .broker import install_middleware
+        from . import middleware, operations
+        from .broker import configured_broker
         from .cancel import cancel
 
         operations.provide(cancel=cancel)
-
-        install_middleware()
+        middleware.install(configured_broker())
 
         from .notifications import acts_on, on_task_finished
         from .signals import ACTS, NOTIFIER_UID, task_finished

@@ -16,7 +16,12 @@ import logging
 from django.db import router, transaction
 from django.utils import timezone
 
-from .states import ACTIVE_STATES, FINAL_STATES, State
+from . import transitions
+from .abort import get_backend, set_flag
+from .containers.cancel import cancel_contents
+from .exceptions import AbortBackendError
+from .models import UserTaskStatus
+from .states import FINAL_STATES, State
 
 logger = logging.getLogger("usertasks")
 
@@ -40,13 +45,7 @@ def cancel(status, by=None):
     ones are asked to stop; the container ends with the last of them."""
     done = cancel_task(status, by=by)
     if done and status.is_container:
-        from .fanout import cancel_children
-
-        outcome = getattr(status, "cancel_outcome", None)
-        cancel_children(status, by=by if getattr(by, "pk", None) else None)
-        status.refresh_from_db()
-        if outcome is not None:
-            status.cancel_outcome = outcome
+        cancel_contents(status, by=by)
     return done
 
 
@@ -59,16 +58,14 @@ def cancel_task(status, by=None):
     happened.  Raises :class:`~usertasks.exceptions.AbortBackendError` when the task is running
     and the abort flag cannot be raised (the request is stored; call again).
     """
-    from .models import EventKind, UserTaskEvent, UserTaskStatus
-
     user = _user(by)
     db = router.db_for_write(UserTaskStatus)
-    rows = UserTaskStatus.objects.using(db).filter(pk=status.pk)
+    rows = UserTaskStatus.objects.using(db)
     outcome = ALREADY_FINAL
     for _ in range(5):  # the state can move between our two guarded UPDATEs; try again then
         # Read outside the transaction: on SQLite a read-then-write transaction can fail with
         # "database is locked" at once; the UPDATE below is guarded by this state anyway.
-        found = rows.values_list("state", "parent_id").first()
+        found = rows.filter(pk=status.pk).values_list("state", "parent_id").first()
         if found is None:
             raise UserTaskStatus.DoesNotExist(f"task {status.pk} no longer exists")
         previous, parent_id = found
@@ -79,35 +76,13 @@ def cancel_task(status, by=None):
             previous = State.IN_PROGRESS  # a worker has just taken it: ask it to stop
         with transaction.atomic(using=db):
             if previous in (State.PENDING, State.RETRYING):
-                n = rows.filter(state=previous).update(
-                    state=State.CANCELED, cancel_requested=now, canceled_by=user, finished=now, modified=now,
-                    unique_key=None, worker="",
-                )
-                if n:
-                    detail = "Canceled before it started." if previous == State.PENDING else \
-                        "Canceled while waiting to retry."
-                    UserTaskEvent.objects.using(db).create(
-                        status_id=status.pk, kind=EventKind.CANCELED, created=now, actor=user, detail=detail,
-                    )
-                    if parent_id is not None:  # a fan-out child: counted on its container
-                        from .fanout import child_ended
-
-                        child_ended(UserTaskStatus.objects.using(db), parent_id, status.pk, State.CANCELED)
+                if transitions.cancel_not_started(rows, status.pk, previous, parent_id=parent_id, by=user, now=now):
                     outcome = CANCELED
-                    from .signals import send_task_finished
-
-                    send_task_finished(status.pk, State.CANCELED, using=db)
                     break
-            else:  # In Progress (or claimed by a worker that has not stored its start yet)
-                n = rows.filter(state__in=ACTIVE_STATES).update(
-                    cancel_requested=now, canceled_by=user, modified=now,
-                )
-                if n:
-                    UserTaskEvent.objects.using(db).create(
-                        status_id=status.pk, kind=EventKind.CANCEL_REQUESTED, created=now, actor=user,
-                    )
-                    outcome = REQUESTED
-                    break
+            elif transitions.request_cancel(rows, status.pk, by=user, now=now):
+                # In Progress (or claimed by a worker that has not stored its start yet)
+                outcome = REQUESTED
+                break
     else:  # pragma: no cover - the state kept changing under us
         raise RuntimeError(f"could not cancel task {status.pk}: its state keeps changing")
 
@@ -128,8 +103,6 @@ def _claimed(status_id):
     whether a worker claimed it first (then its body may be running although the row still says
     Pending; see ``usertasks.abort.redis``).  Either way the flag is up before the row changes,
     so no worker can start the body after this returns ``False``."""
-    from .abort import get_backend
-
     try:
         backend = get_backend()
         if not backend.atomic_claims:
@@ -143,9 +116,6 @@ def _claimed(status_id):
 
 
 def _raise_flag(status_id, outcome):
-    from .abort import set_flag
-    from .exceptions import AbortBackendError
-
     try:
         set_flag(status_id)
     except Exception as exc:

@@ -8,7 +8,8 @@ from .conf import DEFAULTS
 
 @checks.register("usertasks")
 def check_broker(app_configs=None, **kwargs):
-    from .broker import configured_broker, middleware_problems
+    from .broker import configured_broker
+    from .middleware import problems
 
     broker = configured_broker()
     if broker is None:
@@ -17,12 +18,12 @@ def check_broker(app_configs=None, **kwargs):
             hint="Add 'django_dramatiq' before 'usertasks' in INSTALLED_APPS and set DRAMATIQ_BROKER.",
             id="usertasks.E001",
         )]
-    missing, misplaced = middleware_problems(broker)
+    missing, misplaced = problems(broker)
     if missing:
         return [checks.Error(
             f"The Dramatiq broker {type(broker).__name__} lacks usertasks' middleware (UserTaskTracking, UserTaskAbort).",
             hint="Let the usertasks app install it (keep 'usertasks' in INSTALLED_APPS after "
-            "'django_dramatiq'), or call usertasks.broker.install_middleware(broker).",
+            "'django_dramatiq'), or call usertasks.middleware.install(broker).",
             id="usertasks.E002",
         )]
     if misplaced:
@@ -31,7 +32,25 @@ def check_broker(app_configs=None, **kwargs):
             hint="Put usertasks.middleware.UserTaskTracking before dramatiq.middleware.Retries.",
             id="usertasks.E003",
         )]
-    return []
+    return _fast_path(broker)
+
+
+def _fast_path(broker):
+    """``usertasks.W003``: a Redis broker without usertasks' fast path."""
+    from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
+
+    from .redis import RedisBroker
+
+    if not isinstance(broker, DramatiqRedisBroker) or isinstance(broker, RedisBroker):
+        return []
+    return [checks.Warning(
+        f"The Dramatiq broker is {type(broker).__module__}.{type(broker).__qualname__}: usertasks' fast path is "
+        "off (one round trip per message sent and per task claimed, acknowledgements waiting for the commit on "
+        "the worker threads, idle workers polling).",
+        hint="Set DRAMATIQ_BROKER['BROKER'] = 'usertasks.redis.RedisBroker' (same options, same queues); see "
+        "docs/architecture.md.",
+        id="usertasks.W003",
+    )]
 
 
 @checks.register("usertasks")

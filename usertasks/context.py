@@ -157,7 +157,7 @@ class TaskContext:
         ``"fail_fast"`` (the first failure cancels the rest; end Failed).  ``on_complete``: an
         actor (sent with the container's UUID) or a message, sent once when the container ends.
         Returns the children as a QuerySet.  See ``docs/fanout.md``."""
-        from .fanout import fan_out
+        from .containers.start import fan_out
 
         return fan_out(self, child_actor, items, policy=policy, on_complete=on_complete)
 

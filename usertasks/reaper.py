@@ -24,11 +24,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import dramatiq
-from dramatiq.common import dq_name
-from django.db import router, transaction
+from django.db import router
+from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import transitions
+from .abort import clear_flags, get_backend
+from .broker import configured_broker
+from .conf import app_settings
+from .containers import completion
+from .models import EventKind, UserTaskStatus
+from .protocol import CALLBACK_DUE
+from .redis.queues import live_message_ids
 from .states import FINAL_STATES, State
 
 logger = logging.getLogger("usertasks.reaper")
@@ -60,39 +68,8 @@ class ReapResult:
         )
 
 
-def live_message_ids(broker, queue_names):
-    """Ids of every message the broker still holds for ``queue_names`` (queued, delayed, or
-    delivered and not yet acknowledged), or ``None`` when the broker cannot be inspected."""
-    try:
-        from dramatiq.brokers.redis import RedisBroker
-    except ImportError:  # pragma: no cover
-        return None
-    if not isinstance(broker, RedisBroker):
-        return None
-    from dramatiq import Message
-
-    ids = set()
-    for queue in set(queue_names):
-        queue = queue or "default"
-        # ``<ns>:<queue>.msgs`` holds every message of the queue until it is acknowledged,
-        # including those in the unacked sets of (live or dead) workers.
-        for name in (queue, dq_name(queue)):
-            key = f"{broker.namespace}:{name}.msgs"
-            for _, data in broker.client.hscan_iter(key, count=1000):
-                try:
-                    ids.add(Message.decode(data).message_id)
-                except Exception:  # pragma: no cover - undecodable garbage is not our message
-                    continue
-    return ids
-
-
 def reap(now=None, *, dry_run=False, broker=None):
     """One pass of the reaper; returns a :class:`ReapResult`."""
-    from .abort import clear_flags, get_backend
-    from .broker import configured_broker
-    from .conf import app_settings
-    from .models import EventKind, UserTaskEvent, UserTaskStatus
-
     now = now or timezone.now()
     broker = broker or configured_broker()
     db = router.db_for_write(UserTaskStatus)
@@ -126,42 +103,14 @@ def reap(now=None, *, dry_run=False, broker=None):
     def fail(row, where, text, kind, bucket):
         if dry_run:
             bucket.append(row["pk"])
-            return
-        state = State.FAILED
-        fields = {"error": text, "error_class": ""}
-        if row.get("cancel_requested"):  # its user had asked to cancel it: that is what happened
-            state, kind, fields = State.CANCELED, EventKind.CANCELED, {}
-        with transaction.atomic(using=db):
-            n = rows.filter(pk=row["pk"], **where).update(
-                state=state, finished=now, modified=now, unique_key=None, worker="", **fields,
-            )
-            if n:
-                UserTaskEvent.objects.using(db).create(
-                    status_id=row["pk"], kind=kind, created=now, attempt=row["attempts"], detail=text,
-                )
-                if row.get("parent_id") is not None:  # a fan-out child: counted on its container
-                    from .fanout import child_ended
-
-                    child_ended(rows, row["parent_id"], row["pk"], state)
-                from .signals import send_task_finished
-
-                send_task_finished(row["pk"], state, using=db)
-                bucket.append(row["pk"])
+        elif transitions.end_lost(rows, row, where, text=text, kind=kind, now=now):
+            bucket.append(row["pk"])
 
     for row in stale:
         where = {"state": State.IN_PROGRESS, "worker": row["worker"], "heartbeat": row["heartbeat"]}
         if live is not None and task_ids.get(row["pk"]) in live:
-            if dry_run:
+            if dry_run or transitions.requeue_lost(rows, row, where, detail=REQUEUED, now=now):
                 result.requeued.append(row["pk"])
-                continue
-            with transaction.atomic(using=db):
-                n = rows.filter(pk=row["pk"], **where).update(state=State.PENDING, worker="", modified=now)
-                if n:
-                    UserTaskEvent.objects.using(db).create(
-                        status_id=row["pk"], kind=EventKind.REQUEUED, created=now, attempt=row["attempts"],
-                        detail=REQUEUED,
-                    )
-                    result.requeued.append(row["pk"])
         else:
             fail(row, where, WORKER_LOST, EventKind.WORKER_LOST, result.worker_lost)
 
@@ -199,10 +148,6 @@ def reap(now=None, *, dry_run=False, broker=None):
 def _send_due_callbacks(rows, now, dry_run, result):
     """Containers that ended more than :data:`CALLBACK_GRACE` ago with their completion callback
     still marked due: the process that ended them stopped before it sent it.  Send it now."""
-    from django.db.models import Q
-
-    from .fanout import CALLBACK_DUE, send_callback
-
     due = (
         rows.filter(is_container=True, state__in=FINAL_STATES, finished__lt=now - CALLBACK_GRACE)
         .filter(Q(**{f"options__fanout__{CALLBACK_DUE}": True}) | Q(**{f"options__pipeline__{CALLBACK_DUE}": True}))
@@ -210,7 +155,7 @@ def _send_due_callbacks(rows, now, dry_run, result):
     )
     for pk, options in due:
         spec = next(options[k] for k in ("fanout", "pipeline") if (options.get(k) or {}).get(CALLBACK_DUE))
-        if dry_run or send_callback(pk, spec["on_complete"], rows.db):
+        if dry_run or completion.send_callback(pk, spec["on_complete"], rows.db):
             result.callbacks.append(pk)
 
 

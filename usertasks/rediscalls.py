@@ -1,4 +1,4 @@
-"""usertasks' Lua scripts, called on Redis with little Python per argument.
+"""Calling Lua scripts on Redis with little Python per argument.
 
 A worker calls its scripts (fetch and claim, acknowledge a batch, enqueue a chunk) thousands of
 times a second, some with a thousand arguments.  Through redis-py, each call checks a connection
@@ -9,6 +9,7 @@ thread keeps for itself (per process and per connection pool: a forked child mak
 
 import hashlib
 import os
+from pathlib import Path
 import threading
 import weakref
 
@@ -60,6 +61,11 @@ class Script:
     def __init__(self, text):
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    @classmethod
+    def load(cls, module_file, name):
+        """The script ``name`` (a ``.lua`` file beside the module whose ``__file__`` is given)."""
+        return cls((Path(module_file).parent / name).read_text(encoding="utf-8"))
 
     def __call__(self, client, keys=(), args=()):
         command = pack(("EVALSHA", self.sha, len(keys), *keys, *args))

@@ -12,10 +12,11 @@ import dramatiq
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
-from . import bulk
-from .protocol import STATUS_OPTION
-from .text import clip
+from . import sql, transitions
+from .broker import EnqueueFailed, enqueue_many
+from .models import EventKind, UserTaskEvent, UserTaskStatus
 from .exceptions import ArgumentsNotSerializable, EnqueueError
+from .protocol import STATUS_OPTION
 
 logger = logging.getLogger("usertasks")
 
@@ -33,7 +34,7 @@ class Prepared:
     row_options: dict = field(default_factory=dict)
 
 
-def _check_user(user):
+def check_user(user):
     if user is None or not getattr(user, "is_authenticated", False) or getattr(user, "pk", None) is None:
         raise ValueError("send_for() needs a saved, authenticated user; use .send() for an untracked run")
 
@@ -80,7 +81,7 @@ def prepare(actor, user, args, kwargs, *, delay=None, parent=None, options=None,
     """Check everything that can be checked before a write: user, arguments, name, encoding.
     ``message_id``: the message's id (default: a new one; see :func:`prepare_many`).
     ``check=False`` leaves the encoding to the caller (:func:`check_encodable`)."""
-    _check_user(user)
+    check_user(user)
     args = tuple(args)
     name = actor.task_name(args, kwargs)
     message = _message(actor, args, kwargs, dict(options or {}), message_id)
@@ -151,13 +152,12 @@ def _row_values(p, now):
     }
 
 
-def _row(p, now):
-    from .models import UserTaskStatus
-
+def new_row(p, now):
+    """An unsaved status row of the prepared call ``p``."""
     return UserTaskStatus(user=p.user, parent=p.parent, **_row_values(p, now))
 
 
-def _rows(prepared, now):
+def new_rows(prepared, now):
     """Unsaved rows of ``prepared`` (one per call, in order).
 
     Calls that share the first one's user and parent (``send_many_for``, a fan-out) get copies
@@ -168,13 +168,13 @@ def _rows(prepared, now):
 
     if not prepared:
         return []
-    first = _row(prepared[0], now)
+    first = new_row(prepared[0], now)
     rows = [first]
     model = type(first)
     user, parent = prepared[0].user, prepared[0].parent
     for p, row_uuid in zip(prepared[1:], random_uuids(len(prepared) - 1)):
         if p.user is not user or p.parent is not parent:
-            rows.append(_row(p, now))
+            rows.append(new_row(p, now))
             continue
         row = model.__new__(model)
         row.__dict__.update(first.__dict__)
@@ -186,8 +186,6 @@ def _rows(prepared, now):
 
 
 def _event(row, now):
-    from .models import EventKind, UserTaskEvent
-
     detail = f"due {row.eta.isoformat()}" if row.eta else ""
     return UserTaskEvent(status=row, kind=EventKind.ENQUEUED, created=now, detail=detail)
 
@@ -196,16 +194,14 @@ def send_prepared(prepared):
     """Insert the rows (one INSERT for one task, a bulk INSERT for many) in the caller's
     transaction and register the enqueue on commit.  Returns the rows, in order; a unique
     task identical to an active one returns that one instead (nothing is sent for it)."""
-    from .models import UserTaskStatus
-
     db = router.db_for_write(UserTaskStatus)
     now = timezone.now()
     if len(prepared) == 1 and not prepared[0].unique_key and transaction.get_connection(db).vendor == "postgresql":
         # One task on PostgreSQL: the row and its "enqueued" event are ONE statement, which
         # outside the caller's transaction is also the whole transaction (one round trip).
         p = prepared[0]
-        row = _row(p, now)
-        bulk.insert_with_event(row, _event(row, now), db)
+        row = new_row(p, now)
+        sql.insert_with_event(row, _event(row, now), db)
         transaction.on_commit(lambda: enqueue([(p, row)], db), using=db)
         return [row]
     rows, to_send = [], []
@@ -217,7 +213,7 @@ def send_prepared(prepared):
                 if created:
                     to_send.append((p, row))
         else:
-            new = bulk.insert(_rows(prepared, now), db)
+            new = sql.insert(new_rows(prepared, now), db)
             if any(r.pk is None for r in new):  # backends that do not return ids from bulk inserts
                 ids = dict(
                     UserTaskStatus.objects.using(db)
@@ -226,7 +222,7 @@ def send_prepared(prepared):
                 )
                 for r in new:
                     r.pk = r.id = ids[r.task_id]
-            bulk.insert([_event(r, now) for r in new], db)
+            sql.insert([_event(r, now) for r in new], db)
             rows = new
             to_send = list(zip(prepared, new))
         if to_send:
@@ -235,16 +231,14 @@ def send_prepared(prepared):
 
 
 def _insert_one(p, now, db):
-    from .models import UserTaskEvent, UserTaskStatus
-
     manager = UserTaskStatus.objects.using(db)
     if not p.unique_key:  # nothing can collide: no savepoint round trips
-        row = _row(p, now)
+        row = new_row(p, now)
         row.save(force_insert=True, using=db)
         UserTaskEvent.objects.using(db).bulk_create([_event(row, now)])
         return row, True
     for _ in range(10):
-        row = _row(p, now)
+        row = new_row(p, now)
         try:
             with transaction.atomic(using=db):
                 row.save(force_insert=True, using=db)
@@ -263,40 +257,15 @@ def _insert_one(p, now, db):
     raise IntegrityError(f"could not insert unique task {p.unique_key!r}")
 
 
-def fail_unsent(db, pks, exc, now):
-    """Fail the rows ``pks`` whose messages could not be sent (those still Pending), so that no
-    page waits for them for ever.  Returns how many changed and the error text stored."""
-    from .models import UserTaskStatus
-    from .states import State
-
-    text = clip(f"The task could not be queued: {exc}", 2000)
-    rows = UserTaskStatus.objects.using(db)
-    n = 0
-    for start in range(0, len(pks), 1000):
-        n += rows.filter(pk__in=pks[start:start + 1000], state=State.PENDING).update(
-            state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now, modified=now,
-            unique_key=None,
-        )
-    return n, text
-
-
 def enqueue(pairs, db):
     """Send the messages of freshly committed rows (pipelined on Redis).  A broker failure fails
     the rows that were not sent (so no page waits for ever) and raises :class:`EnqueueError`."""
-    from .broker import EnqueueFailed, enqueue_many
-    from .models import EventKind, UserTaskEvent
-
     actor = pairs[0][0].actor
     try:
         enqueue_many(actor.broker, [(p.message, p.delay, {STATUS_OPTION: row.pk}) for p, row in pairs])
     except EnqueueFailed as failure:
         exc = failure.error
         failed = [r.pk for _, r in pairs[failure.sent:]]
-        now = timezone.now()
-        n, text = fail_unsent(db, failed, exc, now)
-        if n:
-            UserTaskEvent.objects.using(db).bulk_create(
-                [UserTaskEvent(status_id=pk, kind=EventKind.FAILED, detail=text, created=now) for pk in failed]
-            )
+        transitions.fail_unsent(db, failed, exc)
         logger.error("usertasks: could not enqueue %s (%d task(s) failed): %s", actor.actor_name, len(failed), exc)
         raise EnqueueError(f"Could not send {actor.actor_name} to the broker: {exc}") from exc

@@ -15,7 +15,7 @@ NOTIFIER_UID = "usertasks.notifications"
 #: ``dispatch_uid`` of a :data:`task_finished` receiver -> ``acts(parent_id=, state=, notify=)``,
 #: which tells from the signal's hints alone whether that receiver would do anything for a run.
 #: The worker acknowledges a run without waiting for its commit only when every connected
-#: receiver is listed here and none would act (``usertasks.acks``); a receiver connected
+#: receiver is listed here and none would act (``usertasks.redis.acks``); a receiver connected
 #: without an entry is assumed to act on every run.
 ACTS = {}
 

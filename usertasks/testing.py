@@ -80,7 +80,7 @@ def run_user_tasks(broker=None, *, timeout=30, worker_threads=1, fail_fast=False
     """
     from dramatiq.brokers.stub import StubBroker
 
-    from .broker import install_middleware
+    from .middleware import install
     from .writer import stop_writer
 
     broker = broker or dramatiq.get_broker()
@@ -89,7 +89,7 @@ def run_user_tasks(broker=None, *, timeout=30, worker_threads=1, fail_fast=False
             f"run_user_tasks() needs a StubBroker, not {type(broker).__name__}: set "
             "DRAMATIQ_BROKER['BROKER'] = 'dramatiq.brokers.stub.StubBroker' in your test settings."
         )
-    install_middleware(broker)
+    install(broker)
     monitor = _RunMonitor()
     broker.add_middleware(monitor)
     deadline = time.monotonic() + timeout

@@ -285,10 +285,11 @@ def register_running(status, task):
     ctx.started_written = True  # heartbeats only: progress is written by the status methods
     with _running_lock:
         _running[status.task_id] = ctx
-    from usertasks.middleware.abort import install_poller
+    from usertasks.middleware.abort import get_poller
 
-    writer = install_poller(get_writer())  # delivers cancels to ``ctx.abort_requested``
+    writer = get_writer()
     writer.register(ctx)
+    get_poller().wake()  # delivers cancels to ``ctx.abort_requested``
     return ctx
 
 

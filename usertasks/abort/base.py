@@ -51,11 +51,11 @@ class AbortBackend:
     #: it let a worker claim the messages it prefetches, a batch at a time.
     claim_many = None
 
-    #: ``fetch_and_claim(broker, queue_name, count, status_option, parent_option)``: fetch a
-    #: batch for a Redis consumer and claim its tracked messages in the same round trip (see
-    #: :meth:`usertasks.abort.redis.RedisAbortBackend.fetch_and_claim`), or ``None``.  With
-    #: ``shares_server(client)``, which tells whether the broker's Redis is the store's.
-    fetch_and_claim = None
+    def shares_server(self, client):
+        """Whether the Redis server of ``client`` (a broker's) holds this store's keys: then a
+        consumer of that broker can claim the messages it fetches in the same round trip
+        (``usertasks.redis``).  Only Redis stores can."""
+        return False
 
     def cancel_pending(self, status_id):
         """Raise the flag of a task that looks not started; return ``True`` when a worker has

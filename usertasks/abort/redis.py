@@ -23,100 +23,8 @@ DEFAULT_PREFIX = "usertasks:"
 #: it only matters until the run's start is stored, see ``usertasks.cancel``).
 CLAIM_TTL = 86400
 
-# Claims.  Each task's result: 0 when a flag (the task's or its container's) is raised, 1 for
-# a first claim, 2 when the task was claimed before (a redelivery: the worker takes the safe
-# path).  ARGV[1]: the claim TTL; ARGV[2...]: for each task, how many flag keys it has.  KEYS:
-# for each task its flag keys, then its claim marker.  Returns the results in order.
-_CLAIM = """
-local results = {}
-local k = 1
-for t = 2, #ARGV do
-  local n = tonumber(ARGV[t])
-  local result = nil
-  for i = k, k + n - 1 do
-    if result == nil and redis.call('exists', KEYS[i]) == 1 then result = 0 end
-  end
-  local marker = KEYS[k + n]
-  if result == nil then
-    if redis.call('set', marker, '1', 'EX', ARGV[1], 'NX') then
-      result = 1
-    else
-      redis.call('expire', marker, ARGV[1])
-      result = 2
-    end
-  end
-  results[#results + 1] = result
-  k = k + n + 1
-end
-return results
-"""
-# Fetch and claim, for a Redis consumer of a worker: what the "fetch" command of Dramatiq's
-# dispatch script does (the worker's heartbeat; up to ARGV[4] message ids popped from the queue,
-# each added to the worker's set of unacknowledged messages; their data read), and, in the same
-# script, the claim of every tracked message among them (as _CLAIM).  KEYS[1]: Dramatiq's
-# namespace.  ARGV: queue name, worker id, time (ms), count, flag prefix, claim prefix, claim TTL,
-# the names of the status and container options.  Returns the data of the messages joined by
-# NUL bytes (JSON has none; a missing message is an empty string), then for each tracked one
-# "result NUL task id NUL container id or empty NUL message id": few values to parse.
-_FETCH_CLAIM = """
-local namespace = KEYS[1]
-local worker_id = ARGV[2]
-redis.call("zadd", namespace .. ":__heartbeats__", ARGV[3], worker_id)
-local queue = namespace .. ":" .. ARGV[1]
-local acks = namespace .. ":__acks__." .. worker_id .. "." .. ARGV[1]
-local ids = {}
-for i = 1, tonumber(ARGV[4]) do
-  local id = redis.call("lpop", queue)
-  if not id then break end
-  ids[i] = id
-  redis.call("sadd", acks, id)
-end
-if #ids == 0 then return {} end
-local data = redis.call("hmget", queue .. ".msgs", unpack(ids))
-local function text(v)
-  if type(v) == "number" then return string.format("%.0f", v) end
-  return tostring(v)
-end
-local out = {""}
-for i = 1, #ids do
-  local ok, message = false, nil
-  if data[i] then ok, message = pcall(cjson.decode, data[i]) else data[i] = "" end
-  if ok and type(message) == "table" and type(message.options) == "table" then
-    local task = message.options[ARGV[8]]
-    if task ~= nil and task ~= cjson.null then
-      task = text(task)
-      local parent = message.options[ARGV[9]]
-      if parent == nil or parent == cjson.null then parent = "" else parent = text(parent) end
-      local result
-      if redis.call("exists", ARGV[5] .. task) == 1 or (parent ~= "" and redis.call("exists", ARGV[5] .. parent) == 1) then
-        result = "0"
-      elseif redis.call("set", ARGV[6] .. task, "1", "EX", ARGV[7], "NX") then
-        result = "1"
-      else
-        redis.call("expire", ARGV[6] .. task, ARGV[7])
-        result = "2"
-      end
-      out[#out + 1] = result .. "\\0" .. task .. "\\0" .. parent .. "\\0" .. tostring(message.message_id)
-    end
-  end
-end
-out[1] = table.concat(data, "\\0")
-return out
-"""
-_CLAIM_SCRIPT = Script(_CLAIM)  # one script for one claim and for many
-_FETCH_CLAIM_SCRIPT = Script(_FETCH_CLAIM)
-#: Most messages one fetch-and-claim takes (Lua's ``unpack`` has a limit).
-FETCH_MAX = 1000
-# KEYS: flag, claim marker (pairs, one per task).  Raises the flags; returns for each task 1
-# when it is claimed, else 0.
-_CANCEL_PENDING = """
-local claimed = {}
-for i = 1, #KEYS, 2 do
-  redis.call('set', KEYS[i], ARGV[1])
-  claimed[#claimed + 1] = redis.call('exists', KEYS[i + 1])
-end
-return claimed
-"""
+_CLAIM = Script.load(__file__, "claim.lua")  # one script for one claim and for many
+_CANCEL_PENDING = Script.load(__file__, "cancel_pending.lua")
 
 
 def _client():
@@ -166,13 +74,13 @@ def key_namespace():
 class RedisAbortBackend(AbortBackend):
     poll_interval = 0.05
     atomic_claims = True
+    claim_ttl = CLAIM_TTL
 
     def __init__(self, client=None, key_prefix=None):
         self.client = client or _client()
         key_prefix = key_prefix or key_namespace()
         self.prefix = f"{key_prefix}abort:"
         self.claim_prefix = f"{key_prefix}claim:"
-        self._cancel_pending = self.client.register_script(_CANCEL_PENDING)
 
     def claim_key(self, status_id):
         return f"{self.claim_prefix}{status_id}"
@@ -191,7 +99,7 @@ class RedisAbortBackend(AbortBackend):
         # A worker thread's own claim (when its consumer could not claim the message): on a
         # connection of this thread's own (usertasks.rediscalls).
         keys, args = self._claim_args([(status_id, parent_id)])
-        return int(_CLAIM_SCRIPT(self.client, keys, args)[0])
+        return int(_CLAIM(self.client, keys, args)[0])
 
     def claim_many(self, tasks):
         """:meth:`claim` for many ``(status_id, parent_id)`` pairs in one round trip; returns
@@ -199,28 +107,7 @@ class RedisAbortBackend(AbortBackend):
         if not tasks:
             return []
         keys, args = self._claim_args(tasks)
-        return [int(r) for r in _CLAIM_SCRIPT(self.client, keys, args)]
-
-    def fetch_and_claim(self, broker, queue_name, count, status_option, parent_option):
-        """For a consumer of ``broker`` (a ``RedisBroker`` on this Redis whose messages are
-        JSON), on the calling thread's own connection: fetch up to ``count`` messages of
-        ``queue_name`` as Dramatiq's fetch does and claim the tracked ones (those with
-        ``status_option``) in the same round trip.  Returns ``(data, claims)``: the messages'
-        data for the consumer's cache, and ``(message_id, status_id, parent_id or None,
-        result)`` for each tracked one."""
-        from dramatiq.common import current_millis
-
-        args = (queue_name, broker.broker_id, current_millis(), min(count, FETCH_MAX), self.prefix,
-                self.claim_prefix, CLAIM_TTL, status_option, parent_option)
-        reply = _FETCH_CLAIM_SCRIPT(self.client, (broker.namespace,), args)
-        if not reply:
-            return [], []
-        data = [d or None for d in reply[0].split(b"\0")]
-        claims = []
-        for entry in reply[1:]:
-            result, task, parent, message_id = entry.split(b"\0", 3)
-            claims.append((message_id.decode(), int(task), int(parent) if parent else None, int(result)))
-        return data, claims
+        return [int(r) for r in _CLAIM(self.client, keys, args)]
 
     def shares_server(self, client):
         """Whether ``client`` (a broker's) talks to the same Redis server and database as the
@@ -237,7 +124,7 @@ class RedisAbortBackend(AbortBackend):
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             keys = [k for pk in chunk for k in (self.key(pk), self.claim_key(pk))]
-            result = self._cancel_pending(keys=keys, args=[repr(time.time())])
+            result = _CANCEL_PENDING(self.client, keys, [repr(time.time())])
             found.update(pk for pk, claimed in zip(chunk, result) if claimed)
         return found
 

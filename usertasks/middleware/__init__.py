@@ -1,6 +1,45 @@
-"""Dramatiq middleware of usertasks, one concern per module."""
+"""Dramatiq middleware of usertasks, one concern per module, and their place on a broker.
+
+* :class:`UserTaskAbort` (``abort``): canceled messages are skipped; cancels reach running
+  tasks through the abort poller it owns; tasks that ignore a cancel are interrupted.
+* :class:`UserTaskTracking` (``tracking``): every run's start, retry and end, written through
+  the per-process writer.
+
+:func:`install` puts them on a broker in their place: tracking right before Dramatiq's
+``Retries`` (``after_*`` hooks run in reverse order, so it sees the retry decision), abort
+right before tracking (so a skipped message never shows as started).  The app does it to the
+configured broker when it is ready.
+"""
+
+from dramatiq.middleware import Retries
 
 from .abort import UserTaskAbort
 from .tracking import UserTaskTracking
 
-__all__ = ["UserTaskAbort", "UserTaskTracking"]
+__all__ = ["UserTaskAbort", "UserTaskTracking", "install", "problems"]
+
+
+def install(broker):
+    """Add usertasks' middleware to ``broker`` where it belongs (idempotent); returns the
+    broker (``None`` stays ``None``)."""
+    if broker is None:
+        return None
+    if not any(isinstance(m, UserTaskTracking) for m in broker.middleware):
+        if any(isinstance(m, Retries) for m in broker.middleware):
+            broker.add_middleware(UserTaskTracking(), before=Retries)
+        else:
+            broker.add_middleware(UserTaskTracking())
+    if not any(isinstance(m, UserTaskAbort) for m in broker.middleware):
+        broker.add_middleware(UserTaskAbort(), before=UserTaskTracking)
+    return broker
+
+
+def problems(broker):
+    """``(missing, misplaced)`` for usertasks' middleware on ``broker``."""
+    kinds = [type(m) for m in broker.middleware]
+    ours = [i for i, k in enumerate(kinds) if issubclass(k, UserTaskTracking)]
+    if not ours or not any(issubclass(k, UserTaskAbort) for k in kinds):
+        return True, False
+    retries = [i for i, k in enumerate(kinds) if issubclass(k, Retries)]
+    misplaced = bool(retries) and ours[0] > retries[0]
+    return False, misplaced

@@ -13,17 +13,17 @@ import traceback
 from django.utils.functional import SimpleLazyObject
 from dramatiq.middleware import Middleware, Retries, Shutdown, TimeLimitExceeded
 
-from .. import acks
+from .. import transitions
 from ..abort import clear_flags, get_backend
 from ..actors import UserTaskActor
 from ..conf import app_settings
 from ..context import TaskContext, _current
-from ..text import clip
 from ..exceptions import Aborted, ForcedAbort
-from ..protocol import CHILD_OPTION, PARENT_OPTION, STATUS_OPTION, WAIT_START
+from ..protocol import CHILD_OPTION, DEFERRING_CONSUMER, PARENT_OPTION, PENDING_END, STATUS_OPTION, WAIT_START
 from ..signals import emit_task_finished, receivers_act, task_finished
-from ..states import ACTIVE_STATES, State
-from ..writer import Op, get_writer, stop_writer
+from ..states import State
+from ..text import clip
+from ..writer import get_writer, stop_writer
 
 # The models are imported where they are used, once the app registry is ready, and by absolute
 # name: the hooks below run for every message, and a relative import statement costs a call of
@@ -45,8 +45,6 @@ class UserTaskTracking(Middleware):
             return
         if not isinstance(actor, UserTaskActor):
             return
-        from usertasks.models import EventKind, UserTaskEvent
-
         options = message.options  # (a MessageProxy forwards each attribute read in Python)
         status_id = options.get(STATUS_OPTION)
         ctx = TaskContext(
@@ -71,8 +69,7 @@ class UserTaskTracking(Middleware):
         ctx.wait_for_start = vars(message).get(WAIT_START, True)
         writer = get_writer()
         writer.register(ctx)
-        events = () if ctx.quiet else [UserTaskEvent.of_run(status_id, EventKind.STARTED, ctx.attempt, ctx.worker)]
-        ctx.start_op = writer.submit_start(Op("start", ctx, events=events), defer=not ctx.wait_for_start)
+        ctx.start_op = writer.submit_start(transitions.start(ctx), defer=not ctx.wait_for_start)
 
     def before_enqueue(self, broker, message, delay):
         """``Retries`` is sending the retry of the running task: store Retrying first.
@@ -112,24 +109,20 @@ class UserTaskTracking(Middleware):
             self.body_done(ctx)
             return
         if _quiet_end(ctx, state, message):
-            # Nothing to do after the commit but the acknowledgement: the acker makes it once the
-            # end is committed, and this thread takes its next message now (usertasks.acks).
-            acks.defer(message, self.submit_end(ctx, kind, fields, detail, lazy=True))
+            # Nothing to do after the commit but the acknowledgement: the message's consumer
+            # leaves it to its acker, which makes it once the end is committed, and this thread
+            # takes its next message now (usertasks.redis.acks).
+            setattr(message, PENDING_END, self.submit_end(ctx, kind, fields, detail, lazy=True))
             return
         self.end(ctx, state, kind, fields, detail)
 
-    def after_consumer_thread_boot(self, broker, thread):
-        acks.install(thread)
-
     def before_consumer_thread_shutdown(self, broker, thread):
-        # Worker threads have stopped: commit their last ends and acknowledge them before
-        # Dramatiq closes the consumer (left unacknowledged, they would run again).
+        # Worker threads have stopped: commit their last ends now, so the consumer can have them
+        # acknowledged before Dramatiq closes it (left unacknowledged, they would run again).
         try:
             get_writer().flush()
         except TimeoutError:
             logger.error("usertasks: could not store the last task states before shutdown")
-        if not acks.drain():
-            logger.error("usertasks: messages left unacknowledged at shutdown; the broker will redeliver them")
 
     def after_skip_message(self, broker, message):
         ctx = _current.get()
@@ -140,20 +133,12 @@ class UserTaskTracking(Middleware):
         status_id = message.options.get(STATUS_OPTION)
         if status_id is not None and message.failed:
             # Failed before it could run (AgeLimit): fail the row unless it is already final.
-            from usertasks.models import EventKind, UserTaskEvent
-
-            text = "The task expired before it could run."
-            event = UserTaskEvent(status_id=status_id, kind=EventKind.FAILED, detail=text)
-            op = Op("update", fields={
-                "_where": {"pk": status_id, "state__in": ACTIVE_STATES},
-                "_parent": message.options.get(PARENT_OPTION),
-                "state": State.FAILED, "error": text, "unique_key": None, "finished": event.created,
-            }, events=[event])
-            get_writer().submit(op).wait()
+            change = transitions.expire_before_start(status_id, message.options.get(PARENT_OPTION))
+            get_writer().submit(change).wait()
 
     def after_worker_shutdown(self, broker, worker):
         try:
-            _requeue_abandoned(broker)
+            _requeue_abandoned(worker)
         finally:
             stop_writer()
 
@@ -198,25 +183,15 @@ class UserTaskTracking(Middleware):
     @staticmethod
     def body_done(ctx):
         """The body of a container returned: keep it In Progress until its children end."""
-        from usertasks.models import EventKind, UserTaskEvent
-
-        event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.NOTE, attempt=ctx.attempt,
-                              detail="The task body finished; waiting for its subtasks.")
-        op = get_writer().submit(Op("body_done", ctx, events=[event]))
-        op.wait()
-        return op.applied
+        return get_writer().submit(transitions.body_done(ctx)).wait()
 
     @staticmethod
     def submit_end(ctx, kind, fields, detail="", lazy=False):
-        """Hand how the run ended to the writer; returns its op (not yet committed).  ``lazy``:
-        no thread will wait for it, only the message's acknowledgement (``Op.lazy``)."""
-        from usertasks.models import EventKind, UserTaskEvent
-
-        if ctx.quiet and kind == EventKind.SUCCEEDED:
-            events = ()
-        else:
-            events = [UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, clip(detail, 4000))]
-        return get_writer().submit(Op("end", ctx, fields=fields, events=events, lazy=lazy))
+        """Hand how the run ended to the writer; returns its change (not yet committed).
+        ``lazy``: no thread will wait for it, only the message's acknowledgement."""
+        fields = dict(fields)
+        state = fields.pop("state")
+        return get_writer().submit(transitions.end(ctx, state, kind, fields=fields, detail=detail, lazy=lazy))
 
     @classmethod
     def end(cls, ctx, state, kind, fields, detail=""):
@@ -239,7 +214,8 @@ def _quiet_end(ctx, state, message):
     built-in notifier decides from the run alone that it sends no email)."""
     if state not in (State.SUCCEEDED, State.FAILED) or ctx.abort_requested or ctx.fanout:
         return False
-    if not acks.deferring(message):
+    consumer = vars(message).get(DEFERRING_CONSUMER)  # usertasks.redis's consumer marks its messages
+    if consumer is None or not consumer.can_defer():
         return False
     return not receivers_act(ctx.parent_id, state, (ctx.options or {}).get("notify"))
 
@@ -269,12 +245,13 @@ def _time_limit(broker, message):
     return limit
 
 
-def _requeue_abandoned(broker):
+def _requeue_abandoned(worker):
     """At worker shutdown, tasks still running after the shutdown timeout are abandoned (their
     threads die with the process).  Show them as requeued (back to Pending, guarded by the
-    run's worker token) and hand their messages back to the broker now rather than after the
-    broker's heartbeat timeout."""
-    from usertasks.models import EventKind, UserTaskEvent
+    run's worker token) and hand their messages back to the broker now (through their consumer
+    thread's ``requeue_messages``, as Dramatiq requeues the messages it had not started) rather
+    than after the broker's heartbeat timeout."""
+    from usertasks.models import EventKind
 
     writer = get_writer()
     abandoned = [c for c in writer.running() if c.tracked]
@@ -282,23 +259,23 @@ def _requeue_abandoned(broker):
     for ctx in abandoned:
         writer.unregister(ctx)
         text = "The worker stopped before the task finished; it will run again."
-        event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.REQUEUED, attempt=ctx.attempt, detail=text)
-        ops.append(writer.submit(Op("end", ctx, fields={"state": State.PENDING}, events=[event])))
+        ops.append(writer.submit(transitions.end(ctx, State.PENDING, EventKind.REQUEUED, detail=text)))
     for op in ops:
         try:
             op.wait(30)
         except TimeoutError:
             logger.error("usertasks: could not store the requeue of %s before shutdown", op.ctx.status_id)
-    requeue = getattr(broker, "do_requeue", None)  # RedisBroker; RabbitMQ requeues on disconnect
+    consumers = getattr(worker, "consumers", None) or {}
     for ctx in abandoned:
         message = ctx.broker_message
-        redis_id = message is not None and message.options.get("redis_message_id")
-        if requeue is not None and redis_id:
-            try:
-                requeue(message.queue_name, redis_id)
-            except Exception as exc:
-                logger.warning("usertasks: could not requeue message %s now (%s); the broker will redeliver "
-                               "it after its heartbeat timeout", message.message_id, exc)
+        thread = consumers.get(message.queue_name) if message is not None else None
+        if thread is None or thread.consumer is None:
+            continue
+        try:
+            thread.requeue_messages([message])  # RabbitMQ requeues on disconnect: a no-op there
+        except Exception as exc:
+            logger.warning("usertasks: could not requeue message %s now (%s); the broker will redeliver "
+                           "it after its heartbeat timeout", message.message_id, exc)
     if abandoned:
         logger.warning("usertasks: worker stopped with %d task(s) still running; requeued", len(abandoned))
 

@@ -6,11 +6,11 @@ sent to workers that have been idle for a while therefore waits up to that long 
 starts, and a fan-out waits twice (for its container, then for its first children, while the
 other consumers back off).
 
-usertasks' own sends (:func:`usertasks.broker.enqueue_many`: ``send_for``, ``send_many_for``,
-fan-out children, pipeline stages, completion callbacks) publish on the queue's *wake channel*
+usertasks' own sends (``RedisBroker.enqueue_many``: ``send_for``, ``send_many_for``, fan-out
+children, pipeline stages, completion callbacks) publish on the queue's *wake channel*
 (``<namespace>:<queue>.wake``) when they push onto a queue that was empty, in the same script
 call as the push (no extra round trip).  The consumers of the worker processes
-(:class:`usertasks.acks._Windowed`) spend their idle backoff listening on that channel
+(:class:`usertasks.redis.consumer.Consumer`) spend their idle backoff listening on that channel
 instead of in ``time.sleep``: a publish ends every listening consumer's backoff at once, and the
 one that finds the message starts it.  Nothing else changes: a consumer that hears nothing
 polls exactly as Dramatiq's does, so messages sent by other code (plain ``actor.send()``,

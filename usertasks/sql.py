@@ -1,5 +1,7 @@
-"""Multi-row INSERTs for the hot paths (``send_many_for``, fan-out children, the writer's events),
-and :func:`execute`, which runs the hot statements as prepared statements on PostgreSQL.
+"""The SQL of the hot paths, in one place: multi-row INSERTs (``send_many_for``, fan-out children,
+the writer's events), the writer's guarded multi-row UPDATEs (:class:`Statements`), the counter
+UPDATE of a container (:func:`count_children`), and :func:`execute`, which runs them as prepared
+statements on PostgreSQL.  Which changes are made, and when, is ``usertasks.transitions``' part.
 
 ``QuerySet.bulk_create`` prepares every value of every row through its field (a ``UUIDField``,
 a ``JSONField``, time zones for each ``DateTimeField``): for thousands of rows that share most
@@ -15,9 +17,13 @@ import logging
 import operator
 import sqlite3
 
+from datetime import datetime
+
 from django.db import DatabaseError, OperationalError, connections
 
-__all__ = ["arrays", "columns", "execute", "insert", "supported"]
+from .states import State
+
+__all__ = ["NextAttempt", "Statements", "arrays", "columns", "count_children", "execute", "insert", "supported"]
 
 logger = logging.getLogger("usertasks.db")
 
@@ -342,3 +348,290 @@ def insert_with_event(obj, event, using):
 def _stamped(field):
     """A field whose value ``pre_save`` sets (``auto_now``, ``auto_now_add``)."""
     return getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
+
+
+# -- the writer's guarded UPDATEs ---------------------------------------------------------------
+
+
+class Statements:
+    """Prepared guarded UPDATEs on the status table, cached per connection and shape.
+
+    ``update(fields, **where)`` runs ``UPDATE ... SET <fields> WHERE <where>`` and returns the
+    row count.  ``where`` keys: ``pk``, ``pk__in``, ``state``, ``state__in``, ``worker``.  A
+    field value of :data:`NEXT_ATTEMPT` ``(n)`` stores ``max(attempts + 1, n)``."""
+
+    _by_connection = {}
+
+    def __init__(self, connection):
+        from .models import UserTaskStatus
+
+        self.connection = connection
+        qn = connection.ops.quote_name
+        self.table = qn(UserTaskStatus._meta.db_table)
+        self.columns = {f.name: qn(f.column) for f in UserTaskStatus._meta.concrete_fields}
+        self.columns["pk"] = self.columns["id"]
+        self.greatest = "MAX" if connection.vendor == "sqlite" else "GREATEST"
+        self.datetime = connection.ops.adapt_datetimefield_value
+        self.cache = {}
+
+    @classmethod
+    def get(cls, connection):
+        key = (id(connection), connection.alias)
+        stmts = cls._by_connection.get(key)
+        if stmts is None or stmts.connection is not connection:
+            stmts = cls._by_connection[key] = cls(connection)
+        return stmts
+
+    def update(self, fields, **where):
+        shape = (tuple(fields), tuple((k, len(v) if k.endswith("__in") else 0) for k, v in where.items()))
+        sql = self.cache.get(shape)
+        if sql is None:
+            sets = []
+            for name, value in fields.items():
+                col = self.columns[name]
+                if isinstance(value, NextAttempt):
+                    sets.append(f"{col} = {self.greatest}({col} + 1, %s)")
+                else:
+                    sets.append(f"{col} = %s")
+            conds = []
+            for key, value in where.items():
+                name, _, lookup = key.partition("__")
+                col = self.columns[name]
+                if lookup == "in":
+                    conds.append(f"{col} IN ({', '.join(['%s'] * len(value))})")
+                else:
+                    conds.append(f"{col} = %s")
+            sql = self._keep(shape, f"UPDATE {self.table} SET {', '.join(sets)} WHERE {' AND '.join(conds)}")
+        params = [self._adapt(v) for v in fields.values()]
+        for key, value in where.items():
+            if key.endswith("__in"):
+                params.extend(str(v) if isinstance(v, State) else v for v in value)
+            else:
+                params.append(self._adapt(value))
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount
+
+    def update_many(self, plans):
+        """Run many ``(fields, where)`` updates; returns, for each, whether it changed its row.
+
+        Plans of the same shape (same fields and guards; ``pk`` and ``worker`` may differ) go
+        into ONE ``UPDATE ... FROM (VALUES ...) RETURNING`` on SQLite >= 3.35 (``FROM
+        unnest(...)`` on PostgreSQL), so a batch costs one round trip per shape, not one per
+        task."""
+        results = [False] * len(plans)
+        for (names, wkey), indexes in self._shapes(plans).items():
+            if len(indexes) == 1 or not self.multi_row:
+                for i in indexes:
+                    fields, where = plans[i]
+                    results[i] = self.update(fields, **where) > 0
+                continue
+            sql, params = self._many(plans, names, wkey, indexes)
+            changed = {row[0] for row in execute(self.connection, sql, params)}
+            for i in indexes:
+                results[i] = plans[i][1]["pk"] in changed
+        return results
+
+    def update_many_with_events(self, plans, events):
+        """PostgreSQL: the updates of :meth:`update_many` and the INSERT of the events of the
+        rows they changed, as ONE statement (data-modifying CTEs).  Run outside a transaction
+        it is its own transaction: a batch costs one round trip, commit included.  ``events``:
+        unsaved ``UserTaskEvent`` objects; those of rows left unchanged are not inserted.
+        Returns the set of primary keys changed."""
+        from .models import UserTaskEvent
+
+        shapes = self._shapes(plans)
+        fields = [f for f in UserTaskEvent._meta.concrete_fields if not f.primary_key]
+        parts, params = [], []
+        for n, ((names, wkey), indexes) in enumerate(shapes.items()):
+            sql, p = self._many(plans, names, wkey, indexes)
+            parts.append(f"u{n} AS ({sql})")
+            params.extend(p)
+        params.extend(columns(events, fields, self.connection))
+        key = ("with_events", tuple(shapes))
+        sql = self.cache.get(key)
+        if sql is None:
+            qn = self.connection.ops.quote_name
+            names = [f"e{j}" for j in range(len(fields))]
+            parts.append(f"e AS (SELECT * FROM unnest({arrays(fields, self.connection)}) AS e({', '.join(names)}))")
+            changed = " UNION ALL ".join(f"SELECT {self.columns['pk']} FROM u{n}" for n in range(len(shapes)))
+            status = next(j for j, f in enumerate(fields) if f.name == "status")
+            sql = (
+                f"WITH {', '.join(parts)} INSERT INTO {qn(UserTaskEvent._meta.db_table)} "
+                f"({', '.join(qn(f.column) for f in fields)}) SELECT {', '.join(names)} FROM e "
+                f"WHERE e{status} IN ({changed}) RETURNING {qn(fields[status].column)}"
+            )
+            self._keep(key, sql)
+        return {row[0] for row in execute(self.connection, sql, params)}
+
+    def _keep(self, key, sql):
+        """Cache a statement's text (bounded: the shapes are few, but never unbounded)."""
+        if len(self.cache) < 256:
+            self.cache[key] = sql
+        return sql
+
+    @staticmethod
+    def _shapes(plans):
+        """Indexes of ``plans`` grouped by statement shape."""
+        groups = {}
+        for i, (fields, where) in enumerate(plans):
+            wkey = tuple(
+                (k, tuple(map(str, v)) if k.endswith("__in") else (str(v) if k == "state" else None))
+                for k, v in where.items()
+            )
+            groups.setdefault((tuple(fields), wkey), []).append(i)
+        return groups
+
+    def _many(self, plans, names, wkey, indexes):
+        """SQL and parameters of one multi-row UPDATE ... RETURNING pk for one shape."""
+        sql = self._many_sql(names, wkey, len(indexes))
+        if self.connection.vendor == "postgresql":
+            params = self._many_arrays(plans, names, any(k == "worker" for k, _ in wkey), indexes)
+        else:
+            params = []
+            for i in indexes:
+                fields, where = plans[i]
+                params.append(where["pk"])
+                params.extend(self._adapt(v) for v in fields.values())
+                if "worker" in where:
+                    params.append(where["worker"])
+        for key, value in wkey:
+            if key.endswith("__in"):
+                params.extend(value)
+            elif key == "state":
+                params.append(value)
+        return sql, params
+
+    def _many_arrays(self, plans, names, worker, indexes):
+        """PostgreSQL: the parameters of :meth:`_many`, one array literal per column (the keys,
+        each field set, the worker tokens of the guard)."""
+        columns = [[plans[i][1]["pk"] for i in indexes]]
+        for name in names:
+            values = [plans[i][0][name] for i in indexes]
+            if name == "attempts":
+                values = [v.n if isinstance(v, NextAttempt) else v for v in values]
+            columns.append(values)
+        if worker:
+            columns.append([plans[i][1]["worker"] for i in indexes])
+        fields = self._fields(names, worker)
+        return [literal(values, field, self.connection) for values, field in zip(columns, fields)]
+
+    @property
+    def multi_row(self):
+        import sqlite3
+
+        if self.connection.vendor == "postgresql":
+            return True
+        return self.connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
+
+    def _many_sql(self, names, wkey, rows):
+        """On PostgreSQL the rows come as one array per column (``unnest``), so the text does
+        not depend on the number of rows; elsewhere as a ``VALUES`` list."""
+        if self.connection.vendor == "postgresql":
+            rows = 0
+        key = ("many", names, wkey, rows)
+        sql = self.cache.get(key)
+        if sql is not None:
+            return sql
+        from .models import UserTaskStatus
+
+        pg = self.connection.vendor == "postgresql"
+        t = self.table  # SQLite does not take an alias on the target of UPDATE ... FROM
+        worker = any(k == "worker" for k, _ in wkey)
+        cols = ["k"] + [f"c{j}" for j in range(len(names))] + (["w"] if worker else [])
+        width = len(cols)
+
+        def cast(expr, name):
+            if not pg:
+                return expr
+            field = UserTaskStatus._meta.get_field("id" if name == "pk" else name)
+            return f"CAST({expr} AS {field.db_type(self.connection)})"
+
+        sets = []
+        for j, name in enumerate(names):
+            col = self.columns[name]
+            value = cast(f"v.c{j}", name)
+            if name == "attempts":
+                value = f"{self.greatest}({t}.{col} + 1, {value})"
+            sets.append(f"{col} = {value}")
+        if pg:
+            source = f"unnest({arrays(self._fields(names, worker), self.connection)}) AS v({', '.join(cols)})"
+        else:
+            select = ", ".join(f"column{j + 1} AS {c}" for j, c in enumerate(cols))
+            values = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * rows)
+            source = f"(SELECT {select} FROM (VALUES {values}) AS vv) AS v"
+        conds = [f"{t}.{self.columns['pk']} = {cast('v.k', 'pk')}"]
+        for k, v in wkey:
+            name, _, lookup = k.partition("__")
+            if name == "pk":
+                continue
+            if name == "worker":
+                conds.append(f"{t}.{self.columns['worker']} = v.w")
+            elif lookup == "in":
+                conds.append(f"{t}.{self.columns[name]} IN ({', '.join(['%s'] * len(v))})")
+            else:
+                conds.append(f"{t}.{self.columns[name]} = %s")
+        sql = (
+            f"UPDATE {t} SET {', '.join(sets)} "
+            f"FROM {source} "
+            f"WHERE {' AND '.join(conds)} RETURNING {t}.{self.columns['pk']}"
+        )
+        return self._keep(key, sql)
+
+    def _fields(self, names, worker):
+        """The fields of the columns of a multi-row UPDATE of ``names``: the key, the fields
+        set, then the guard on the run's worker token if there is one."""
+        key = ("fields", names, worker)
+        fields = self.cache.get(key)
+        if fields is None:
+            from .models import UserTaskStatus
+
+            get = UserTaskStatus._meta.get_field
+            fields = self._keep(key, [get(n) for n in ("id",) + names + (("worker",) if worker else ())])
+        return fields
+
+    def _adapt(self, value):
+        if isinstance(value, NextAttempt):
+            return value.n
+        if isinstance(value, datetime):
+            return self.datetime(value)
+        if isinstance(value, State):
+            return value.value
+        return value
+
+
+class NextAttempt:
+    """``attempts = max(attempts + 1, n)``: every start counts, and never below Dramatiq's count."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n):
+        self.n = n
+
+
+# -- a container's counters ---------------------------------------------------------------------
+
+
+_count_sql = {}
+
+
+def count_children_sql(connection, counters, returning):
+    """``UPDATE <status> SET <each of counters> = ... + %s, children_retried = ... + %s,
+    completed_steps = ... + %s, modified = %s, heartbeat = %s WHERE id = %s RETURNING
+    <returning>``: a container's counters in one statement (``usertasks.containers.counting``).
+    Cached per database vendor."""
+    from .models import UserTaskStatus
+
+    key = (connection.vendor, tuple(counters), tuple(returning))
+    text = _count_sql.get(key)
+    if text is None:
+        qn = connection.ops.quote_name
+        column = {f.attname: qn(f.column) for f in UserTaskStatus._meta.concrete_fields}
+        column["pk"] = column["id"]
+        adds = [f"{column[c]} = {column[c]} + %s" for c in (*counters, "children_retried", "completed_steps")]
+        sets = ", ".join([*adds, f"{column['modified']} = %s", f"{column['heartbeat']} = %s"])
+        table = qn(UserTaskStatus._meta.db_table)
+        text = _count_sql[key] = (
+            f"UPDATE {table} SET {sets} WHERE {column['id']} = %s RETURNING {', '.join(column[n] for n in returning)}"
+        )
+    return text

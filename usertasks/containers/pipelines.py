@@ -23,13 +23,16 @@ import uuid
 
 import dramatiq
 from django.db import router, transaction
-from django.db.models import F
 from django.utils import timezone
 
-from .text import clip
-from .fanout import callback_spec, enqueue_children, request_abort
-from .protocol import PARENT_OPTION, PIPELINE_CLASS, WAITING
-from .states import State
+from .. import transitions
+from ..actors import UserTaskActor
+from ..models import EventKind, UserTaskEvent, UserTaskStatus
+from ..protocol import PARENT_OPTION, PIPELINE_CLASS, WAITING
+from ..sending import check_user, new_row, prepare
+from ..states import State
+from ..text import clip
+from .completion import callback_spec
 
 __all__ = ["pipeline"]
 
@@ -44,11 +47,7 @@ def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
     and the first stage is sent when it commits.  ``on_complete`` (an actor, or a message) is sent
     once when the pipeline ends, whatever the outcome; ``notify`` overrides the email setting of
     the container (stages never email)."""
-    from .actors import UserTaskActor
-    from .models import EventKind, UserTaskEvent, UserTaskStatus
-    from .sending import _check_user, _row, prepare
-
-    _check_user(user)
+    check_user(user)
     stages = list(stages)
     if not stages:
         raise ValueError("pipeline() needs at least one stage")
@@ -90,7 +89,7 @@ def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
             p.parent = container
             p.unique_key = None
             p.message = p.message.copy(options={PARENT_OPTION: container.pk})
-            row = _row(p, now)
+            row = new_row(p, now)
             row.options = dict(p.row_options, child=True, notify=False, stage=i)
             if i:
                 row.options.update(waiting=True, message=_encodable(p.message))
@@ -102,84 +101,10 @@ def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
         )
         first = [(prepared[0].message, rows[0].pk)]
         broker = actors[0].broker
-        transaction.on_commit(lambda: enqueue_children(broker, container.pk, first, db), using=db)
+        transaction.on_commit(lambda: transitions.enqueue_children(broker, container.pk, first, db), using=db)
     return container
 
 
 def _encodable(message):
     d = message.asdict()
     return {k: d[k] for k in ("queue_name", "actor_name", "args", "kwargs", "options", "message_id", "message_timestamp")}
-
-
-def after_stage(rows, info, child_id, *, succeeded, stopped):
-    """Hook of :func:`usertasks.fanout.children_ended` for pipelines (in the writer's
-    transaction): send the next stage, or stop the sequence."""
-    from .models import EventKind, UserTaskEvent
-
-    parent_id = info["pk"]
-    if stopped or info["cancel_requested"] is not None:
-        stop_stages(rows, parent_id, reason="An earlier stage did not succeed.")
-        return
-    if not succeeded or child_id is None:
-        return
-    nxt = rows.filter(parent_id=parent_id, pk__gt=child_id).order_by("pk").values("pk", "state", "options").first()
-    if nxt is None or nxt["state"] != State.PENDING or not nxt["options"].get("waiting"):
-        return
-    options = dict(nxt["options"])
-    data = options.pop("message")
-    options.pop("waiting", None)
-    now = timezone.now()
-    if not rows.filter(pk=nxt["pk"], state=State.PENDING).update(options=options, modified=now, eta=now):
-        return
-    UserTaskEvent.objects.using(rows.db).create(status_id=nxt["pk"], kind=EventKind.ENQUEUED, created=now)
-    message = dramatiq.Message(**data)
-    pairs = [(message, nxt["pk"])]
-    db = rows.db
-
-    def send():
-        broker = dramatiq.get_broker()
-        enqueue_children(broker, parent_id, pairs, db)
-
-    transaction.on_commit(send, using=db)
-
-
-def stop_stages(rows, parent_id, *, reason, by=None, now=None):
-    """In the current transaction: the stages that never ran are skipped (Canceled, with a
-    "skipped" event), a stage sent but not started is canceled, a running one is asked to stop.
-    Counts them on the container; returns how many ended here."""
-    from .models import EventKind, UserTaskEvent
-
-    now = now or timezone.now()
-    open_stages = list(
-        rows.filter(parent_id=parent_id, state__in=(State.PENDING, State.RETRYING, State.IN_PROGRESS))
-        .order_by("pk").values("pk", "state", "options")
-    )
-    skipped, canceled, running, events = 0, 0, [], []
-    base = dict(state=State.CANCELED, finished=now, modified=now, unique_key=None)
-    for stage in open_stages:
-        if stage["state"] == State.IN_PROGRESS:
-            rows.filter(pk=stage["pk"], cancel_requested__isnull=True).update(cancel_requested=now)
-            running.append(stage["pk"])
-            continue
-        waiting = stage["state"] == State.PENDING and (stage["options"] or {}).get("waiting")
-        fields = dict(base, cancel_requested=now)
-        if by is not None:
-            fields["canceled_by"] = by
-        if not rows.filter(pk=stage["pk"], state=stage["state"]).update(**fields):
-            continue
-        if waiting:
-            skipped += 1
-            events.append(UserTaskEvent(status_id=stage["pk"], kind=EventKind.SKIPPED, created=now, detail=reason))
-        else:
-            canceled += 1
-            events.append(UserTaskEvent(status_id=stage["pk"], kind=EventKind.CANCELED, created=now, actor=by))
-    if events:
-        UserTaskEvent.objects.using(rows.db).bulk_create(events)
-    if skipped or canceled:
-        rows.filter(pk=parent_id).update(
-            children_skipped=F("children_skipped") + skipped, children_canceled=F("children_canceled") + canceled,
-            completed_steps=F("completed_steps") + skipped + canceled, modified=now,
-        )
-    if running:
-        transaction.on_commit(lambda: request_abort(running, rows.db), using=rows.db)
-    return skipped + canceled

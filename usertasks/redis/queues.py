@@ -1,0 +1,33 @@
+"""Reading Dramatiq's Redis queues: which messages the broker still holds.
+
+The reaper (``usertasks.reaper``) asks this before it calls a task lost: a Pending task whose
+message is still queued will run, and an In Progress task whose worker died will run again if its
+message is still held (a Redis broker hands the messages of a dead worker to another one).  It
+reads, and never writes, the layout Dramatiq's ``dispatch.lua`` documents: ``<namespace>:<queue>.msgs``
+holds every message of a queue until it is acknowledged, including those fetched by workers
+(live or dead) and not yet acknowledged.  Any Dramatiq ``RedisBroker`` can be read, usertasks'
+subclass or not.
+"""
+
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
+from dramatiq.common import dq_name
+
+__all__ = ["live_message_ids"]
+
+
+def live_message_ids(broker, queue_names):
+    """Ids of every message ``broker`` still holds for ``queue_names`` (queued, delayed, or
+    delivered and not yet acknowledged), or ``None`` when the broker is not a Redis broker."""
+    if not isinstance(broker, DramatiqRedisBroker):
+        return None
+    ids = set()
+    for queue in set(queue_names):
+        queue = queue or "default"
+        for name in (queue, dq_name(queue)):
+            for _, data in broker.client.hscan_iter(f"{broker.namespace}:{name}.msgs", count=1000):
+                try:
+                    ids.add(Message.decode(data).message_id)
+                except Exception:  # pragma: no cover - undecodable garbage is not our message
+                    continue
+    return ids

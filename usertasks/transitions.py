@@ -1,0 +1,854 @@
+"""Every change of a task's state, and only here.
+
+A task's ``state`` moves along :data:`usertasks.states.ALLOWED_FROM`: each change below is one
+conditional UPDATE whose guard is the states it may leave (and, for a run, the run's own worker
+token), written with its event in the same transaction.  A late, repeated or racing change
+matches no row and is a no-op, so of two racing changes exactly one wins.  Nothing else in
+usertasks, nor in its Celery compatibility layer, writes ``state``.
+
+Two kinds of callers:
+
+* **Runs**, through the per-process writer (``usertasks.writer``): the worker's middleware turns
+  what happens to a run into a :class:`Change` (:func:`start`, :func:`end`, :func:`body_done`,
+  :func:`cancel_before_start`, :func:`expire_before_start`) and the writer commits many of them
+  together with :func:`apply`, one transaction (or, on PostgreSQL, one statement) per batch.
+* **Everything else** calls a function that makes its change in the caller's transaction:
+  cancels (:func:`cancel_not_started`, :func:`request_cancel`), the reaper (:func:`requeue_lost`,
+  :func:`end_lost`), unsent messages (:func:`fail_unsent`), containers
+  (:func:`children_ended`, :func:`complete_container`, :func:`cancel_children`,
+  :func:`cancel_pending_children`) and the compatibility layer (:func:`begin`, :func:`finish`,
+  :func:`retrying`, :func:`set_custom_state`).
+
+A child that ends is counted on its container in the same transaction (:func:`children_ended`):
+the container's rules (``usertasks.containers``) say what follows, and the container's own end
+(:func:`complete_container`) happens in the transaction that counts its last child.  What must
+wait for the commit (messages to send, abort flags to raise or clear, ``task_finished``) is
+registered with ``transaction.on_commit`` here too.  ``docs/architecture.md`` lists every change.
+"""
+
+import logging
+import threading
+
+from django.db import connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import sql
+from .abort import clear_flags, get_backend, set_flag
+from .broker import EnqueueFailed, enqueue_many
+from .containers import completion, counting
+from .models import EventKind, UserTaskEvent, UserTaskStatus
+from .protocol import CALLBACK_DUE, FAIL_FAST, STATUS_OPTION, WAITING
+from .signals import send_task_finished
+from .states import ACTIVE_STATES, ALLOWED_FROM, FINAL_STATES, State
+from .text import clip
+
+logger = logging.getLogger("usertasks.transitions")
+
+__all__ = [
+    "Change",
+    "apply",
+    "begin",
+    "body_done",
+    "cancel_before_start",
+    "cancel_children",
+    "cancel_not_started",
+    "cancel_pending_children",
+    "children_ended",
+    "complete_container",
+    "end",
+    "end_lost",
+    "enqueue_children",
+    "expire_before_start",
+    "fail_unsent",
+    "finish",
+    "request_cancel",
+    "requeue_lost",
+    "retrying",
+    "set_custom_state",
+    "start",
+]
+
+FINAL = frozenset(FINAL_STATES)
+
+
+def _rows(using=None):
+    return UserTaskStatus.objects.using(using or router.db_for_write(UserTaskStatus))
+
+
+# =================================================================================================
+# Changes of runs, committed in batches by the writer
+# =================================================================================================
+
+
+class Done:
+    """A one-shot ``threading.Event`` (``set``, ``is_set``, ``wait``).
+
+    Two are made per run (its start and its end); ``threading.Event`` builds a ``Condition`` in
+    Python each time, this holds one lock, released by :meth:`set`."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self):
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self):
+        return self._set
+
+    def wait(self, timeout=None):
+        """``True`` once set; ``False`` if ``timeout`` seconds pass first."""
+        if self._set:
+            return True
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return self._set
+        self._lock.release()  # let the other waiters through
+        return True
+
+
+class Change:
+    """One change for the writer; ``wait()`` blocks until it is committed (or refused) and says
+    whether it took effect.  Made by the functions below, never by hand.
+
+    ``lazy``: no thread waits for it (the acknowledgement of its message does), so the writer
+    may hold it up to ``WRITE_LINGER`` seconds to commit more changes in the same transaction."""
+
+    __slots__ = ("kind", "ctx", "at", "fields", "where", "parent_id", "events", "done", "applied", "error",
+                 "start", "writer", "lazy")
+
+    def __init__(self, kind, ctx=None, *, fields=None, where=None, parent_id=None, events=(), lazy=False):
+        self.kind = kind
+        self.lazy = lazy
+        self.ctx = ctx
+        self.at = timezone.now()
+        self.fields = fields or {}
+        self.where = where
+        self.parent_id = parent_id
+        self.events = list(events)
+        self.done = Done()
+        self.applied = False
+        self.error = None
+        self.start = None  # an "end" that carries its run's deferred start
+        self.writer = None  # set while the writer holds the change back (a deferred start)
+
+    def wait(self, timeout=None):
+        """Block until written; returns ``True`` if the change took effect."""
+        writer = self.writer
+        if writer is not None:
+            writer.expedite(self)
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"usertasks: write {self.kind} not done within {timeout}s")
+        return self.applied
+
+    def __repr__(self):
+        target = self.ctx.status_id if self.ctx is not None else (self.where or {}).get("pk")
+        return f"<Change {self.kind} task={target}>"
+
+
+def start(ctx):
+    """The run of ``ctx`` starts: Pending, Retrying (or In Progress, a redelivery) -> In Progress,
+    with the run's worker token, its attempt counted, and a ``started`` event (none for a quiet
+    fan-out child).  A row that is final already makes the run stop (``ctx.request_abort()``)."""
+    events = () if ctx.quiet else [UserTaskEvent.of_run(ctx.status_id, EventKind.STARTED, ctx.attempt, ctx.worker)]
+    return Change("start", ctx, events=events)
+
+
+def end(ctx, state, kind, *, fields=None, detail="", lazy=False):
+    """The run of ``ctx`` ended: In Progress (this run's) -> ``state`` (a final state; Retrying;
+    or Pending when its message goes back to the broker), with ``fields`` (the error) and an
+    event of ``kind``.  A child's end is counted on its container in the same transaction."""
+    if ctx.quiet and kind == EventKind.SUCCEEDED:
+        events = ()
+    else:
+        events = [UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, clip(detail, 4000))]
+    return Change("end", ctx, fields=dict(fields or {}, state=state), events=events, lazy=lazy)
+
+
+def body_done(ctx):
+    """The body of container ``ctx`` returned: it stays In Progress with no run of its own (its
+    worker becomes :data:`~usertasks.protocol.WAITING`) until its last child ends; at once if
+    they all have."""
+    event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.NOTE, attempt=ctx.attempt,
+                          detail="The task body finished; waiting for its subtasks.")
+    return Change("body_done", ctx, events=[event])
+
+
+def cancel_before_start(status_id, parent_id=None):
+    """A canceled task's message was skipped before its body ran: active -> Canceled."""
+    event = UserTaskEvent(status_id=status_id, kind=EventKind.CANCELED, detail="Canceled before this attempt started.")
+    return Change("guarded", where={"pk": status_id, "state__in": ACTIVE_STATES}, parent_id=parent_id, events=[event],
+                  fields={"state": State.CANCELED, "unique_key": None, "worker": "", "finished": event.created})
+
+
+def expire_before_start(status_id, parent_id=None, text="The task expired before it could run."):
+    """A message failed before it could run (Dramatiq's ``AgeLimit``): active -> Failed."""
+    event = UserTaskEvent(status_id=status_id, kind=EventKind.FAILED, detail=text)
+    return Change("guarded", where={"pk": status_id, "state__in": ACTIVE_STATES}, parent_id=parent_id, events=[event],
+                  fields={"state": State.FAILED, "error": text, "unique_key": None, "finished": event.created})
+
+
+def flush():
+    """A change that changes nothing: waiting for it waits for everything submitted before it,
+    and it makes the writer store all pending progress."""
+    return Change("flush")
+
+
+def apply(changes, dirty=(), beating=(), *, using=None):
+    """The writer's batch: ``changes``, the progress of the running contexts ``dirty`` and the
+    heartbeats of ``beating``, committed together.  Sets each change's ``applied``.
+
+    On PostgreSQL a batch of starts and ends of ordinary runs (nothing else) is ONE statement in
+    autocommit: their updates and the INSERT of their events as data-modifying CTEs, so it costs
+    a single round trip, commit included.  Otherwise one transaction: one multi-row UPDATE per
+    statement shape for the starts, then the ends, the other changes one by one, the progress,
+    the heartbeats, the events, and last the counters of the containers whose children ended."""
+    db = using or router.db_for_write(UserTaskStatus)
+    rows = UserTaskStatus.objects.using(db)
+    stmts = sql.Statements.get(connections[db])
+    if not dirty and not beating and _one_statement(changes, stmts.connection):
+        plans = [_PLAN[c.kind](c) for c in changes]
+        events = [e for c in changes for e in (c.start.events if c.start is not None else []) + c.events]
+        changed = stmts.update_many_with_events(plans, events)
+        _settle(changes, [_POST[c.kind](rows, c, where["pk"] in changed, None) for c, (_, where) in zip(changes, plans)])
+        return
+    events, applied = [], []
+    with transaction.atomic(using=db):
+        batch = _Counts()  # children's ends are counted on their containers once per batch
+        results = {}
+        for kind in ("start", "end"):  # starts first, so a run's start lands before its end
+            group = [c for c in changes if c.kind == kind]
+            if group:
+                for c, ok in zip(group, stmts.update_many([_PLAN[kind](c) for c in group])):
+                    results[id(c)] = _POST[kind](rows, c, ok, batch)
+        for c in changes:
+            ok = results[id(c)] if id(c) in results else _APPLY[c.kind](rows, c, batch)
+            applied.append(ok)
+            if ok:
+                if c.start is not None:
+                    events.extend(c.start.events)
+                events.extend(c.events)
+        now = timezone.now()
+        for ctx in dirty:
+            stmts.update(_progress(ctx, modified=now), pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker)
+        if beating:
+            stmts.update({"heartbeat": now}, pk__in=[c.status_id for c in beating], state=State.IN_PROGRESS)
+        if events:
+            sql.insert(events, db)
+        batch.apply(rows)
+    _settle(changes, applied)
+
+
+def _settle(changes, applied):
+    """Record the outcome of each change of a committed batch (their ``done`` is set by the
+    writer; a folded start is settled with its end)."""
+    for c, ok in zip(changes, applied):
+        c.applied = ok
+        if c.kind == "start" and ok:
+            c.ctx.started_written = True
+        if c.start is not None:
+            c.start.applied = ok
+            c.start.done.set()
+
+
+def _one_statement(changes, connection):
+    """Whether a batch can be written as one autocommitted statement: PostgreSQL, only starts
+    and ends of runs outside containers, one change per row, each with its event."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return False
+    seen = set()
+    for c in changes:
+        ctx = c.ctx
+        if c.kind not in ("start", "end") or not c.events or ctx.parent_id is not None or ctx.fanout:
+            return False
+        if ctx.status_id in seen:
+            return False
+        seen.add(ctx.status_id)
+    return True
+
+
+def _progress(ctx, **extra):
+    completed, total, message = ctx.snapshot()
+    if ctx.fanout:  # a container's steps are its children's
+        fields = {} if message is None else {"message": message}
+        fields.update(extra)
+        return fields
+    fields = dict(extra, completed_steps=completed)
+    if total is not None:
+        fields["total_steps"] = total
+    if message is not None:
+        fields["message"] = message
+    return fields
+
+
+def _start_fields(ctx, at):
+    return {
+        "state": State.IN_PROGRESS, "attempts": sql.NextAttempt(ctx.attempt), "started": at, "heartbeat": at,
+        "modified": at, "worker": ctx.worker, "eta": None,
+    }
+
+
+#: A run starts from the states In Progress may be entered from, or from In Progress itself (a
+#: redelivered message whose earlier run died: the newest run takes the row over).
+_START_FROM = (*ALLOWED_FROM[State.IN_PROGRESS], State.IN_PROGRESS)
+
+
+def _plan_start(change):
+    ctx = change.ctx
+    fields = _start_fields(ctx, change.at)
+    fields.update(_progress(ctx))
+    return fields, {"pk": ctx.status_id, "state__in": _START_FROM}
+
+
+def _post_start(rows, change, ok, batch):
+    return True if ok else _start_refused(rows, change.ctx)
+
+
+def _start_refused(rows, ctx):
+    state = rows.filter(pk=ctx.status_id).values_list("state", flat=True).first()
+    if state is None:
+        logger.warning("usertasks: row %s of message %s is missing; the task runs untracked", ctx.status_id, ctx.message_id)
+    else:
+        logger.info("usertasks: task %s is already %s; stopping it", ctx.status_id, state)
+        ctx.request_abort()
+    ctx.row_gone = True
+    return False
+
+
+def _plan_end(change):
+    """Retrying, requeued or a final state, for the attempt this context runs; with
+    ``change.start``, the run's start too, in the same statement."""
+    ctx = change.ctx
+    fields = _start_fields(ctx, change.start.at) if change.start is not None else {}
+    fields.update(change.fields)
+    fields.update(_progress(ctx, modified=change.at))
+    if change.fields["state"] in FINAL:
+        fields.setdefault("finished", change.at)
+        fields["unique_key"] = None
+    else:
+        fields["worker"] = ""
+    if change.start is not None:
+        return fields, {"pk": ctx.status_id, "state__in": ACTIVE_STATES}
+    return fields, {"pk": ctx.status_id, "state": State.IN_PROGRESS, "worker": ctx.worker}
+
+
+def _post_end(rows, change, ok, batch):
+    ctx = change.ctx
+    if change.start is not None:
+        if ok:
+            ctx.started_written = True
+        else:
+            _start_refused(rows, ctx)
+    if ok:
+        state = change.fields["state"]
+        if ctx.fanout and state in (State.FAILED, State.CANCELED):
+            # The body of a container ended on its own (an exception after fan_out()): the
+            # children that have not run yet never will.
+            cancel_pending_children(rows, ctx.status_id, reason="The task ended; its remaining subtasks were canceled.")
+        if ctx.parent_id is not None:
+            child_ended(rows, ctx.parent_id, ctx.status_id, state, batch)
+    return bool(ok)
+
+
+def _apply_guarded(rows, change, batch):
+    """A change not tied to a run: ``fields`` where ``where`` (the row's state among those it
+    may leave), its event, and its count on the container."""
+    n = rows.filter(**change.where).update(modified=change.at, **change.fields)
+    state = change.fields.get("state")
+    if n and change.parent_id is not None and state in FINAL:
+        child_ended(rows, change.parent_id, change.where["pk"], state, batch)
+    return bool(n)
+
+
+def _apply_body_done(rows, change, batch):
+    ctx = change.ctx
+    n = rows.filter(pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker).update(
+        worker=WAITING, modified=change.at, heartbeat=change.at
+    )
+    if not n:
+        return False
+    complete_container(rows, counting.info(rows, ctx.status_id))
+    return True
+
+
+_PLAN = {"start": _plan_start, "end": _plan_end}
+_POST = {"start": _post_start, "end": _post_end}
+_APPLY = {
+    "guarded": _apply_guarded,
+    "body_done": _apply_body_done,
+    "flush": lambda rows, change, batch: True,
+}
+
+
+# =================================================================================================
+# Containers: children ending, the container ending
+# =================================================================================================
+
+
+class _Counts:
+    """The children that ended in one writer batch, summed per container and counted last (one
+    counter UPDATE per container, in primary-key order so two writers never wait on each other
+    in a cycle, taken as late as possible so the container's row lock is held briefly)."""
+
+    def __init__(self):
+        self.by_parent = {}
+
+    def add(self, parent_id, child_id, key):
+        entry = self.by_parent.setdefault(
+            parent_id, {"succeeded": 0, "failed": 0, "canceled": 0, "skipped": 0, "retried": 0, "child_id": None}
+        )
+        entry[key] += 1
+        if key != "retried":
+            entry["child_id"] = child_id
+
+    def apply(self, rows):
+        for parent_id in sorted(self.by_parent):
+            entry = self.by_parent[parent_id]
+            child_id = entry.pop("child_id")
+            children_ended(rows, parent_id, child_id=child_id, **entry)
+
+
+def child_ended(rows, parent_id, child_id, state, batch=None):
+    """Child ``child_id`` of ``parent_id`` entered ``state`` (a final state, or Retrying), in the
+    current transaction.  In a writer batch the counts are summed and applied once per
+    container; otherwise at once (:func:`children_ended`)."""
+    key = counting.KEY_FOR.get(state)
+    if key is None:
+        return
+    if batch is None:
+        children_ended(rows, parent_id, child_id=child_id, **{key: 1})
+    else:
+        batch.add(parent_id, child_id, key)
+
+
+def children_ended(rows, parent_id, *, succeeded=0, failed=0, canceled=0, skipped=0, retried=0, child_id=None):
+    """Count children of ``parent_id`` that ended (and retries), in the transaction that stored
+    their ends; then what the container's rules say follows (a pipeline's next stage, a
+    fail-fast cancel), and the container's end if they were the last.  ``rows``: a manager or
+    queryset of status rows (its database is used), or a database alias.  Costs one
+    ``UPDATE ... RETURNING`` (plus, for the last child, the container's own end)."""
+    if rows is None or isinstance(rows, str):
+        rows = _rows(rows)
+    rows = UserTaskStatus.objects.using(rows.db)
+    counts = {"succeeded": succeeded, "failed": failed, "canceled": canceled, "skipped": skipped}
+    ended = sum(counts.values())
+    if not ended and not retried:
+        return False
+    now = timezone.now()
+    info = counting.count(rows, parent_id, counts, retried, now)
+    if not ended or info is None or info["state"] not in ACTIVE_STATES:
+        return False
+    follow = counting.after_children(info, child_id, succeeded=succeeded, failed=failed, canceled=canceled)
+    if follow == counting.STOP_STAGES:
+        stop_stages(rows, parent_id, reason="An earlier stage did not succeed.")
+        info = counting.info(rows, parent_id)
+    elif follow == counting.NEXT_STAGE:
+        release_next_stage(rows, parent_id, child_id)
+        info = counting.info(rows, parent_id)
+    elif follow == counting.CANCEL_REST:
+        if cancel_pending_children(rows, parent_id, reason="A subtask failed; the others were canceled.", now=now):
+            info = counting.info(rows, parent_id)
+    return complete_container(rows, info)
+
+
+def complete_container(rows, info):
+    """In Progress (body done, :data:`~usertasks.protocol.WAITING`) -> the container's final
+    state, once every child has ended (``info``: ``usertasks.containers.counting.info``).
+    Returns ``True`` in the one transaction that ends it; its completion callback and
+    ``task_finished`` follow the commit."""
+    if info is None or info["state"] != State.IN_PROGRESS or info["worker"] != WAITING:
+        return False
+    outcome = completion.outcome(info)
+    if outcome is None:
+        return False
+    state, summary = outcome
+    options = info["options"] or {}
+    now = timezone.now()
+    fields = {"state": state, "finished": now, "modified": now, "unique_key": None, "worker": "", "message": summary}
+    spec_key = completion.spec_key(options)
+    callback = (options.get(spec_key) or {}).get("on_complete")
+    if callback:
+        # The callback is due from this commit on; the mark goes once it is sent, and the
+        # reaper sends the callbacks of containers still marked (a crash in between).
+        fields["options"] = dict(options, **{spec_key: dict(options[spec_key], **{CALLBACK_DUE: True})})
+    detail = summary
+    if state == State.FAILED:
+        first = (
+            rows.filter(parent_id=info["pk"], state=State.FAILED)
+            .order_by("finished", "pk").values("name", "error", "error_class").first()
+        )
+        fields["error"], fields["error_class"] = completion.error(info, first)
+        detail = fields["error"]
+    n = rows.filter(pk=info["pk"], state=State.IN_PROGRESS, worker=WAITING).update(**fields)
+    if not n:
+        return False
+    kind = {State.SUCCEEDED: EventKind.SUCCEEDED, State.FAILED: EventKind.FAILED, State.CANCELED: EventKind.CANCELED}[state]
+    UserTaskEvent.objects.using(rows.db).create(status_id=info["pk"], kind=kind, created=now, detail=clip(detail, 4000))
+    pk, db = info["pk"], rows.db
+    transaction.on_commit(lambda: completion.finished(pk, state, callback, db), using=db)
+    if info.get("parent_id") is not None:
+        # A container inside a container (a pipeline stage that fans out): count it there.
+        child_ended(rows, info["parent_id"], pk, state)
+    return True
+
+
+def cancel_pending_children(rows, parent_id, *, reason, by=None, now=None):
+    """In the current transaction: every child of ``parent_id`` that has not started ->
+    Canceled (one UPDATE; for a pipeline, the stages that never ran are skipped), counted on
+    the container; the running ones are asked to stop (their abort flags, on commit).  Returns
+    how many ended here."""
+    now = now or timezone.now()
+    found = rows.filter(pk=parent_id).values("options").first()
+    if found is None:
+        return 0
+    if "pipeline" in (found["options"] or {}):
+        return stop_stages(rows, parent_id, reason=reason, by=by, now=now)
+    fields = dict(state=State.CANCELED, cancel_requested=now, finished=now, modified=now, unique_key=None)
+    if by is not None:
+        fields["canceled_by"] = by
+    pending = rows.filter(parent_id=parent_id, state__in=(State.PENDING, State.RETRYING))
+    claimed = _claimed(pending)
+    if claimed:  # a worker has just taken them: they are running, whatever their rows say yet
+        pending = pending.exclude(pk__in=claimed)
+    n = pending.update(**fields)
+    running = list(rows.filter(parent_id=parent_id, state=State.IN_PROGRESS).values_list("pk", flat=True))
+    running += sorted(claimed)
+    if running:
+        rows.filter(pk__in=running, cancel_requested__isnull=True).update(cancel_requested=now)
+        transaction.on_commit(lambda: _raise_flags(running), using=rows.db)
+    if n:
+        UserTaskEvent.objects.using(rows.db).create(
+            status_id=parent_id, kind=EventKind.NOTE, created=now, actor=by,
+            detail=f"{reason} {n:,} not yet started were canceled"
+            + (f"; {len(running)} running asked to stop." if running else "."),
+        )
+        counted = rows.filter(pk=parent_id).update(
+            children_canceled=F("children_canceled") + n, completed_steps=F("completed_steps") + n, modified=now,
+        )
+        if not counted:
+            return 0
+    return n
+
+
+def _claimed(pending):
+    """Raise the abort flags of the children in ``pending`` and return those a worker has
+    already claimed (atomic abort stores; see ``usertasks.abort.redis``): their bodies may be
+    running although their rows still say Pending, so they are asked to stop, not canceled."""
+    try:
+        backend = get_backend()
+        if not backend.atomic_claims:
+            return set()
+        return backend.cancel_pending_many(list(pending.values_list("pk", flat=True)))
+    except Exception as exc:
+        logger.warning("usertasks: cannot raise the abort flags of pending subtasks (%s)", exc)
+        return set()
+
+
+def _raise_flags(ids):
+    """Raise the abort flags of the running tasks ``ids`` (they stop at their next ``step()``)."""
+    for pk in ids:
+        try:
+            set_flag(pk)
+        except Exception as exc:
+            logger.warning("usertasks: could not ask running subtask %s to stop: %s", pk, exc)
+
+
+def cancel_children(status, *, by=None, reason="The task was canceled."):
+    """Cancel the children of container ``status`` that have not ended: the container is marked
+    canceled, the pending children are canceled at once (one UPDATE), the running ones stop at
+    their next ``step()``; the container ends (Canceled) with the last of them.  Returns how
+    many were canceled at once."""
+    db = router.db_for_write(type(status))
+    rows = _rows(db)
+    now = timezone.now()
+    with transaction.atomic(using=db):
+        mark = {"cancel_requested": now}
+        if by is not None:
+            mark["canceled_by"] = by
+        rows.filter(pk=status.pk, cancel_requested__isnull=True).update(**mark)
+        n = cancel_pending_children(rows, status.pk, reason=reason, by=by, now=now)
+        complete_container(rows, counting.info(rows, status.pk))
+    return n
+
+
+def stop_stages(rows, parent_id, *, reason, by=None, now=None):
+    """In the current transaction: a pipeline's stages that never ran -> Canceled with a
+    "skipped" event, a stage sent but not started -> Canceled, a running one is asked to stop.
+    Counts them on the container; returns how many ended here."""
+    now = now or timezone.now()
+    open_stages = list(
+        rows.filter(parent_id=parent_id, state__in=(State.PENDING, State.RETRYING, State.IN_PROGRESS))
+        .order_by("pk").values("pk", "state", "options")
+    )
+    skipped, canceled, running, events = 0, 0, [], []
+    base = dict(state=State.CANCELED, finished=now, modified=now, unique_key=None)
+    for stage in open_stages:
+        if stage["state"] == State.IN_PROGRESS:
+            rows.filter(pk=stage["pk"], cancel_requested__isnull=True).update(cancel_requested=now)
+            running.append(stage["pk"])
+            continue
+        waiting = stage["state"] == State.PENDING and (stage["options"] or {}).get("waiting")
+        fields = dict(base, cancel_requested=now)
+        if by is not None:
+            fields["canceled_by"] = by
+        if not rows.filter(pk=stage["pk"], state=stage["state"]).update(**fields):
+            continue
+        if waiting:
+            skipped += 1
+            events.append(UserTaskEvent(status_id=stage["pk"], kind=EventKind.SKIPPED, created=now, detail=reason))
+        else:
+            canceled += 1
+            events.append(UserTaskEvent(status_id=stage["pk"], kind=EventKind.CANCELED, created=now, actor=by))
+    if events:
+        UserTaskEvent.objects.using(rows.db).bulk_create(events)
+    if skipped or canceled:
+        rows.filter(pk=parent_id).update(
+            children_skipped=F("children_skipped") + skipped, children_canceled=F("children_canceled") + canceled,
+            completed_steps=F("completed_steps") + skipped + canceled, modified=now,
+        )
+    if running:
+        transaction.on_commit(lambda: _raise_flags(running), using=rows.db)
+    return skipped + canceled
+
+
+def release_next_stage(rows, parent_id, child_id):
+    """A pipeline's stage ``child_id`` succeeded: the next one, written up front and waiting,
+    is queued (its message is sent once the transaction commits).  Its state stays Pending."""
+    import dramatiq
+
+    nxt = rows.filter(parent_id=parent_id, pk__gt=child_id).order_by("pk").values("pk", "state", "options").first()
+    if nxt is None or nxt["state"] != State.PENDING or not nxt["options"].get("waiting"):
+        return False
+    options = dict(nxt["options"])
+    data = options.pop("message")
+    options.pop("waiting", None)
+    now = timezone.now()
+    if not rows.filter(pk=nxt["pk"], state=State.PENDING).update(options=options, modified=now, eta=now):
+        return False
+    UserTaskEvent.objects.using(rows.db).create(status_id=nxt["pk"], kind=EventKind.ENQUEUED, created=now)
+    pairs = [(dramatiq.Message(**data), nxt["pk"])]
+    db = rows.db
+    transaction.on_commit(lambda: enqueue_children(dramatiq.get_broker(), parent_id, pairs, db), using=db)
+    return True
+
+
+def enqueue_children(broker, parent_id, pairs, db=None):
+    """Send the messages of committed child rows (``(message, pk)`` pairs).  A broker failure
+    fails the children not sent (counted on the container) and is logged; the container goes
+    on with the others."""
+    try:
+        enqueue_many(broker, [(message, None, {STATUS_OPTION: pk}) for message, pk in pairs])
+    except EnqueueFailed as failure:
+        exc = failure.error
+        failed = [pk for _, pk in pairs[failure.sent:]]
+        logger.error("usertasks: could not enqueue %d subtask(s) of task %s: %s", len(failed), parent_id, exc)
+        rows = _rows(db)
+        with transaction.atomic(using=rows.db):
+            n, text = fail_unsent(rows.db, failed, exc, events=False)
+            UserTaskEvent.objects.using(rows.db).create(
+                status_id=parent_id, kind=EventKind.NOTE, detail=f"{n} subtask(s) could not be queued: {text}",
+            )
+            if n:
+                children_ended(rows, parent_id, failed=n)
+
+
+# =================================================================================================
+# Changes outside runs: cancels, the reaper, unsent messages
+# =================================================================================================
+
+
+def fail_unsent(db, pks, exc, *, now=None, events=True):
+    """Pending -> Failed for the rows ``pks`` whose messages could not be sent, so that no page
+    waits for them for ever (with a ``failed`` event each unless ``events`` is false).  Returns
+    how many changed and the error text stored."""
+    now = now or timezone.now()
+    text = clip(f"The task could not be queued: {exc}", 2000)
+    rows = _rows(db)
+    n = 0
+    for i in range(0, len(pks), 1000):
+        n += rows.filter(pk__in=pks[i:i + 1000], state=State.PENDING).update(
+            state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now, modified=now,
+            unique_key=None,
+        )
+    if n and events:
+        UserTaskEvent.objects.using(rows.db).bulk_create(
+            [UserTaskEvent(status_id=pk, kind=EventKind.FAILED, detail=text, created=now) for pk in pks]
+        )
+    return n, text
+
+
+def cancel_not_started(rows, pk, previous, *, parent_id=None, by=None, now=None):
+    """Pending or Retrying (``previous``, as read) -> Canceled: the task never runs again.
+    Counted on its container; ``task_finished`` follows the commit.  Returns whether it
+    changed."""
+    now = now or timezone.now()
+    n = rows.filter(pk=pk, state=previous).update(
+        state=State.CANCELED, cancel_requested=now, canceled_by=by, finished=now, modified=now,
+        unique_key=None, worker="",
+    )
+    if not n:
+        return False
+    detail = "Canceled before it started." if previous == State.PENDING else "Canceled while waiting to retry."
+    UserTaskEvent.objects.using(rows.db).create(status_id=pk, kind=EventKind.CANCELED, created=now, actor=by,
+                                                detail=detail)
+    if parent_id is not None:
+        child_ended(rows, parent_id, pk, State.CANCELED)
+    send_task_finished(pk, State.CANCELED, using=rows.db)
+    return True
+
+
+def request_cancel(rows, pk, *, by=None, now=None):
+    """An active task is asked to stop (``cancel_requested``, ``canceled_by``, a
+    ``cancel_requested`` event); its run ends it Canceled.  Returns whether it changed."""
+    now = now or timezone.now()
+    n = rows.filter(pk=pk, state__in=ACTIVE_STATES).update(cancel_requested=now, canceled_by=by, modified=now)
+    if n:
+        UserTaskEvent.objects.using(rows.db).create(status_id=pk, kind=EventKind.CANCEL_REQUESTED, created=now,
+                                                    actor=by)
+    return bool(n)
+
+
+def requeue_lost(rows, row, where, *, detail, now):
+    """In Progress, with a dead worker and its message still in the broker -> Pending: the next
+    delivery runs it again.  ``where``: the row as the reaper read it.  Returns whether it
+    changed."""
+    with transaction.atomic(using=rows.db):
+        n = rows.filter(pk=row["pk"], **where).update(state=State.PENDING, worker="", modified=now)
+        if n:
+            UserTaskEvent.objects.using(rows.db).create(
+                status_id=row["pk"], kind=EventKind.REQUEUED, created=now, attempt=row["attempts"], detail=detail,
+            )
+    return bool(n)
+
+
+def end_lost(rows, row, where, *, text, kind, now):
+    """A task whose worker died (In Progress) or whose message is gone (Pending, Retrying) ->
+    Failed with ``text``, or Canceled when its user had asked to cancel it.  ``where``: the row
+    as the reaper read it.  Counted on its container; ``task_finished`` follows the commit.
+    Returns the state entered, or ``None``."""
+    state = State.FAILED
+    fields = {"error": text, "error_class": ""}
+    if row.get("cancel_requested"):  # its user had asked to cancel it: that is what happened
+        state, kind, fields = State.CANCELED, EventKind.CANCELED, {}
+    with transaction.atomic(using=rows.db):
+        n = rows.filter(pk=row["pk"], **where).update(
+            state=state, finished=now, modified=now, unique_key=None, worker="", **fields,
+        )
+        if not n:
+            return None
+        UserTaskEvent.objects.using(rows.db).create(
+            status_id=row["pk"], kind=kind, created=now, attempt=row["attempts"], detail=text,
+        )
+        if row.get("parent_id") is not None:
+            child_ended(rows, row["parent_id"], row["pk"], state)
+        send_task_finished(row["pk"], state, using=rows.db)
+    return state
+
+
+# =================================================================================================
+# Runs of other task systems (the Celery compatibility layer)
+# =================================================================================================
+
+
+def begin(status, *, worker="", container=False):
+    """Pending or Retrying -> In Progress for a run started outside Dramatiq, with a ``started``
+    event (containers have no worker of their own).  Returns whether it changed."""
+    now = timezone.now()
+    fields = {"started": now, "eta": None, "attempts": _at_least_one(), "modified": now}
+    if not container:
+        fields.update(heartbeat=now, worker=worker[:255])
+    rows = _rows()
+    with transaction.atomic(using=rows.db):
+        n = rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.IN_PROGRESS]).update(state=State.IN_PROGRESS,
+                                                                                       **fields)
+        if n:
+            UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=EventKind.STARTED,
+                                                        attempt=status.attempts, detail=worker[:4000])
+    return bool(n)
+
+
+def _at_least_one():
+    from django.db.models.functions import Greatest
+
+    return Greatest(F("attempts"), 1)
+
+
+def finish(status, state, kind, *, detail="", actor=None, where=None, count_parent=True, **fields):
+    """Active -> ``state`` (final) for a task whose run is not Dramatiq's, with an event of
+    ``kind``; the container's counter of that outcome grows by one (its rules are the
+    compatibility layer's own); ``task_finished`` follows the commit, and a raised abort flag
+    is cleared.  Returns whether it changed."""
+    now = timezone.now()
+    fields.setdefault("finished", now)
+    fields["unique_key"] = None
+    rows = _rows()
+    with transaction.atomic(using=rows.db):
+        n = rows.filter(pk=status.pk, state__in=ACTIVE_STATES, **(where or {})).update(state=state, modified=now,
+                                                                                       **fields)
+        if not n:
+            return False
+        UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=kind, attempt=status.attempts,
+                                                    detail=str(detail)[:4000], actor=actor)
+        if count_parent and status.parent_id:
+            counter = counting.COUNTER_FOR[state]
+            rows.filter(pk=status.parent_id).update(**{counter: F(counter) + 1})
+    status.refresh_from_db()
+    if state == State.CANCELED or status.cancel_requested is not None:
+        pk = status.pk
+        transaction.on_commit(lambda: clear_flags([pk]), using=rows.db)
+    send_task_finished(status.pk, state, using=rows.db, status=status)
+    return True
+
+
+def retrying(status, *, reason=""):
+    """In Progress or Pending -> Retrying: this attempt failed and the task will run again
+    (its attempt counted now).  Returns whether it changed."""
+    fields = {"attempts": F("attempts") + 1, "worker": "", "modified": timezone.now()}
+    if reason:
+        fields["error"] = str(reason)[:4000]
+    rows = _rows()
+    with transaction.atomic(using=rows.db):
+        n = rows.filter(pk=status.pk, state__in=(State.IN_PROGRESS, State.PENDING)).update(state=State.RETRYING,
+                                                                                           **fields)
+        if n:
+            status.refresh_from_db()
+            UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=EventKind.RETRYING,
+                                                        attempt=status.attempts, detail=str(reason)[:4000])
+    return bool(n)
+
+
+def set_custom_state(status, custom_state):
+    """A custom in-progress state of django-user-tasks (``set_state("Sending emails")``): the
+    row stays (or becomes) In Progress, showing the text as its message; a standard state
+    name moves the row there along :data:`~usertasks.states.ALLOWED_FROM`."""
+    rows = _rows()
+    now = timezone.now()
+    options = rows.filter(pk=status.pk).values_list("options", flat=True).first() or {}
+    if custom_state in State.values:
+        rows.filter(pk=status.pk, state__in=ALLOWED_FROM.get(custom_state, ())).update(
+            state=custom_state, options=dict(options, custom_state=None), modified=now)
+        return
+    # One guarded UPDATE per case (no read-then-write transaction: SQLite-friendly).
+    fields = {"options": dict(options, custom_state=custom_state), "message": custom_state[:1000], "modified": now}
+    rows.filter(pk=status.pk, state=State.IN_PROGRESS).update(**fields)
+    rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.IN_PROGRESS]).update(state=State.IN_PROGRESS, **fields)
+
+
+def reopen_group(status):
+    """Succeeded -> In Progress for a Celery group whose size grows as its tasks are published:
+    when its first tasks ended before the next one was published, it may have ended already.
+    The one change against :data:`~usertasks.states.ALLOWED_FROM`, for django-user-tasks'
+    groups only.  Returns whether it changed."""
+    rows = _rows()
+    n = rows.filter(pk=status.pk, state=State.SUCCEEDED).update(state=State.IN_PROGRESS, finished=None,
+                                                                modified=timezone.now())
+    if n:
+        UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=EventKind.NOTE,
+                                                    detail="More tasks joined after the first ones had ended.")
+    return bool(n)
+
