@@ -24,7 +24,9 @@ FINAL_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELED)
 ALLOWED_FROM = {
     State.PENDING: (State.IN_PROGRESS, State.RETRYING),  # requeued (worker shutdown)
     State.IN_PROGRESS: (State.PENDING, State.RETRYING),
-    State.RETRYING: (State.IN_PROGRESS,),
+    # A run failed and will run again; from Pending too: a Celery task (the compatibility
+    # layer) retried before its start was recorded.
+    State.RETRYING: (State.IN_PROGRESS, State.PENDING),
     State.SUCCEEDED: ACTIVE_STATES,
     State.FAILED: ACTIVE_STATES,
     State.CANCELED: ACTIVE_STATES,

@@ -801,7 +801,7 @@ def finish(status, state, kind, *, detail="", actor=None, where=None, count_pare
     if state == State.CANCELED or status.cancel_requested is not None:
         pk = status.pk
         transaction.on_commit(lambda: clear_flags([pk]), using=rows.db)
-    send_task_finished(status.pk, state, using=rows.db, status=status)
+    send_task_finished(status.pk, state, using=rows.db)
     return True
 
 
@@ -813,8 +813,7 @@ def retrying(status, *, reason=""):
         fields["error"] = str(reason)[:4000]
     rows = _rows()
     with transaction.atomic(using=rows.db):
-        n = rows.filter(pk=status.pk, state__in=(State.IN_PROGRESS, State.PENDING)).update(state=State.RETRYING,
-                                                                                           **fields)
+        n = rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.RETRYING]).update(state=State.RETRYING, **fields)
         if n:
             status.refresh_from_db()
             UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=EventKind.RETRYING,

@@ -2,10 +2,10 @@
 
 The rows are the usertasks rows (``usertasks_usertaskstatus`` and ``usertasks_usertaskartifact``):
 a task started through Celery shows on the usertasks dashboard and status page like any other.
-The methods keep the names and meaning of django-user-tasks 4.0; every state change is a
-conditional UPDATE (a late or repeated call never moves a finished task), is recorded in the
-task's event history, and final states send ``usertasks.signals.task_finished`` and
-``user_tasks.user_task_stopped``.
+The methods keep the names and meaning of django-user-tasks 4.0; every state change is one of
+``usertasks.transitions`` (a conditional UPDATE: a late or repeated call never moves a finished
+task), is recorded in the task's event history, and final states send
+``usertasks.signals.task_finished`` and ``user_tasks.user_task_stopped``.
 """
 
 import logging
@@ -18,7 +18,9 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from usertasks import models as core
-from usertasks.states import ACTIVE_STATES, ALLOWED_FROM, State
+from usertasks import runs, transitions
+from usertasks.cancel import ALREADY_FINAL, CANCELED
+from usertasks.states import ACTIVE_STATES, State
 
 from .exceptions import TaskCanceledException
 
@@ -28,12 +30,6 @@ __all__ = ["UserTaskArtifact", "UserTaskStatus"]
 
 #: ``task_class`` of the rows that stand for a Celery canvas.
 GROUP, CHAIN, CHORD = "celery.group", "celery.chain", "celery.chord"
-
-_COUNTER = {
-    State.SUCCEEDED: "children_succeeded",
-    State.FAILED: "children_failed",
-    State.CANCELED: "children_canceled",
-}
 
 
 class UserTaskStatus(core.UserTaskStatus):
@@ -98,20 +94,6 @@ class UserTaskStatus(core.UserTaskStatus):
     def _rows(self):
         return UserTaskStatus.objects.filter(pk=self.pk)
 
-    def _event(self, kind, detail="", actor=None):
-        core.UserTaskEvent.objects.create(
-            status_id=self.pk, kind=kind, attempt=self.attempts, detail=str(detail)[:4000], actor=actor
-        )
-
-    def _move(self, state, allowed, where=None, **fields):
-        """Conditional UPDATE to ``state`` from one of ``allowed`` (and ``where``); ``True`` when
-        it happened."""
-        now = timezone.now()
-        n = self._rows().filter(state__in=allowed, **(where or {})).update(state=state, modified=now, **fields)
-        if n:
-            self.refresh_from_db()
-        return bool(n)
-
     def _cancel_requested(self):
         """Reload state and cancel bookkeeping; ``True`` once this task should stop."""
         self.refresh_from_db(fields=["state", "cancel_requested", "completed_steps", "total_steps", "modified"])
@@ -119,28 +101,13 @@ class UserTaskStatus(core.UserTaskStatus):
             return False
         if self.state == State.CANCELED or self.cancel_requested is not None:
             return True
-        from .tracking import abort_flag_set
-
-        return abort_flag_set(self)
+        return runs.abort_requested(self, key=self.task_id)
 
     def _finish(self, state, kind, detail="", actor=None, notify_parent=True, where=None, **fields):
-        """Enter a final state from an active one; events, parent counters and signals; then
-        let the container see whether it is done."""
-        fields.setdefault("finished", timezone.now())
-        fields["unique_key"] = None
-        with transaction.atomic():  # the state, its event and the parent's counter together
-            if not self._move(state, ACTIVE_STATES, where=where, **fields):
-                return False
-            self._event(kind, detail, actor=actor)
-            if self.parent_id:
-                counter = _COUNTER[state]
-                UserTaskStatus.objects.filter(pk=self.parent_id).update(**{counter: F(counter) + 1})
-        if state == State.CANCELED or self.cancel_requested is not None:
-            from .tracking import clear_flag
-
-            pk = self.pk
-            transaction.on_commit(lambda: clear_flag(pk))
-        transaction.on_commit(lambda: _send_finished(self, state))
+        """Enter a final state from an active one (``usertasks.transitions.finish``: its event,
+        the container's counter, the signals); then let the container see whether it is done."""
+        if not transitions.finish(self, state, kind, detail=detail, actor=actor, where=where, **fields):
+            return False
         if notify_parent and self.parent_id and state != State.FAILED:  # fail() tells its parent
             self.parent._children_changed()
         return True
@@ -179,15 +146,9 @@ class UserTaskStatus(core.UserTaskStatus):
         if it was canceled before it started."""
         if self._cancel_requested():
             raise TaskCanceledException()
-        now = timezone.now()
-        fields = {"started": now, "eta": None, "attempts": Greatest(F("attempts"), 1)}
-        if not self.is_container:
-            fields.update(heartbeat=now, worker=worker[:255])
-        with transaction.atomic():
-            started = self._move(State.IN_PROGRESS, (State.PENDING, State.RETRYING), **fields)
-            if started:
-                self._event(core.EventKind.STARTED, worker)
-        if not started and self.state == State.CANCELED and not self.is_container:
+        transitions.begin(self, worker=worker, container=self.is_container)
+        self.refresh_from_db()
+        if self.state == State.CANCELED and not self.is_container:
             raise TaskCanceledException()
         if self.parent_id:
             parent = self.parent
@@ -220,10 +181,6 @@ class UserTaskStatus(core.UserTaskStatus):
         """Cancel the task (for a container: each of its tasks, then itself).  A pending task
         never runs; a running one stops at its next progress call.  Returns ``True`` when the
         cancel took effect; ``self.cancel_outcome`` tells how (see ``usertasks.cancel``)."""
-        from usertasks.cancel import ALREADY_FINAL, CANCELED
-
-        from .tracking import revoke
-
         user = by if getattr(by, "pk", None) is not None and getattr(by, "is_authenticated", False) else None
         if self.is_container:
             done = self._finish(State.CANCELED, core.EventKind.CANCELED, actor=user, notify_parent=False,
@@ -238,7 +195,7 @@ class UserTaskStatus(core.UserTaskStatus):
         done = super().cancel(by=by)  # usertasks.cancel.cancel_task: row, event, abort flag
         if self.cancel_outcome == CANCELED:
             if self.backend == "celery" and was in (State.PENDING, State.RETRYING):
-                revoke(self.task_id)
+                _revoke(self.task_id)
             # (usertasks' cancel_task sends task_finished, hence user_task_stopped, on commit)
             if self.parent_id:  # (cancel_task counted it on the container already)
                 self.parent._children_changed()
@@ -268,12 +225,8 @@ class UserTaskStatus(core.UserTaskStatus):
 
     def retry(self, reason=""):
         """Record that this attempt failed and the task will run again."""
-        fields = {"attempts": F("attempts") + 1, "worker": ""}
-        if reason:
-            fields.update(error=str(reason)[:4000])
-        with transaction.atomic():
-            if self._move(State.RETRYING, (State.IN_PROGRESS, State.PENDING), **fields):
-                self._event(core.EventKind.RETRYING, reason)
+        if transitions.retrying(self, reason=reason):
+            self.refresh_from_db()
 
     def set_name(self, name):
         """Name this task and its containers."""
@@ -290,17 +243,7 @@ class UserTaskStatus(core.UserTaskStatus):
         custom_state = str(custom_state)
         if self._cancel_requested():
             raise TaskCanceledException()
-        self.refresh_from_db(fields=["options"])
-        if custom_state in State.values:
-            allowed = ALLOWED_FROM.get(custom_state, ())
-            self._rows().filter(state__in=allowed).update(
-                state=custom_state, options=dict(self.options or {}, custom_state=None), modified=timezone.now())
-        else:
-            # One guarded UPDATE per case (no read-then-write transaction: SQLite-friendly).
-            fields = {"options": dict(self.options or {}, custom_state=custom_state),
-                      "message": custom_state[:1000], "modified": timezone.now()}
-            self._rows().filter(state=State.IN_PROGRESS).update(**fields)
-            self._rows().filter(state__in=(State.PENDING, State.RETRYING)).update(state=State.IN_PROGRESS, **fields)
+        transitions.set_custom_state(self, custom_state)
         self.refresh_from_db()
         if self.parent_id and self.parent.task_class != GROUP:
             self.parent.set_state(custom_state)
@@ -366,7 +309,14 @@ class UserTaskArtifact(core.UserTaskArtifact):
         return f"<UserTaskArtifact: ({self.name}) {content}>"
 
 
-def _send_finished(status, state):
-    from usertasks.signals import emit_task_finished
+def _revoke(task_id):
+    """Ask the running Celery workers to drop ``task_id`` (best effort: a worker that is not
+    running now checks the row when it picks the task up)."""
+    try:
+        from celery import current_app
 
-    emit_task_finished(status, state)
+        if current_app.conf.task_always_eager:
+            return
+        current_app.control.revoke(task_id)
+    except Exception:
+        logger.warning("user_tasks: could not revoke Celery task %s", task_id, exc_info=True)

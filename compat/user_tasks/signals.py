@@ -137,9 +137,9 @@ def task_was_revoked(sender=None, request=None, terminated=None, expired=None, *
 @worker_process_shutdown.connect(dispatch_uid="user_tasks.process_shutdown")
 @worker_shutdown.connect(dispatch_uid="user_tasks.shutdown")
 def _stop_writer(**kwargs):
-    from usertasks.writer import stop_writer
+    from usertasks import runs
 
-    stop_writer()
+    runs.shutdown()
 
 
 def _stopped_has_listeners(**hints):

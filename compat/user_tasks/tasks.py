@@ -66,6 +66,9 @@ class UserTaskMixin:
     invocation must pass a ``user_id`` argument (positional or keyword).
     """
 
+    #: Marks the classes that publishing and tracking recognise (``user_tasks.tracking``).
+    user_task_mixin = True
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # Celery calls ``before_start`` only when a class below ``Task`` defines it: every

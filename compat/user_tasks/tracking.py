@@ -26,15 +26,12 @@ from django.db.models import F
 from django.utils.dateparse import parse_datetime
 from django.utils.module_loading import import_string
 
+from usertasks import runs, transitions
 from usertasks.models import EventKind, UserTaskEvent
 
 logger = logging.getLogger("user_tasks")
 
 _HOST = socket.gethostname()
-
-# Heartbeat contexts of the Celery tasks running in this process, by task id.
-_running = {}
-_running_lock = threading.Lock()
 
 
 @dataclass
@@ -83,15 +80,14 @@ def user_task_class(name):
     """The registered task called ``name`` when it is a ``UserTaskMixin``, else ``None``."""
     from celery import current_app
 
-    from .tasks import UserTaskMixin
-
     task = current_app.tasks.get(name) if name else None
     if task is None and name:
         try:
             task = import_string(name)
         except ImportError:
             return None
-    return task if isinstance(task, UserTaskMixin) else None
+    # UserTaskMixin marks its classes (user_tasks.tasks imports this module: no isinstance here).
+    return task if getattr(task, "user_task_mixin", False) else None
 
 
 def valid_user_id(arguments, task_name):
@@ -163,15 +159,7 @@ def _new_row(*, task_id, user_id, name, task_class, total_steps=0, parent=None, 
 def _reopen(container):
     """A group learns its size only as its tasks are published: when its first tasks ended
     before the next one was published, it may have ended already.  Make it active again."""
-    from usertasks.states import State
-
-    from .models import UserTaskStatus
-
-    n = UserTaskStatus.objects.filter(pk=container.pk, state=State.SUCCEEDED).update(
-        state=State.IN_PROGRESS, finished=None)
-    if n:
-        UserTaskEvent.objects.create(status_id=container.pk, kind=EventKind.NOTE,
-                                     detail="More tasks joined after the first ones had ended.")
+    if transitions.reopen_group(container):
         container.refresh_from_db()
 
 
@@ -274,65 +262,9 @@ def worker_token(task):
 
 
 def register_running(status, task):
-    """Heartbeats (and abort polling) for a running task through the usertasks writer."""
-    from usertasks.context import TaskContext
-    from usertasks.writer import get_writer
-
-    ctx = TaskContext(
-        status_id=status.pk, message_id=status.task_id, actor_name=status.task_class,
-        attempt=(getattr(task.request, "retries", 0) or 0) + 1,
-    )
-    ctx.started_written = True  # heartbeats only: progress is written by the status methods
-    with _running_lock:
-        _running[status.task_id] = ctx
-    from usertasks.middleware.abort import get_poller
-
-    writer = get_writer()
-    writer.register(ctx)
-    get_poller().wake()  # delivers cancels to ``ctx.abort_requested``
-    return ctx
+    """Heartbeats and cancel delivery for a running task (``usertasks.runs``)."""
+    return runs.begin(status, key=status.task_id, attempt=(getattr(task.request, "retries", 0) or 0) + 1)
 
 
 def unregister_running(task_id):
-    with _running_lock:
-        ctx = _running.pop(task_id, None)
-    if ctx is not None:
-        from usertasks.writer import get_writer
-
-        get_writer().unregister(ctx)
-
-
-def abort_flag_set(status):
-    """``True`` when the abort flag of this task is set (the same flag Dramatiq tasks check)."""
-    with _running_lock:
-        ctx = _running.get(status.task_id)
-    if ctx is not None:
-        return ctx.abort_requested
-    try:
-        from usertasks.abort import get_backend
-
-        return get_backend().is_set(status.pk)
-    except Exception as exc:  # the database state decides then
-        logger.info("user_tasks: cannot read the abort flag of task %s: %s", status.pk, exc)
-        return False
-
-
-def clear_flag(status_id):
-    try:
-        from usertasks.abort import clear_flags
-    except ImportError:  # pragma: no cover - older usertasks
-        return
-    clear_flags([status_id])
-
-
-def revoke(task_id):
-    """Ask the running Celery workers to drop ``task_id`` (best effort: a worker that is not
-    running now checks the row when it picks the task up)."""
-    try:
-        from celery import current_app
-
-        if current_app.conf.task_always_eager:
-            return
-        current_app.control.revoke(task_id)
-    except Exception:
-        logger.warning("user_tasks: could not revoke Celery task %s", task_id, exc_info=True)
+    runs.end(task_id)

@@ -56,9 +56,7 @@ class StatusViewSet(mixins.DestroyModelMixin, mixins.ListModelMixin, mixins.Retr
             return Response(
                 {"detail": "The task is still active: cancel it first."}, status=http.HTTP_409_CONFLICT
             )
-        from .purge import delete_tasks
-
-        delete_tasks([status.pk])
+        status.delete_with_files()
         return Response(status=http.HTTP_204_NO_CONTENT)
 
 
