@@ -6,7 +6,7 @@ start, as the row records them.  It is measured for each configuration in turn, 
 own worker process (``--threads`` threads):
 
 * ``wake``: usertasks as shipped (``USERTASKS["WAKE_CONSUMERS"]``: the send wakes the idle
-  consumers, ``usertasks.wakeup``), Dramatiq's default worker timeout (1 s);
+  consumers, ``usertasks.redis.wakeup``), Dramatiq's default worker timeout (1 s);
 * ``poll``: the same with wake-ups off, so the consumers poll as Dramatiq's do: after an empty
   fetch they sleep, 5 ms doubling up to the worker timeout;
 * ``poll-100``: wake-ups off and a worker timeout of 100 ms (``dramatiq_worker_timeout``).

@@ -127,7 +127,7 @@ def _instrument_actors(broker):
 
 def _instrument_writer():
     try:
-        from usertasks import writer
+        from usertasks import transitions, writer
         from usertasks.middleware import tracking
     except ImportError:
         return
@@ -155,7 +155,7 @@ def _instrument_writer():
 
     writer.Writer._run = _run
     writer.Writer._write = _write
-    wait = writer.Op.wait
+    wait = transitions.Change.wait
 
     def op_wait(self, timeout=None):
         t0 = time.perf_counter()
@@ -164,6 +164,6 @@ def _instrument_writer():
         finally:
             _add(f"worker thread waits for its {self.kind!r} write", time.perf_counter() - t0)
 
-    writer.Op.wait = op_wait
+    transitions.Change.wait = op_wait
     tracking.UserTaskTracking.end = staticmethod(_timed("UserTaskTracking.end (incl. the wait)",
                                                         tracking.UserTaskTracking.end))

@@ -72,7 +72,8 @@ if VARIANT == "admin":
     _middleware.append("django_dramatiq.middleware.AdminMiddleware")
 
 DRAMATIQ_BROKER = {
-    "BROKER": "dramatiq.brokers.redis.RedisBroker",
+    # usertasks' broker (the one its docs give users) for tracked runs; Dramatiq's own for the others.
+    "BROKER": "usertasks.redis.RedisBroker" if VARIANT == "tracked" else "dramatiq.brokers.redis.RedisBroker",
     "OPTIONS": {"url": REDIS_URL},
     "MIDDLEWARE": _middleware,
 }

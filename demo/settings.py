@@ -79,7 +79,7 @@ DEFAULT_FROM_EMAIL = "usertasks-demo@example.com"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 DRAMATIQ_BROKER = {
-    "BROKER": "dramatiq.brokers.redis.RedisBroker",
+    "BROKER": "usertasks.redis.RedisBroker",
     "OPTIONS": {"url": os.environ.get("USERTASKS_DEMO_REDIS_URL", "redis://127.0.0.1:6379/0")},
     "MIDDLEWARE": [
         "dramatiq.middleware.AgeLimit",

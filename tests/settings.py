@@ -155,6 +155,8 @@ if os.environ.get("USERTASKS_TEST_SHUTDOWN_NOTIFICATIONS"):  # worker processes 
     from dramatiq.middleware import ShutdownNotifications
 
     DRAMATIQ_BROKER["MIDDLEWARE"] = DRAMATIQ_BROKER["MIDDLEWARE"] + [ShutdownNotifications(notify_shutdown=True)]
+if os.environ.get("USERTASKS_TEST_BROKER") == "dramatiq-redis":  # worker processes of tests/test_plain_broker.py
+    DRAMATIQ_BROKER = dict(DRAMATIQ_BROKER, BROKER="dramatiq.brokers.redis.RedisBroker")
 if os.environ.get("USERTASKS_TEST_BROKER") == "rabbitmq":  # worker processes of tests/test_rabbitmq.py
     DRAMATIQ_BROKER = dict(DRAMATIQ_BROKER, BROKER="dramatiq.brokers.rabbitmq.RabbitmqBroker", OPTIONS={
         "url": os.environ.get("USERTASKS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")})

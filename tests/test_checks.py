@@ -53,6 +53,24 @@ def test_e002_middleware_missing(global_broker):
     stub.close()
 
 
+def test_w003_a_plain_dramatiq_redis_broker_has_no_fast_path(global_broker, redis):
+    from dramatiq.brokers.redis import RedisBroker
+
+    from usertasks.redis import RedisBroker as FastBroker
+
+    plain = install_middleware(global_broker(RedisBroker(client=redis)))
+    found = check_broker()
+    assert ids(found) == ["usertasks.W003"] and found[0].level == checks.WARNING
+    assert "usertasks.redis.RedisBroker" in found[0].hint and "fast path is off" in found[0].msg
+    plain.close()
+    fast = install_middleware(global_broker(FastBroker(client=redis)))
+    assert check_broker() == []
+    fast.close()
+    stub = install_middleware(global_broker(StubBroker()))  # no fast path to miss on other brokers
+    assert check_broker() == []
+    stub.close()
+
+
 def test_e003_middleware_after_retries(global_broker):
     stub = global_broker(StubBroker())
     install_middleware(stub)
