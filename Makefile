@@ -20,8 +20,15 @@ $(STAMP): setup.py requirements-test.txt
 demo: $(STAMP)
 	$(BIN)/python demo/run.py
 
-## test: the suite on SQLite, then on PostgreSQL when DATABASE_URL is set
-test: $(STAMP)
+## lint: ruff (lint and format), mypy, and the floors of .importlinter
+lint: $(STAMP)
+	$(BIN)/ruff check usertasks compat
+	$(BIN)/ruff format --check usertasks compat
+	$(BIN)/mypy
+	PYTHONPATH=compat $(BIN)/lint-imports --no-cache
+
+## test: the quality gates, then the suite on SQLite, then on PostgreSQL when DATABASE_URL is set
+test: lint
 	@command -v chromium >/dev/null 2>&1 || { echo "== installing Chromium (Debian package) for the browser test"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \

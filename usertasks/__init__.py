@@ -4,6 +4,10 @@ This module stays light: it imports no Django model, so it can be imported from 
 actor modules and worker bootstrap code alike.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from .actors import UserTaskActor, user_task
 from .context import TaskContext, current_task
 from .exceptions import Aborted, ArgumentsNotSerializable, EnqueueError, UserTasksError
@@ -23,7 +27,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # ``usertasks.pipeline`` is imported on first use, keeping this module light.
     if name == "pipeline":
         from .containers.pipelines import pipeline

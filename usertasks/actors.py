@@ -1,20 +1,27 @@
 """``@user_task``: a Dramatiq actor whose runs are tracked in ``UserTaskStatus`` rows."""
 
+from __future__ import annotations
+
 import functools
 import inspect
 import logging
+from collections.abc import Callable, Iterable
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq import Actor
 from dramatiq.middleware import SkipMessage
 
 from .context import TaskContext, current_task
-from .text import clip
 from .exceptions import Aborted, ForcedAbort
 from .protocol import STATUS_OPTION
+from .text import clip
 
 logger = logging.getLogger("usertasks")
+
+if TYPE_CHECKING:
+    from .models import UserTaskStatus
 
 __all__ = ["UserTaskActor", "user_task"]
 
@@ -27,12 +34,14 @@ class UserTaskActor(Actor):
 
     #: usertasks options (``name``, ``total_steps``, ``unique``, ``notify``, ``abort_grace``);
     #: set by :func:`user_task`.
-    usertask_options = {}
+    usertask_options: dict[str, Any] = {}
+    #: The signature of the task function without its ``task`` parameter; set by :func:`user_task`.
+    _user_signature: inspect.Signature
     _warned_untracked = False
 
     # -- naming -------------------------------------------------------------------------------
 
-    def bind_arguments(self, args, kwargs):
+    def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name (the ``task`` parameter excluded), in the
         signature's order, defaults included."""
         bind = self._binder
@@ -40,14 +49,14 @@ class UserTaskActor(Actor):
         if bound is not None:
             return bound
         try:
-            bound = self._user_signature.bind(*args, **kwargs)
+            signature_bound = self._user_signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.actor_name}: {exc}") from None
-        bound.apply_defaults()
-        return dict(bound.arguments)
+        signature_bound.apply_defaults()
+        return dict(signature_bound.arguments)
 
     @functools.cached_property
-    def _binder(self):
+    def _binder(self) -> Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any] | None] | None:
         """For a signature of plain parameters (no ``*args``, ``**kwargs`` or positional-only
         ones): a function doing what ``Signature.bind()`` and ``apply_defaults()`` do, ten times
         faster (a fan-out binds the arguments of every child), or returning ``None`` for a call
@@ -60,14 +69,14 @@ class UserTaskActor(Actor):
         most = sum(1 for p in params if p.kind == p.POSITIONAL_OR_KEYWORD)  # they come first
         defaults = {p.name: p.default for p in params if p.default is not p.empty}
 
-        def bind(args, kwargs):
+        def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
             if len(args) > most:
                 return None
             bound = dict(zip(names, args))
             for name in kwargs:
                 if name not in known or name in bound:
                     return None
-            for name in names[len(args):]:
+            for name in names[len(args) :]:
                 if name in kwargs:
                     bound[name] = kwargs[name]
                 elif name in defaults:
@@ -78,7 +87,7 @@ class UserTaskActor(Actor):
 
         return bind
 
-    def task_name(self, args=(), kwargs=None):
+    def task_name(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> str:
         """The row's ``name``: the ``name`` option formatted over the arguments."""
         template = self.usertask_options.get("name")
         arguments = self.bind_arguments(args, kwargs or {})
@@ -92,7 +101,7 @@ class UserTaskActor(Actor):
         except (KeyError, IndexError, AttributeError, ValueError) as exc:
             raise ValueError(f"{self.actor_name}: cannot format task name {template!r}: {exc!r}") from None
 
-    def _format_arguments(self, arguments):
+    def _format_arguments(self, arguments: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """``({0}, {1}, ...)`` and ``{name}`` values for the name template: positions follow the
         signature whether a value was passed by position, by keyword or left to its default;
         ``**kwargs`` entries are available by name."""
@@ -107,19 +116,28 @@ class UserTaskActor(Actor):
         return positional, names
 
     @functools.cached_property
-    def _kinds(self):
+    def _kinds(self) -> tuple[tuple[str, Any], ...]:
         return tuple((p.name, p.kind) for p in self._user_signature.parameters.values())
 
     # -- sending ------------------------------------------------------------------------------
 
-    def send_for(self, user, *args, **kwargs):
+    def send_for(self, user: Any, *args: Any, **kwargs: Any) -> UserTaskStatus:
         """Start this task for ``user``; returns its :class:`~usertasks.models.UserTaskStatus`.
 
         The row is written in the caller's transaction and the message is sent when that
         transaction commits (at once outside a transaction)."""
         return self.send_for_with_options(user, args=args, kwargs=kwargs)
 
-    def send_for_with_options(self, user, *, args=(), kwargs=None, delay=None, parent=None, **options):
+    def send_for_with_options(
+        self,
+        user: Any,
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: int | None = None,
+        parent: UserTaskStatus | None = None,
+        **options: Any,
+    ) -> UserTaskStatus:
         """:meth:`send_for` with Dramatiq message options (``delay`` in milliseconds,
         ``max_retries``, ...)."""
         from .sending import prepare, send_prepared
@@ -127,7 +145,9 @@ class UserTaskActor(Actor):
         prepared = prepare(self, user, args, kwargs or {}, delay=delay, parent=parent, options=options)
         return send_prepared([prepared])[0]
 
-    def send_many_for(self, user, calls, *, delay=None):
+    def send_many_for(
+        self, user: Any, calls: Iterable[tuple[Any, ...] | list[Any] | dict[str, Any]], *, delay: int | None = None
+    ) -> list[UserTaskStatus]:
         """Start one task per item of ``calls`` (a tuple of positional arguments or a dict of
         keyword arguments each) in one transaction: one bulk INSERT, then the messages in
         pipelined batches.  Returns the status rows."""
@@ -136,7 +156,14 @@ class UserTaskActor(Actor):
         calls = [(tuple(item), {}) if isinstance(item, (tuple, list)) else ((), dict(item)) for item in calls]
         return send_prepared(prepare_many(self, user, calls, delay=delay))
 
-    def send_with_options(self, *, args=(), kwargs=None, delay=None, **options):
+    def send_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: timedelta | int | None = None,
+        **options: Any,
+    ) -> Any:
         if STATUS_OPTION not in options and not self._warned_untracked:
             self._warned_untracked = True  # once per actor (an instance attribute)
             logger.warning(
@@ -147,9 +174,21 @@ class UserTaskActor(Actor):
         return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
 
 
-def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT_GIVEN, abort_grace=None,
-              actor_class=UserTaskActor, actor_name=None, queue_name="default", priority=0, broker=None,
-              **options):
+def user_task(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | Callable[..., str] | None = None,
+    total_steps: int | Callable[..., int] | None = None,
+    unique: bool | Callable[..., Any] = False,
+    notify: Any = _NOT_GIVEN,
+    abort_grace: float | None = None,
+    actor_class: type[UserTaskActor] = UserTaskActor,
+    actor_name: str | None = None,
+    queue_name: str = "default",
+    priority: int = 0,
+    broker: Any = None,
+    **options: Any,
+) -> Any:
     """Declare a user task.
 
     The decorated function takes the :class:`~usertasks.context.TaskContext` of the run as its
@@ -158,7 +197,7 @@ def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT
     (``max_retries``, ``time_limit``, ``min_backoff``, ...).
     """
 
-    def decorator(func):
+    def decorator(func: Callable[..., Any]) -> UserTaskActor:
         sig = inspect.signature(func)
         params = list(sig.parameters.values())
         if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
@@ -166,7 +205,7 @@ def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT
         user_sig = sig.replace(parameters=params[1:])
 
         @functools.wraps(func)
-        def run(*args, **kwargs):
+        def run(*args: Any, **kwargs: Any) -> Any:
             ctx = current_task()
             if ctx is None or ctx.actor_name != actor.actor_name:
                 ctx = TaskContext(status_id=None, message_id=None, actor_name=actor.actor_name)
@@ -195,10 +234,15 @@ def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT
             throws = opts.get("throws") or ()
             if isinstance(throws, type):
                 throws = (throws,)
-            opts["throws"] = tuple(throws) + (Aborted, ForcedAbort)
-        actor = dramatiq.actor(
-            run, actor_class=actor_class, actor_name=actor_name or func.__name__, queue_name=queue_name,
-            priority=priority, broker=broker_, **opts,
+            opts["throws"] = (*tuple(throws), Aborted, ForcedAbort)
+        actor: UserTaskActor = dramatiq.actor(  # type: ignore[call-overload]  # (actor_class narrows the type)
+            run,
+            actor_class=actor_class,
+            actor_name=actor_name or func.__name__,
+            queue_name=queue_name,
+            priority=priority,
+            broker=broker_,
+            **opts,
         )
         actor._user_signature = user_sig
         actor.usertask_options = {
@@ -215,7 +259,7 @@ def user_task(fn=None, *, name=None, total_steps=None, unique=False, notify=_NOT
     return decorator
 
 
-def _delay_eta(delay):
+def _delay_eta(delay: int | None) -> Any:
     from django.utils import timezone
 
     return timezone.now() + timedelta(milliseconds=delay) if delay else None

@@ -72,38 +72,47 @@ def task_detail(status, user, policy=None):
     staff = policy.can_see_traceback(user, status)
     data = task_summary(status)
     may_download = policy.can_download(user, status)
-    data.update({
-        "task_class": status.task_class,
-        "error_class": status.error_class,
-        "traceback": status.traceback if staff else None,
-        "is_container": status.is_container,
-        "children": {
-            "total": status.children_total,
-            "succeeded": status.children_succeeded,
-            "failed": status.children_failed,
-            "canceled": status.children_canceled,
-            "skipped": status.children_skipped,
-        } if status.is_container else None,
-        "can_cancel": status.is_active and policy.can_cancel(user, status),
-        "can_delete": status.is_final and policy.can_delete(user, status),
-        "artifacts": [
-            {
-                "uuid": str(a.uuid),
-                "name": a.name,
-                "kind": a.kind,
-                "url": a.get_absolute_url() if may_download and a.kind != "text" else None,
-                "target": a.url if a.kind == "url" else None,
-                "text": a.text if a.kind == "text" else None,
-                "created": _iso(a.created),
+    data.update(
+        {
+            "task_class": status.task_class,
+            "error_class": status.error_class,
+            "traceback": status.traceback if staff else None,
+            "is_container": status.is_container,
+            "children": {
+                "total": status.children_total,
+                "succeeded": status.children_succeeded,
+                "failed": status.children_failed,
+                "canceled": status.children_canceled,
+                "skipped": status.children_skipped,
             }
-            for a in status.artifacts.all()
-        ],
-        "events": [
-            {"kind": e.kind, "text": str(e.get_kind_display()), "time": _iso(e.created),
-             "attempt": e.attempt, "detail": e.detail if staff or e.kind not in STAFF_ONLY_DETAIL else ""}
-            for e in list(status.events.order_by("-created", "-id")[:EVENTS_SHOWN])[::-1]
-        ],
-    })
+            if status.is_container
+            else None,
+            "can_cancel": status.is_active and policy.can_cancel(user, status),
+            "can_delete": status.is_final and policy.can_delete(user, status),
+            "artifacts": [
+                {
+                    "uuid": str(a.uuid),
+                    "name": a.name,
+                    "kind": a.kind,
+                    "url": a.get_absolute_url() if may_download and a.kind != "text" else None,
+                    "target": a.url if a.kind == "url" else None,
+                    "text": a.text if a.kind == "text" else None,
+                    "created": _iso(a.created),
+                }
+                for a in status.artifacts.all()
+            ],
+            "events": [
+                {
+                    "kind": e.kind,
+                    "text": str(e.get_kind_display()),
+                    "time": _iso(e.created),
+                    "attempt": e.attempt,
+                    "detail": e.detail if staff or e.kind not in STAFF_ONLY_DETAIL else "",
+                }
+                for e in list(status.events.order_by("-created", "-id")[:EVENTS_SHOWN])[::-1]
+            ],
+        }
+    )
     return data
 
 
@@ -169,13 +178,15 @@ def task_list(request):
     if request.GET.getlist("uuid") and not uuids:
         return JsonResponse({"count": 0, "page": 1, "num_pages": 1, "page_size": 0, "results": []})
     page = paginate(request, user_tasks(request.user, filter_name, uuids), app_settings.PAGE_SIZE)
-    return JsonResponse({
-        "count": page.paginator.count,
-        "page": page.number,
-        "num_pages": page.paginator.num_pages,
-        "page_size": page.paginator.per_page,
-        "results": [task_summary(s) for s in page.object_list],
-    })
+    return JsonResponse(
+        {
+            "count": page.paginator.count,
+            "page": page.number,
+            "num_pages": page.paginator.num_pages,
+            "page_size": page.paginator.per_page,
+            "results": [task_summary(s) for s in page.object_list],
+        }
+    )
 
 
 @require_http_methods(["GET", "DELETE"])
@@ -217,4 +228,3 @@ def task_events(request, uuid):
 
     status = get_visible(request.user, uuid)
     return live.event_stream(request, status, lambda s: json.dumps(task_detail(s, request.user)))
-

@@ -9,8 +9,11 @@ class UserTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import checks  # noqa: F401  (registers the system checks)
-        from . import middleware, operations
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            middleware,
+            operations,
+        )
         from .broker import configured_broker
         from .cancel import cancel
 

@@ -7,10 +7,15 @@ round trip and wakes the idle consumers of the queues it fills (the fast path); 
 message.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
 __all__ = ["EnqueueFailed", "configured_broker", "enqueue_many"]
 
 
-def configured_broker():
+def configured_broker() -> Any:
     """The global Dramatiq broker if one has been set (django-dramatiq sets it), else ``None``.
 
     Unlike :func:`dramatiq.get_broker`, never creates a default broker as a side effect."""
@@ -22,13 +27,13 @@ def configured_broker():
 class EnqueueFailed(Exception):
     """Raised by :func:`enqueue_many`: ``sent`` messages were sent, the rest were not."""
 
-    def __init__(self, sent, error):
+    def __init__(self, sent: int, error: BaseException) -> None:
         super().__init__(str(error))
         self.sent = sent
         self.error = error
 
 
-def enqueue_many(broker, items):
+def enqueue_many(broker: Any, items: Iterable[tuple[Any, ...]]) -> int:
     """Send ``(message, delay)`` or ``(message, delay, options)`` items in order through
     ``broker`` (``options`` are added to the message's), with the broker's middleware's enqueue
     hooks for each message.  Returns how many were sent; raises :class:`EnqueueFailed` with how

@@ -11,7 +11,10 @@
 Every cancel that takes effect records who asked (``canceled_by`` and the ``actor`` of an event).
 """
 
+from __future__ import annotations
+
 import logging
+from typing import Any
 
 from django.db import router, transaction
 from django.utils import timezone
@@ -25,7 +28,7 @@ from .states import FINAL_STATES, State
 
 logger = logging.getLogger("usertasks")
 
-__all__ = ["cancel", "cancel_task", "CANCELED", "REQUESTED", "ALREADY_FINAL"]
+__all__ = ["ALREADY_FINAL", "CANCELED", "REQUESTED", "cancel", "cancel_task"]
 
 #: Outcomes, stored on the instance as ``status.cancel_outcome`` after ``cancel()``.
 CANCELED = "canceled"  # it had not started (or was waiting to retry): Canceled now
@@ -33,13 +36,13 @@ REQUESTED = "requested"  # it is running: it will stop and end Canceled
 ALREADY_FINAL = "already_final"  # nothing to do
 
 
-def _user(by):
+def _user(by: Any) -> Any:
     if by is None or getattr(by, "pk", None) is None or not getattr(by, "is_authenticated", True):
         return None
     return by
 
 
-def cancel(status, by=None):
+def cancel(status: UserTaskStatus, by: Any = None) -> bool:
     """``status.cancel(by=...)``: :func:`cancel_task`, and for a container (fan-out, pipeline)
     its children too: those that have not started are canceled now (one UPDATE), the running
     ones are asked to stop; the container ends with the last of them."""
@@ -49,7 +52,7 @@ def cancel(status, by=None):
     return done
 
 
-def cancel_task(status, by=None):
+def cancel_task(status: UserTaskStatus, by: Any = None) -> bool:
     """Cancel ``status`` (a :class:`~usertasks.models.UserTaskStatus`).
 
     Returns ``True`` when the cancel took effect (the task is Canceled, or will stop), ``False``
@@ -98,7 +101,7 @@ def cancel_task(status, by=None):
     return outcome != ALREADY_FINAL
 
 
-def _claimed(status_id):
+def _claimed(status_id: int) -> bool:
     """With an atomic abort store: raise the flag of a task that looks not started and tell
     whether a worker claimed it first (then its body may be running although the row still says
     Pending; see ``usertasks.abort.redis``).  Either way the flag is up before the row changes,
@@ -115,7 +118,7 @@ def _claimed(status_id):
         return False
 
 
-def _raise_flag(status_id, outcome):
+def _raise_flag(status_id: int, outcome: str) -> None:
     try:
         set_flag(status_id)
     except Exception as exc:

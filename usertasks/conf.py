@@ -7,7 +7,11 @@ Every key is documented in ``docs/settings.md``.  Read a value as an attribute o
     app_settings.MAX_AGE
 """
 
+from __future__ import annotations
+
+from collections.abc import KeysView
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 
@@ -80,7 +84,7 @@ DEFAULTS = {
 class AppSettings:
     """Attribute access to ``settings.USERTASKS`` with defaults, evaluated on each access."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"Unknown usertasks setting: {name!r}")
         user = getattr(settings, "USERTASKS", None) or {}
@@ -89,13 +93,13 @@ class AppSettings:
             # Settings of django-user-tasks, for sites that switch (docs/migration.md).
             if "user_task_artifacts" in getattr(settings, "STORAGES", {}):
                 value = "user_task_artifacts"
-            elif getattr(settings, "USER_TASKS_ARTIFACT_STORAGE", None):
-                value = settings.USER_TASKS_ARTIFACT_STORAGE
+            else:
+                value = getattr(settings, "USER_TASKS_ARTIFACT_STORAGE", None) or value
         if name == "MAX_AGE" and not isinstance(value, timedelta):
             value = timedelta(seconds=value)
         return value
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         return DEFAULTS.keys()
 
 

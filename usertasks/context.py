@@ -5,26 +5,35 @@ progress of every running task at most ``PROGRESS_INTERVAL`` seconds later, and 
 values exactly when the task ends.
 """
 
+from __future__ import annotations
+
 import itertools
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import Aborted
 from .text import clip
 
-_current = ContextVar("usertasks_current_task", default=None)
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from .models import UserTaskArtifact, UserTaskStatus
+
+_current: ContextVar[TaskContext | None] = ContextVar("usertasks_current_task", default=None)
 
 _HOST = socket.gethostname()
 
 
 _runs = itertools.count(1)
-_process = (None, "")  # (pid, random prefix of this process's run tokens)
+_process: tuple[int | None, str] = (None, "")  # (pid, random prefix of this process's run tokens)
 
 
-def _run_token():
+def _run_token() -> str:
     """``host:pid:thread:<prefix><n>``, unique to one run: the prefix is drawn at random once per
     process (so a reused pid cannot repeat a token) and ``n`` counts the process's runs.  A fresh
     random value per run would cost a system call that gives up the GIL for every message."""
@@ -35,7 +44,7 @@ def _run_token():
     return f"{_HOST}:{pid}:{threading.current_thread().name}:{_process[1]}{next(_runs):x}"
 
 
-def current_task():
+def current_task() -> TaskContext | None:
     """The :class:`TaskContext` of the user task running in this thread, or ``None``."""
     return _current.get()
 
@@ -50,7 +59,16 @@ class TaskContext:
       attempt: 1 for the first run, 2 after one retry, ...
     """
 
-    def __init__(self, *, status_id, message_id, actor_name, attempt=1, total_steps=None, options=None):
+    def __init__(
+        self,
+        *,
+        status_id: int | None,
+        message_id: str | None,
+        actor_name: str,
+        attempt: int = 1,
+        total_steps: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.status_id = status_id
         self.message_id = message_id
         self.actor_name = actor_name
@@ -60,36 +78,36 @@ class TaskContext:
         self.worker = _run_token()
         self.started_at = time.time()
         self.completed = 0
-        self.total = None if total_steps is None else int(total_steps)
-        self.message = None
+        self.total: int | None = None if total_steps is None else int(total_steps)
+        self.message: str | None = None
         self.dirty = False
         self._abort = False
-        self.cancel_seen_at = None
+        self.cancel_seen_at: float | None = None
         self.forced = False
-        self._status = None
+        self._status: UserTaskStatus | None = None
         # Set while the task body runs (by the actor wrapper); a forced abort is only ever
         # raised inside the body, under this lock (see ``usertasks.middleware.abort``).
         self.in_body = False
         self.body_lock = threading.Lock()
         # Worker-side bookkeeping of the run, set by the middleware and the writer.
-        self.broker_message = None  # the Dramatiq MessageProxy of this run
-        self.parent_id = None  # container of a fan-out child or pipeline stage
+        self.broker_message: Any = None  # the Dramatiq MessageProxy of this run
+        self.parent_id: int | None = None  # container of a fan-out child or pipeline stage
         self.quiet = False  # a fan-out child whose ordinary start and success leave no event
         self.fanout = False  # this run made its task a container (usertasks.fanout)
         self.fanout_calls = 0
         self.wait_for_start = True  # the body waits until its start is stored
-        self.start_op = None  # the writer op storing this run's start
+        self.start_op: Any = None  # the writer's change storing this run's start (usertasks.transitions)
         self.started_written = False  # that op has committed
         self.row_gone = False  # the start found the row final or missing
         self.ended = False  # the end of the run has been stored (see UserTaskTracking)
 
     @property
-    def tracked(self):
+    def tracked(self) -> bool:
         return self.status_id is not None
 
     # -- progress -----------------------------------------------------------------------------
 
-    def set_total_steps(self, n):
+    def set_total_steps(self, n: int) -> None:
         """Set how many steps the task will take (the 100 % mark)."""
         n = int(n)
         if n < 0:
@@ -97,7 +115,7 @@ class TaskContext:
         self.total = n
         self.dirty = True
 
-    def step(self, n=1, message=None):
+    def step(self, n: int = 1, message: str | None = None) -> None:
         """Count ``n`` more steps done, optionally with a new message; raises
         :class:`~usertasks.Aborted` once a cancel has been requested.  Costs no I/O."""
         self.completed += n
@@ -107,12 +125,12 @@ class TaskContext:
         if self._abort:
             raise Aborted()
 
-    def set_message(self, text):
+    def set_message(self, text: str | None) -> None:
         """Show ``text`` as the task's current activity."""
         self.message = "" if text is None else str(text)
         self.dirty = True
 
-    def snapshot(self):
+    def snapshot(self) -> tuple[int, int | None, str | None]:
         """``(completed, total, message)`` as it should be stored; clears the dirty mark."""
         from .conf import app_settings
 
@@ -123,24 +141,24 @@ class TaskContext:
     # -- cancel -------------------------------------------------------------------------------
 
     @property
-    def abort_requested(self):
+    def abort_requested(self) -> bool:
         """``True`` once someone asked to cancel this task."""
         return self._abort
 
-    def check_abort(self):
+    def check_abort(self) -> None:
         """Raise :class:`~usertasks.Aborted` if a cancel has been requested."""
         if self._abort:
             raise Aborted()
 
     @property
-    def abort_grace(self):
+    def abort_grace(self) -> float:
         """Seconds from a cancel to a forced interrupt (task option, else ``ABORT_GRACE``)."""
         from .conf import app_settings
 
         grace = self.options.get("abort_grace")
         return float(app_settings.ABORT_GRACE if grace is None else grace)
 
-    def request_abort(self):
+    def request_abort(self) -> None:
         """Mark this run as canceled (called by the abort poller)."""
         if not self._abort:
             self._abort = True
@@ -148,7 +166,14 @@ class TaskContext:
 
     # -- fan-out ------------------------------------------------------------------------------
 
-    def fan_out(self, child_actor, items, *, policy="allow_failures", on_complete=None):
+    def fan_out(
+        self,
+        child_actor: Any,
+        items: Iterable[tuple[Any, ...] | list[Any] | dict[str, Any]],
+        *,
+        policy: str = "allow_failures",
+        on_complete: Any = None,
+    ) -> QuerySet[UserTaskStatus]:
         """Start one ``child_actor`` task per item (a tuple of positional arguments or a dict of
         keyword arguments) and make this task their container: it shows their aggregate
         progress and ends when its last child ends, after this body has returned.
@@ -163,7 +188,9 @@ class TaskContext:
 
     # -- outputs ------------------------------------------------------------------------------
 
-    def add_artifact(self, name, *, file=None, url=None, text=None):
+    def add_artifact(
+        self, name: str, *, file: Any = None, url: str | None = None, text: str | None = None
+    ) -> UserTaskArtifact | None:
         """Attach an output to the task: exactly one of a ``File`` (stored in the artifact
         storage), a ``url`` or a ``text``.  Returns the :class:`~usertasks.models.UserTaskArtifact`;
         ``None`` for an untracked task."""
@@ -177,7 +204,7 @@ class TaskContext:
         return create_artifact(self.status_id, name, file=file, url=url, text=text)
 
     @property
-    def status(self):
+    def status(self) -> UserTaskStatus | None:
         """The :class:`~usertasks.models.UserTaskStatus` row (read from the database once per run;
         call ``status.refresh_from_db()`` for fresh values).  ``None`` when untracked."""
         if self._status is None and self.tracked:
@@ -186,8 +213,8 @@ class TaskContext:
             start = getattr(self, "start_op", None)
             if start is not None:  # read the row as this run's start made it, not as it was queued
                 start.done.wait(30)
-            self._status = UserTaskStatus.objects.get(pk=self.status_id)
+            self._status = UserTaskStatus.objects.get(pk=int(self.status_id or 0))
         return self._status
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<TaskContext {self.actor_name} status={self.status_id} {self.completed}/{self.total}>"

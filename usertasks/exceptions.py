@@ -1,13 +1,15 @@
 """Errors raised by usertasks.  Every one derives from :class:`UserTasksError`, except
 :class:`ForcedAbort`, which must not be caught by ``except Exception``."""
 
+from __future__ import annotations
+
 from dramatiq.middleware.threading import Interrupt
 
 
 class UserTasksError(Exception):
     """A usertasks operation failed."""
 
-    def __init__(self, message=None):
+    def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
 
 

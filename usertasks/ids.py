@@ -13,4 +13,4 @@ def random_uuids(n):
     preparing thousands of tasks while the worker threads of its process keep the GIL busy waits
     to get it back after each one."""
     raw = os.urandom(16 * n)
-    return [uuid.UUID(bytes=raw[i:i + 16], version=4) for i in range(0, 16 * n, 16)]
+    return [uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, 16 * n, 16)]

@@ -25,7 +25,7 @@ from .protocol import WAITING
 from .states import ACTIVE_STATES, FINAL_STATES, State
 from .storage import delete_files_on_commit
 
-__all__ = ["State", "UserTaskStatus", "UserTaskArtifact", "UserTaskEvent", "artifact_storage"]
+__all__ = ["State", "UserTaskArtifact", "UserTaskEvent", "UserTaskStatus", "artifact_storage"]
 
 
 class UserTaskStatusQuerySet(models.QuerySet):
@@ -52,8 +52,12 @@ class UserTaskStatusQuerySet(models.QuerySet):
 
     def filter_by(self, name):
         """Dashboard/API filters: ``active``, ``finished``, ``failed``, ``canceled`` (else all)."""
-        method = {"active": self.active, "finished": self.finished, "failed": self.failed,
-                  "canceled": self.canceled}.get(name or "")
+        method = {
+            "active": self.active,
+            "finished": self.finished,
+            "failed": self.failed,
+            "canceled": self.canceled,
+        }.get(name or "")
         return method() if method else self
 
     def active(self):
@@ -66,9 +70,11 @@ class UserTaskStatusQuerySet(models.QuerySet):
         """In Progress tasks whose worker has not reported within ``STALE_AFTER``."""
         now = now or timezone.now()
         cutoff = now - timedelta(seconds=app_settings.STALE_AFTER)
-        return self.filter(state=State.IN_PROGRESS).filter(
-            Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True, modified__lt=cutoff)
-        ).exclude(self._waiting_containers())
+        return (
+            self.filter(state=State.IN_PROGRESS)
+            .filter(Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True, modified__lt=cutoff))
+            .exclude(self._waiting_containers())
+        )
 
     @staticmethod
     def _waiting_containers():
@@ -100,16 +106,25 @@ class UserTaskStatus(models.Model):
     uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False, verbose_name=_("UUID"))
     # Indexed by ``usertasks_user_created`` (user first), so no index of its own.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", verbose_name=_("user"),
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name=_("user"),
         db_index=False,
     )
     task_id = models.CharField(
-        max_length=128, verbose_name=_("task ID"),
+        max_length=128,
+        verbose_name=_("task ID"),
         help_text=_("Message id of the Dramatiq message (or Celery task id)."),
     )
     parent = models.ForeignKey(
-        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children",
-        verbose_name=_("parent"), db_index=False,  # partial index below: most tasks have none
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+        verbose_name=_("parent"),
+        db_index=False,  # partial index below: most tasks have none
     )
     is_container = models.BooleanField(default=False, verbose_name=_("container"))
     task_class = models.CharField(
@@ -142,13 +157,18 @@ class UserTaskStatus(models.Model):
     # Cancel bookkeeping.
     cancel_requested = models.DateTimeField(null=True, blank=True, verbose_name=_("cancel requested"))
     canceled_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
-        verbose_name=_("canceled by"), db_index=False,  # partial index below
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("canceled by"),
+        db_index=False,  # partial index below
     )
 
     # Dedupe: set while the task is active, cleared once it is final.  A unique constraint (NULLs
     # do not collide) makes the database the arbiter between concurrent identical requests.
-    unique_key = models.CharField(max_length=255, null=True, blank=True, verbose_name=_("unique key"))
+    unique_key = models.CharField(max_length=255, null=True, blank=True, verbose_name=_("unique key"))  # noqa: DJ001
 
     # Fan-out / pipeline aggregate counters (containers only).
     children_total = models.PositiveBigIntegerField(default=0)
@@ -163,6 +183,10 @@ class UserTaskStatus(models.Model):
 
     objects = UserTaskStatusQuerySet.as_manager()
 
+    #: Set by :meth:`cancel`: what the cancel did (``usertasks.cancel``: "canceled", "requested"
+    #: or "already_final").
+    cancel_outcome: str
+
     class Meta:
         verbose_name = _("user task status")
         verbose_name_plural = _("user task statuses")
@@ -170,7 +194,8 @@ class UserTaskStatus(models.Model):
         indexes = [
             models.Index(fields=["user", "-created"], name="usertasks_user_created"),
             models.Index(
-                fields=["state", "modified"], name="usertasks_active",
+                fields=["state", "modified"],
+                name="usertasks_active",
                 condition=Q(state__in=["Pending", "In Progress", "Retrying"]),
             ),
             models.Index(fields=["state", "finished"], name="usertasks_finished"),
@@ -289,7 +314,9 @@ class UserTaskStatus(models.Model):
             storage = artifact_storage()
             files = [
                 (storage, name)
-                for name in UserTaskArtifact.objects.filter(status_id__in=ids).exclude(file="").values_list("file", flat=True)
+                for name in UserTaskArtifact.objects.filter(status_id__in=ids)
+                .exclude(file="")
+                .values_list("file", flat=True)
             ]
             type(self).objects.filter(pk=row.pk).delete()
             delete_files_on_commit(files)
@@ -341,8 +368,20 @@ def _delegate(name):
 
 
 for _name in (
-    "open", "save", "get_valid_name", "get_alternative_name", "get_available_name", "generate_filename",
-    "path", "delete", "exists", "listdir", "size", "url", "get_accessed_time", "get_created_time",
+    "open",
+    "save",
+    "get_valid_name",
+    "get_alternative_name",
+    "get_available_name",
+    "generate_filename",
+    "path",
+    "delete",
+    "exists",
+    "listdir",
+    "size",
+    "url",
+    "get_accessed_time",
+    "get_created_time",
     "get_modified_time",
 ):
     setattr(ArtifactStorage, _name, _delegate(_name))
@@ -357,9 +396,13 @@ class UserTaskArtifact(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False, verbose_name=_("UUID"))
-    status = models.ForeignKey(UserTaskStatus, on_delete=models.CASCADE, related_name="artifacts", verbose_name=_("task"))
+    status = models.ForeignKey(
+        UserTaskStatus, on_delete=models.CASCADE, related_name="artifacts", verbose_name=_("task")
+    )
     name = models.CharField(max_length=255, blank=True, default="", verbose_name=_("name"))
-    file = models.FileField(upload_to=artifact_upload_to, storage=artifact_storage, max_length=512, blank=True, verbose_name=_("file"))
+    file = models.FileField(
+        upload_to=artifact_upload_to, storage=artifact_storage, max_length=512, blank=True, verbose_name=_("file")
+    )
     url = models.URLField(max_length=2048, blank=True, default="", verbose_name=_("URL"))
     text = models.TextField(blank=True, default="", verbose_name=_("text"))
     created = models.DateTimeField(default=timezone.now, editable=False, verbose_name=_("created"))
@@ -373,6 +416,9 @@ class UserTaskArtifact(models.Model):
     def __str__(self):
         return self.name or str(self.uuid)
 
+    def get_absolute_url(self):
+        return reverse("usertasks:artifact", args=[self.uuid])
+
     @property
     def kind(self):
         if self.file:
@@ -380,9 +426,6 @@ class UserTaskArtifact(models.Model):
         if self.url:
             return "url"
         return "text"
-
-    def get_absolute_url(self):
-        return reverse("usertasks:artifact", args=[self.uuid])
 
 
 class EventKind(models.TextChoices):
@@ -413,8 +456,13 @@ class UserTaskEvent(models.Model):
     attempt = models.PositiveIntegerField(default=0, verbose_name=_("attempt"))
     detail = models.TextField(blank=True, default="", verbose_name=_("detail"))
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
-        verbose_name=_("by"), db_index=False,  # partial index below: most events have none
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("by"),
+        db_index=False,  # partial index below: most events have none
     )
 
     class Meta:
@@ -428,13 +476,13 @@ class UserTaskEvent(models.Model):
     def __str__(self):
         return f"{self.get_kind_display()} @ {self.created:%Y-%m-%d %H:%M:%S}"
 
-    @classmethod
-    def of_run(cls, status_id, kind, attempt=0, detail=""):
-        """An unsaved event of a run, built with positional arguments (in the order of the
-        fields above): half the cost of keyword ones, for the two events every run writes."""
-        return cls(None, status_id, kind, timezone.now(), attempt, detail, None)
-
     def save(self, *args, **kwargs):
         if self.pk is not None and not kwargs.get("force_insert"):
             raise ValueError("Task events are append-only.")
         super().save(*args, **kwargs)
+
+    @classmethod
+    def of_run(cls, status_id, kind, attempt=0, detail=""):
+        """An unsaved event of a run, built with positional arguments (in the order of the
+        fields above): half the cost of keyword ones, for the two events every run writes."""
+        return cls(None, status_id, kind, timezone.now(), attempt, detail, None)  # type: ignore[misc]

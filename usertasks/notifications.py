@@ -51,10 +51,13 @@ def should_notify(status, state):
         return False
     options = status.options or {}
     explicit = options.get("notify") if options.get("notify") is not None else app_settings.NOTIFY
-    if (state == State.CANCELED and explicit is True and status.canceled_by_id is not None
-            and status.canceled_by_id == status.user_id):
-        return False  # they canceled it themselves: nothing to tell them
-    return True
+    # Not when they canceled it themselves: there is nothing to tell them.
+    return not (
+        state == State.CANCELED
+        and explicit is True
+        and status.canceled_by_id is not None
+        and status.canceled_by_id == status.user_id
+    )
 
 
 def status_link(status):

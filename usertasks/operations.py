@@ -10,19 +10,22 @@ request or task runs::
 ``docs/architecture.md`` draws the floors.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = ["get", "provide"]
 
-_table = {}
+_table: dict[str, Callable[..., Any]] = {}
 
 
-def provide(**implementations):
+def provide(**implementations: Callable[..., Any]) -> None:
     """Plug in the implementations of operations by name (``cancel=...``)."""
     _table.update(implementations)
 
 
-def get(name):
+def get(name: str) -> Callable[..., Any]:
     """The implementation of operation ``name``; a clear error while the app is not ready."""
     try:
         return _table[name]

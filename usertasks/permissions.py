@@ -25,6 +25,13 @@ Example (``docs/web.md``): support staff who may view every task but not delete 
     USERTASKS = {"PERMISSIONS": "myproject.permissions.SupportMayView"}
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import UserTaskArtifact, UserTaskStatus, UserTaskStatusQuerySet
+
 from django.utils.module_loading import import_string
 
 from .conf import app_settings
@@ -35,11 +42,11 @@ __all__ = ["OwnerOrSuperuser", "get_policy"]
 class OwnerOrSuperuser:
     """The default policy: the user who started a task, and superusers, may do everything."""
 
-    def visible(self, user, queryset):
+    def visible(self, user: Any, queryset: UserTaskStatusQuerySet) -> UserTaskStatusQuerySet:
         """The tasks of ``queryset`` that ``user`` may view (one query, no per-row checks)."""
         return queryset.visible_to(user)
 
-    def is_owner_or_superuser(self, user, status):
+    def is_owner_or_superuser(self, user: Any, status: UserTaskStatus) -> bool:
         if user is None or not user.is_authenticated or not user.is_active:
             return False
         return user.is_superuser or status.user_id == user.pk
@@ -47,21 +54,21 @@ class OwnerOrSuperuser:
     # Viewing is decided by ``visible()`` alone; the other answers are asked only about tasks
     # ``visible()`` let through.
 
-    def can_download(self, user, status, artifact=None):
+    def can_download(self, user: Any, status: UserTaskStatus, artifact: UserTaskArtifact | None = None) -> bool:
         return self.is_owner_or_superuser(user, status)
 
-    def can_cancel(self, user, status):
+    def can_cancel(self, user: Any, status: UserTaskStatus) -> bool:
         return self.is_owner_or_superuser(user, status)
 
-    def can_delete(self, user, status):
+    def can_delete(self, user: Any, status: UserTaskStatus) -> bool:
         return self.is_owner_or_superuser(user, status)
 
-    def can_see_traceback(self, user, status):
+    def can_see_traceback(self, user: Any, status: UserTaskStatus) -> bool:
         """Tracebacks are for staff only, even for the task's owner."""
         return bool(user is not None and user.is_authenticated and (user.is_staff or user.is_superuser))
 
 
-def get_policy():
+def get_policy() -> Any:
     """An instance of the class named by ``USERTASKS["PERMISSIONS"]`` (resolved on each call)."""
     policy = app_settings.PERMISSIONS
     if isinstance(policy, str):

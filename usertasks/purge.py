@@ -14,11 +14,15 @@ Entry points: ``manage.py usertasks_purge`` (``--dry-run``, ``--older-than``), t
 ``usertasks_purge`` actor, or :func:`purge` from your own code.  See ``docs/expiry.md``.
 """
 
+from __future__ import annotations
+
 import logging
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import dramatiq
 from django.db import OperationalError, router, transaction
@@ -27,6 +31,14 @@ from django.utils import timezone
 
 from .states import FINAL_STATES
 from .storage import delete_files_on_commit
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from .models import UserTaskStatus
+
+#: An age: a ``timedelta``, seconds, or text like ``"30d"`` (:func:`parse_age`).
+Age: TypeAlias = "timedelta | float | str"
 
 logger = logging.getLogger("usertasks.purge")
 
@@ -45,7 +57,7 @@ class PurgeResult:
     skipped: int = 0  # picked but left alone (became ineligible, or a child still active)
     dry_run: bool = False
 
-    def __str__(self):
+    def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         text = (
             f"{verb} {self.tasks} task(s), {self.children} subtask(s), {self.artifacts} artifact(s), "
@@ -58,7 +70,7 @@ _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_age(text):
+def parse_age(text: str | float | timedelta) -> timedelta:
     """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"``, ``"2w"`` or plain seconds -> ``timedelta``."""
     if isinstance(text, timedelta):
         return text
@@ -68,14 +80,16 @@ def parse_age(text):
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def _cutoff(older_than, now):
+def _cutoff(older_than: Age | None, now: datetime | None) -> datetime:
     from .conf import app_settings
 
     age = app_settings.MAX_AGE if older_than is None else parse_age(older_than)
     return (now or timezone.now()) - age
 
 
-def expired_tasks(older_than=None, *, now=None, using=None):
+def expired_tasks(
+    older_than: Age | None = None, *, now: datetime | None = None, using: str | None = None
+) -> QuerySet[UserTaskStatus]:
     """Top-level tasks that finished before the cutoff (children go with them)."""
     from .models import UserTaskStatus
 
@@ -85,7 +99,15 @@ def expired_tasks(older_than=None, *, now=None, using=None):
     )
 
 
-def purge(older_than=None, *, now=None, batch_size=None, dry_run=False, using=None, progress=None):
+def purge(
+    older_than: Age | None = None,
+    *,
+    now: datetime | None = None,
+    batch_size: int | None = None,
+    dry_run: bool = False,
+    using: str | None = None,
+    progress: Callable[[int, int], Any] | None = None,
+) -> PurgeResult:
     """Delete expired tasks; returns a :class:`PurgeResult`.
 
     ``older_than``: a ``timedelta`` or text like ``"30d"`` (default ``MAX_AGE``).
@@ -121,17 +143,20 @@ def purge(older_than=None, *, now=None, batch_size=None, dry_run=False, using=No
     return result
 
 
-def _files(model, status_ids, db):
+def _files(model: Any, status_ids: list[int], db: str) -> list[tuple[Any, str]]:
     from .models import artifact_storage
 
     storage = artifact_storage()
     return [
         (storage, name)
-        for name in model.objects.using(db).filter(status_id__in=status_ids).exclude(file="").values_list("file", flat=True)
+        for name in model.objects.using(db)
+        .filter(status_id__in=status_ids)
+        .exclude(file="")
+        .values_list("file", flat=True)
     ]
 
 
-def _count(ids, db, result, batch_size):
+def _count(ids: list[int], db: str, result: PurgeResult, batch_size: int) -> None:
     from .models import UserTaskArtifact, UserTaskStatus
 
     rows = UserTaskStatus.objects.using(db)
@@ -142,16 +167,16 @@ def _count(ids, db, result, batch_size):
     _count_artifacts(UserTaskArtifact, ids, db, result)
 
 
-def _count_artifacts(model, ids, db, result):
+def _count_artifacts(model: Any, ids: list[int], db: str, result: PurgeResult) -> None:
     qs = model.objects.using(db).filter(status_id__in=ids)
     result.artifacts += qs.count()
     result.files += qs.exclude(file="").count()
 
 
-def _levels(rows, ids, batch_size):
+def _levels(rows: Any, ids: list[int], batch_size: int) -> Iterator[list[int]]:
     """Descendants of ``ids`` in chunks of at most ``batch_size`` ids (depth first)."""
     for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
+        chunk = ids[start : start + batch_size]
         last = 0
         while True:
             kids = list(
@@ -168,7 +193,7 @@ class _Changed(Exception):
     """The DELETE removed other rows than the batch picked: roll the batch back."""
 
 
-def _purge_batch(ids, cutoff, db, result, batch_size):
+def _purge_batch(ids: list[int], cutoff: datetime, db: str, result: PurgeResult, batch_size: int) -> None:
     from .models import UserTaskStatus
 
     rows = UserTaskStatus.objects.using(db)
@@ -181,7 +206,7 @@ def _purge_batch(ids, cutoff, db, result, batch_size):
     result.skipped += skipped
 
 
-def _delete(ids, cutoff, db, result):
+def _delete(ids: list[int], cutoff: datetime | None, db: str, result: PurgeResult) -> tuple[int, int]:
     """Delete the rows ``ids`` that are final (and finished before ``cutoff``, when given) and have
     no child left, with their events and artifacts; their files once committed.
     Returns ``(deleted, left alone)``."""
@@ -223,11 +248,11 @@ def _delete(ids, cutoff, db, result):
             if "lock" not in text or locked >= LOCK_RETRIES:
                 raise
             locked += 1
-            time.sleep(min(0.05 * 2 ** locked, 2.0))
+            time.sleep(min(0.05 * 2**locked, 2.0))
     return 0, len(ids)
 
 
 @dramatiq.actor(actor_name="usertasks_purge", max_retries=0, time_limit=60 * 60 * 1000)
-def purge_expired_tasks():
+def purge_expired_tasks() -> None:
     """Periodic actor: one purge of the tasks older than ``MAX_AGE``.  Schedule it daily."""
     logger.info("usertasks purge: %s", purge())

@@ -19,9 +19,12 @@ usertasks_reap`` from cron, or the ``usertasks_reap`` actor from any scheduler (
 ``docs/guarantees.md``).
 """
 
+from __future__ import annotations
+
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import dramatiq
 from django.db import router
@@ -41,7 +44,7 @@ from .states import FINAL_STATES, State
 
 logger = logging.getLogger("usertasks.reaper")
 
-__all__ = ["reap", "ReapResult", "live_message_ids", "reap_lost_tasks"]
+__all__ = ["ReapResult", "live_message_ids", "reap", "reap_lost_tasks"]
 
 WORKER_LOST = "The worker running this task stopped unexpectedly."
 NEVER_STARTED = "The task could not be started: its message was lost."
@@ -60,7 +63,7 @@ class ReapResult:
     flags_cleared: int = 0
     callbacks: list = field(default_factory=list)  # ids of containers whose callback was sent
 
-    def __str__(self):
+    def __str__(self) -> str:
         return (
             f"{len(self.worker_lost)} worker lost, {len(self.requeued)} requeued, "
             f"{len(self.never_started)} never started, {self.unchecked} unchecked, "
@@ -68,7 +71,7 @@ class ReapResult:
         )
 
 
-def reap(now=None, *, dry_run=False, broker=None):
+def reap(now: datetime | None = None, *, dry_run: bool = False, broker: Any = None) -> ReapResult:
     """One pass of the reaper; returns a :class:`ReapResult`."""
     now = now or timezone.now()
     broker = broker or configured_broker()
@@ -86,10 +89,12 @@ def reap(now=None, *, dry_run=False, broker=None):
         rows.filter(state=State.PENDING, is_container=False)
         .exclude(pk__in=rows.waiting_stages().values("pk"))  # no message is due for them yet
         .annotate(due=Coalesce("eta", "created"))
-        .filter(due__lt=cutoff).values("pk", "state", "attempts", "queue_name", "modified", "parent_id")
-    ) + list(
-        rows.filter(state=State.RETRYING, is_container=False, modified__lt=cutoff)
+        .filter(due__lt=cutoff)
         .values("pk", "state", "attempts", "queue_name", "modified", "parent_id")
+    ) + list(
+        rows.filter(state=State.RETRYING, is_container=False, modified__lt=cutoff).values(
+            "pk", "state", "attempts", "queue_name", "modified", "parent_id"
+        )
     )
     live = None
     if stale or overdue:
@@ -100,10 +105,8 @@ def reap(now=None, *, dry_run=False, broker=None):
             live = None
         task_ids = dict(rows.filter(pk__in=[r["pk"] for r in stale + overdue]).values_list("pk", "task_id"))
 
-    def fail(row, where, text, kind, bucket):
-        if dry_run:
-            bucket.append(row["pk"])
-        elif transitions.end_lost(rows, row, where, text=text, kind=kind, now=now):
+    def fail(row: Any, where: dict[str, Any], text: str, kind: str, bucket: list[int]) -> None:
+        if dry_run or transitions.end_lost(rows, row, where, text=text, kind=kind, now=now):
             bucket.append(row["pk"])
 
     for row in stale:
@@ -145,7 +148,7 @@ def reap(now=None, *, dry_run=False, broker=None):
     return result
 
 
-def _send_due_callbacks(rows, now, dry_run, result):
+def _send_due_callbacks(rows: Any, now: datetime, dry_run: bool, result: ReapResult) -> None:
     """Containers that ended more than :data:`CALLBACK_GRACE` ago with their completion callback
     still marked due: the process that ended them stopped before it sent it.  Send it now."""
     due = (
@@ -160,6 +163,6 @@ def _send_due_callbacks(rows, now, dry_run, result):
 
 
 @dramatiq.actor(actor_name="usertasks_reap", max_retries=0, time_limit=10 * 60 * 1000)
-def reap_lost_tasks():
+def reap_lost_tasks() -> None:
     """Periodic actor: one reaper pass.  Schedule it every few minutes."""
     logger.info("usertasks reaper: %s", reap())

@@ -9,9 +9,9 @@ thread keeps for itself (per process and per connection pool: a forked child mak
 
 import hashlib
 import os
-from pathlib import Path
 import threading
 import weakref
+from pathlib import Path
 
 import redis
 

@@ -16,23 +16,29 @@ without a query per progress call.  State changes of such runs go through
     runs.shutdown()  # when the worker process stops
 """
 
+from __future__ import annotations
+
 import logging
 import threading
+from typing import TYPE_CHECKING, Any
 
 from .abort import clear_flags, get_backend
 from .context import TaskContext
 from .middleware.abort import get_poller
 from .writer import get_writer, stop_writer
 
+if TYPE_CHECKING:
+    from .models import UserTaskStatus
+
 logger = logging.getLogger("usertasks")
 
 __all__ = ["abort_requested", "begin", "clear_flag", "end", "shutdown"]
 
 _lock = threading.Lock()
-_runs = {}  # key -> the TaskContext of a registered run
+_runs: dict[Any, TaskContext] = {}  # key -> the TaskContext of a registered run
 
 
-def begin(status, *, key, worker="", attempt=1):
+def begin(status: UserTaskStatus, *, key: Any, worker: str = "", attempt: int = 1) -> TaskContext:
     """Register the run of ``status`` (its row is In Progress) under ``key`` (the other
     system's task id): heartbeats and cancel delivery until :func:`end`.  Returns its
     :class:`~usertasks.context.TaskContext` (``abort_requested`` tells whether a cancel came)."""
@@ -47,7 +53,7 @@ def begin(status, *, key, worker="", attempt=1):
     return ctx
 
 
-def end(key):
+def end(key: Any) -> None:
     """Stop tracking the run registered under ``key`` (no error if there is none)."""
     with _lock:
         ctx = _runs.pop(key, None)
@@ -55,7 +61,7 @@ def end(key):
         get_writer().unregister(ctx)
 
 
-def abort_requested(status, *, key=None):
+def abort_requested(status: UserTaskStatus, *, key: Any = None) -> bool:
     """Whether a cancel of ``status`` was requested: from the registered run's context when
     there is one (no I/O), else from the abort flag store (``False`` if it cannot be read)."""
     with _lock:
@@ -69,11 +75,11 @@ def abort_requested(status, *, key=None):
         return False
 
 
-def clear_flag(status_id):
+def clear_flag(status_id: int) -> None:
     """Remove the abort flag of a task that is final (errors are logged)."""
     clear_flags([status_id])
 
 
-def shutdown():
+def shutdown() -> None:
     """The process stops: store what is pending (last heartbeats) and stop the writer."""
     stop_writer()

@@ -7,6 +7,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import dramatiq
 from django.db import IntegrityError, router, transaction
@@ -14,8 +15,8 @@ from django.utils import timezone
 
 from . import sql, transitions
 from .broker import EnqueueFailed, enqueue_many
-from .models import EventKind, UserTaskEvent, UserTaskStatus
 from .exceptions import ArgumentsNotSerializable, EnqueueError
+from .models import EventKind, UserTaskEvent, UserTaskStatus
 from .protocol import STATUS_OPTION
 
 logger = logging.getLogger("usertasks")
@@ -23,15 +24,17 @@ logger = logging.getLogger("usertasks")
 
 @dataclass
 class Prepared:
-    actor: object
-    user: object
+    """One call of a user task, checked and ready to be written and sent."""
+
+    actor: Any
+    user: Any
     name: str
-    message: object
-    delay: int = None
+    message: dramatiq.Message
+    delay: int | None = None
     total_steps: int = 0
-    parent: object = None
-    unique_key: str = None
-    row_options: dict = field(default_factory=dict)
+    parent: UserTaskStatus | None = None
+    unique_key: str | None = None
+    row_options: dict[str, Any] = field(default_factory=dict)
 
 
 def check_user(user):
@@ -65,7 +68,7 @@ def random_uuids(n):
     preparing thousands of tasks while the worker threads of its process keep the GIL busy waits
     to get it back after each one."""
     raw = os.urandom(16 * n)
-    return [uuid.UUID(bytes=raw[i:i + 16], version=4) for i in range(0, 16 * n, 16)]
+    return [uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, 16 * n, 16)]
 
 
 def _message(actor, args, kwargs, options, message_id):
@@ -73,8 +76,14 @@ def _message(actor, args, kwargs, options, message_id):
     if message_id is None or options.get("on_failure") is not None or options.get("on_success") is not None:
         message = actor.message_with_options(args=args, kwargs=kwargs, **options)
         return message if message_id is None else message.copy(message_id=message_id)
-    return dramatiq.Message(queue_name=actor.queue_name, actor_name=actor.actor_name, args=args,
-                            kwargs=kwargs or {}, options=options, message_id=message_id)
+    return dramatiq.Message(
+        queue_name=actor.queue_name,
+        actor_name=actor.actor_name,
+        args=args,
+        kwargs=kwargs or {},
+        options=options,
+        message_id=message_id,
+    )
 
 
 def prepare(actor, user, args, kwargs, *, delay=None, parent=None, options=None, message_id=None, check=True):
@@ -98,8 +107,15 @@ def prepare(actor, user, args, kwargs, *, delay=None, parent=None, options=None,
         if value is not None:
             row_options[key] = value
     return Prepared(
-        actor=actor, user=user, name=name, message=message, delay=delay, total_steps=int(total or 0),
-        parent=parent, unique_key=unique_key(actor, user, args, kwargs), row_options=row_options,
+        actor=actor,
+        user=user,
+        name=name,
+        message=message,
+        delay=delay,
+        total_steps=int(total or 0),
+        parent=parent,
+        unique_key=unique_key(actor, user, args, kwargs),
+        row_options=row_options,
     )
 
 
@@ -128,8 +144,17 @@ def prepare_many(actor, user, calls, *, delay=None, parent=None, options=None):
     (:func:`random_uuids`) and their encoding checked together."""
     ids = random_uuids(len(calls))
     prepared = [
-        prepare(actor, user, args, kwargs, delay=delay, parent=parent, options=options, message_id=str(message_id),
-                check=False)
+        prepare(
+            actor,
+            user,
+            args,
+            kwargs,
+            delay=delay,
+            parent=parent,
+            options=options,
+            message_id=str(message_id),
+            check=False,
+        )
         for (args, kwargs), message_id in zip(calls, ids)
     ]
     check_encodable(actor, [p.message for p in prepared])
@@ -176,7 +201,7 @@ def new_rows(prepared, now):
         if p.user is not user or p.parent is not parent:
             rows.append(new_row(p, now))
             continue
-        row = model.__new__(model)
+        row = object.__new__(model)
         row.__dict__.update(first.__dict__)
         row.__dict__.update(_row_values(p, now), uuid=row_uuid)
         row._state = state = ModelState()
@@ -245,10 +270,10 @@ def _insert_one(p, now, db):
         except IntegrityError:
             if not p.unique_key:
                 raise
-            existing = manager.filter(unique_key=p.unique_key)
+            same = manager.filter(unique_key=p.unique_key)
             if transaction.get_connection(db).vendor == "mysql":
-                existing = existing.select_for_update()
-            existing = existing.first()
+                same = same.select_for_update()
+            existing = same.first()
             if existing is not None:
                 return existing, False
             continue  # the other task ended in between: try again
@@ -265,7 +290,7 @@ def enqueue(pairs, db):
         enqueue_many(actor.broker, [(p.message, p.delay, {STATUS_OPTION: row.pk}) for p, row in pairs])
     except EnqueueFailed as failure:
         exc = failure.error
-        failed = [r.pk for _, r in pairs[failure.sent:]]
+        failed = [r.pk for _, r in pairs[failure.sent :]]
         transitions.fail_unsent(db, failed, exc)
         logger.error("usertasks: could not enqueue %s (%d task(s) failed): %s", actor.actor_name, len(failed), exc)
         raise EnqueueError(f"Could not send {actor.actor_name} to the broker: {exc}") from exc

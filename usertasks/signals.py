@@ -3,7 +3,11 @@
 ``task_finished(sender=UserTaskStatus, status=<row>, state=<final state>)`` is sent once a task's
 final state has been stored (in the process that stored it)."""
 
+from __future__ import annotations
+
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 from django.dispatch import Signal
 
@@ -17,10 +21,10 @@ NOTIFIER_UID = "usertasks.notifications"
 #: The worker acknowledges a run without waiting for its commit only when every connected
 #: receiver is listed here and none would act (``usertasks.redis.acks``); a receiver connected
 #: without an entry is assumed to act on every run.
-ACTS = {}
+ACTS: dict[str, Callable[..., bool]] = {}
 
 
-def receivers_act(parent_id, state, notify):
+def receivers_act(parent_id: int | None, state: str, notify: Any) -> bool:
     """Whether any receiver of :data:`task_finished` would act on a run with these hints."""
     for entry in task_finished.receivers:
         receiver = entry[1]
@@ -35,7 +39,7 @@ def receivers_act(parent_id, state, notify):
 _FROM_ROW = object()
 
 
-def emit_task_finished(status, state, *, notify=_FROM_ROW):
+def emit_task_finished(status: Any, state: str, *, notify: Any = _FROM_ROW) -> None:
     """Send :data:`task_finished` for ``status`` (a row, or a lazy object loading it) with the
     hints receivers can decide from without touching the row (``notify``: the task's option,
     read from the row unless given); receivers' errors are logged."""
@@ -51,12 +55,12 @@ def emit_task_finished(status, state, *, notify=_FROM_ROW):
             logging.getLogger("usertasks").error("usertasks: task_finished receiver %r failed: %r", receiver, response)
 
 
-def send_task_finished(status_id, state, *, using=None):
+def send_task_finished(status_id: int, state: str, *, using: str | None = None) -> None:
     """Send :data:`task_finished` for a task that a cancel or the reaper made final (outside a
     worker run), once the current transaction commits."""
     from django.db import transaction
 
-    def send():
+    def send() -> None:
         from .models import UserTaskStatus
 
         status = UserTaskStatus.objects.using(using).filter(pk=status_id).first()

@@ -12,18 +12,21 @@ statement whose text does not grow with the rows) or ``INSERT ... VALUES (...), 
 RETURNING pk`` per batch on SQLite.
 """
 
+from __future__ import annotations
+
 import itertools
 import logging
 import operator
 import sqlite3
-
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from django.db import DatabaseError, OperationalError, connections
 
 from .states import State
 
-__all__ = ["NextAttempt", "Statements", "arrays", "columns", "count_children", "execute", "insert", "supported"]
+__all__ = ["NextAttempt", "Statements", "arrays", "columns", "count_children_sql", "execute", "insert", "supported"]
 
 logger = logging.getLogger("usertasks.db")
 
@@ -71,7 +74,7 @@ def execute(connection, sql, params):
     return execute(connection, sql, params)
 
 
-_binary_sql = {}
+_binary_sql: dict[tuple[str, tuple[bool, ...]], str] = {}
 
 
 def _binary_arrays(sql, params):
@@ -114,7 +117,8 @@ def _refused(exc):
     logger.warning(
         "usertasks: the database refused a prepared statement (%s); binding parameters on the client from now "
         "on.  Behind a connection pooler that cannot keep prepared statements, set "
-        "USERTASKS['PREPARED_STATEMENTS'] = False.", exc.__cause__,
+        "USERTASKS['PREPARED_STATEMENTS'] = False.",
+        exc.__cause__,
     )
 
 
@@ -159,7 +163,7 @@ def insert(objs, using):
     # depend on the number of rows.
     size = 5000 if pg else max(1, min(500, connection.ops.bulk_batch_size(fields, objs)))
     for start in range(0, len(objs), size):
-        chunk = objs[start:start + size]
+        chunk = objs[start : start + size]
         if pg:
             params = columns(chunk, fields, connection)
             sql = f"{head}SELECT * FROM unnest({arrays(fields, connection)}) RETURNING {qn(pk.column)}"
@@ -174,7 +178,7 @@ def insert(objs, using):
     return objs
 
 
-_arrays = {}
+_arrays: dict[tuple[Any, ...], str] = {}
 
 
 def arrays(fields, connection):
@@ -208,6 +212,7 @@ def literal(values, field, connection):
         # One value for every row (state, user, time, options... of a batch): written once.
         item = literal(values[:1], field, connection)[1:-1]
         return "{" + ",".join([item] * n) + "}"
+    items: Iterable[str]
     if kind == "int":
         # int.__repr__ in C, also for psycopg's Int2/Int4/Int8 wrappers (Django's integer values
         # on psycopg 3), whose own __str__ is Python.
@@ -234,7 +239,7 @@ def literal(values, field, connection):
     return "{" + ",".join(items) + "}"
 
 
-_kinds = {}
+_kinds: dict[tuple[Any, str], str | None] = {}
 
 
 def _kind(field, connection):
@@ -360,7 +365,7 @@ class Statements:
     row count.  ``where`` keys: ``pk``, ``pk__in``, ``state``, ``state__in``, ``worker``.  A
     field value of :data:`NEXT_ATTEMPT` ``(n)`` stores ``max(attempts + 1, n)``."""
 
-    _by_connection = {}
+    _by_connection: dict[tuple[int, str], Statements] = {}
 
     def __init__(self, connection):
         from .models import UserTaskStatus
@@ -473,7 +478,7 @@ class Statements:
     @staticmethod
     def _shapes(plans):
         """Indexes of ``plans`` grouped by statement shape."""
-        groups = {}
+        groups: dict[tuple[Any, Any], list[int]] = {}
         for i, (fields, where) in enumerate(plans):
             wkey = tuple(
                 (k, tuple(map(str, v)) if k.endswith("__in") else (str(v) if k == "state" else None))
@@ -612,7 +617,7 @@ class NextAttempt:
 # -- a container's counters ---------------------------------------------------------------------
 
 
-_count_sql = {}
+_count_sql: dict[tuple[Any, ...], str] = {}
 
 
 def count_children_sql(connection, counters, returning):

@@ -21,7 +21,7 @@ FINAL_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELED)
 #: For each target state, the states it may be entered from.  Every state change is a
 #: conditional UPDATE over this table, so a late or repeated hook is a no-op and of two racing
 #: changes only one wins.
-ALLOWED_FROM = {
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     State.PENDING: (State.IN_PROGRESS, State.RETRYING),  # requeued (worker shutdown)
     State.IN_PROGRESS: (State.PENDING, State.RETRYING),
     # A run failed and will run again; from Pending too: a Celery task (the compatibility

@@ -1,5 +1,5 @@
 """Actors of the usertasks app itself, found by django-dramatiq's task autodiscovery
 (``manage.py rundramatiq`` loads every installed app's ``tasks`` module)."""
 
-from .reaper import reap_lost_tasks  # noqa: F401  (the periodic reaper: "usertasks_reap")
 from .purge import purge_expired_tasks  # noqa: F401  (the periodic purge: "usertasks_purge")
+from .reaper import reap_lost_tasks  # noqa: F401  (the periodic reaper: "usertasks_reap")

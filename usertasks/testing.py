@@ -26,6 +26,15 @@ rows must be committed to be visible to them, so use ``transaction=True`` (pytes
 ``TransactionTestCase``, not a test wrapped in a transaction.  See ``docs/testing.md``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from .models import UserTaskStatus
+
 import threading
 import time
 
@@ -38,30 +47,30 @@ __all__ = ["last_status", "run_user_tasks", "statuses"]
 class _RunMonitor(Middleware):
     """Counts processed messages and closes the worker threads' database connections."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.processed = 0
 
-    def after_process_message(self, broker, message, *, result=None, exception=None):
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: Any = None) -> None:
         with self.lock:
             self.processed += 1
 
-    def after_skip_message(self, broker, message):
+    def after_skip_message(self, broker: Any, message: Any) -> None:
         with self.lock:
             self.processed += 1
 
-    def before_worker_thread_shutdown(self, broker, thread):
+    def before_worker_thread_shutdown(self, broker: Any, thread: Any) -> None:
         from django.db import connections
 
         connections.close_all()
 
 
-def _pending(broker):
+def _pending(broker: Any) -> int:
     """Messages still waiting on any queue (delay queues included) of a StubBroker."""
     return sum(q.unfinished_tasks for q in list(broker.queues.values()))
 
 
-def run_user_tasks(broker=None, *, timeout=30, worker_threads=1, fail_fast=False):
+def run_user_tasks(broker: Any = None, *, timeout: float = 30, worker_threads: int = 1, fail_fast: bool = False) -> int:
     """Run every message queued on ``broker`` (default: the global broker, which must be a
     :class:`dramatiq.brokers.stub.StubBroker`) until all its queues are empty, including the
     messages those tasks enqueue (retries, fan-out children, follow-up tasks).
@@ -115,7 +124,7 @@ def run_user_tasks(broker=None, *, timeout=30, worker_threads=1, fail_fast=False
     return monitor.processed
 
 
-def statuses(actor=None, user=None):
+def statuses(actor: Any = None, user: Any = None) -> QuerySet[UserTaskStatus]:
     """Status rows, oldest first; only those of ``actor`` (an actor or its name) and of
     ``user`` when given."""
     from .models import UserTaskStatus
@@ -128,7 +137,7 @@ def statuses(actor=None, user=None):
     return rows.order_by("created", "id")
 
 
-def last_status(actor=None, user=None):
+def last_status(actor: Any = None, user: Any = None) -> UserTaskStatus | None:
     """The most recently created status row (of ``actor`` and ``user`` when given), fresh from
     the database, or ``None``."""
     return statuses(actor, user).last()

@@ -26,8 +26,13 @@ wait for the commit (messages to send, abort flags to raise or clear, ``task_fin
 registered with ``transaction.on_commit`` here too.  ``docs/architecture.md`` lists every change.
 """
 
+from __future__ import annotations
+
 import logging
 import threading
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, TypeAlias
 
 from django.db import connections, router, transaction
 from django.db.models import F
@@ -38,7 +43,7 @@ from .abort import clear_flags, get_backend, set_flag
 from .broker import EnqueueFailed, enqueue_many
 from .containers import completion, counting
 from .models import EventKind, UserTaskEvent, UserTaskStatus
-from .protocol import CALLBACK_DUE, FAIL_FAST, STATUS_OPTION, WAITING
+from .protocol import CALLBACK_DUE, STATUS_OPTION, WAITING
 from .signals import send_task_finished
 from .states import ACTIVE_STATES, ALLOWED_FROM, FINAL_STATES, State
 from .text import clip
@@ -71,8 +76,13 @@ __all__ = [
 
 FINAL = frozenset(FINAL_STATES)
 
+#: Status rows of one database (a manager or queryset of ``UserTaskStatus``).
+Rows: TypeAlias = Any
+#: A guarded UPDATE of the writer's: ``(fields to set, where)``.
+Plan: TypeAlias = tuple[dict[str, Any], dict[str, Any]]
 
-def _rows(using=None):
+
+def _rows(using: str | None = None) -> Rows:
     return UserTaskStatus.objects.using(using or router.db_for_write(UserTaskStatus))
 
 
@@ -89,20 +99,20 @@ class Done:
 
     __slots__ = ("_lock", "_set")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
         self._set = False
 
-    def set(self):
+    def set(self) -> None:
         if not self._set:
             self._set = True
             self._lock.release()
 
-    def is_set(self):
+    def is_set(self) -> bool:
         return self._set
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         """``True`` once set; ``False`` if ``timeout`` seconds pass first."""
         if self._set:
             return True
@@ -119,10 +129,33 @@ class Change:
     ``lazy``: no thread waits for it (the acknowledgement of its message does), so the writer
     may hold it up to ``WRITE_LINGER`` seconds to commit more changes in the same transaction."""
 
-    __slots__ = ("kind", "ctx", "at", "fields", "where", "parent_id", "events", "done", "applied", "error",
-                 "start", "writer", "lazy")
+    __slots__ = (
+        "applied",
+        "at",
+        "ctx",
+        "done",
+        "error",
+        "events",
+        "fields",
+        "kind",
+        "lazy",
+        "parent_id",
+        "start",
+        "where",
+        "writer",
+    )
 
-    def __init__(self, kind, ctx=None, *, fields=None, where=None, parent_id=None, events=(), lazy=False):
+    def __init__(
+        self,
+        kind: str,
+        ctx: Any = None,
+        *,
+        fields: dict[str, Any] | None = None,
+        where: dict[str, Any] | None = None,
+        parent_id: int | None = None,
+        events: Iterable[UserTaskEvent] = (),
+        lazy: bool = False,
+    ) -> None:
         self.kind = kind
         self.lazy = lazy
         self.ctx = ctx
@@ -137,7 +170,7 @@ class Change:
         self.start = None  # an "end" that carries its run's deferred start
         self.writer = None  # set while the writer holds the change back (a deferred start)
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         """Block until written; returns ``True`` if the change took effect."""
         writer = self.writer
         if writer is not None:
@@ -146,12 +179,12 @@ class Change:
             raise TimeoutError(f"usertasks: write {self.kind} not done within {timeout}s")
         return self.applied
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         target = self.ctx.status_id if self.ctx is not None else (self.where or {}).get("pk")
         return f"<Change {self.kind} task={target}>"
 
 
-def start(ctx):
+def start(ctx: Any) -> Change:
     """The run of ``ctx`` starts: Pending, Retrying (or In Progress, a redelivery) -> In Progress,
     with the run's worker token, its attempt counted, and a ``started`` event (none for a quiet
     fan-out child).  A row that is final already makes the run stop (``ctx.request_abort()``)."""
@@ -159,47 +192,66 @@ def start(ctx):
     return Change("start", ctx, events=events)
 
 
-def end(ctx, state, kind, *, fields=None, detail="", lazy=False):
+def end(
+    ctx: Any, state: str, kind: str, *, fields: dict[str, Any] | None = None, detail: str = "", lazy: bool = False
+) -> Change:
     """The run of ``ctx`` ended: In Progress (this run's) -> ``state`` (a final state; Retrying;
     or Pending when its message goes back to the broker), with ``fields`` (the error) and an
     event of ``kind``.  A child's end is counted on its container in the same transaction."""
-    if ctx.quiet and kind == EventKind.SUCCEEDED:
-        events = ()
-    else:
-        events = [UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, clip(detail, 4000))]
+    events: list[UserTaskEvent] = []
+    if not (ctx.quiet and kind == EventKind.SUCCEEDED):
+        events.append(UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, clip(detail, 4000)))
     return Change("end", ctx, fields=dict(fields or {}, state=state), events=events, lazy=lazy)
 
 
-def body_done(ctx):
+def body_done(ctx: Any) -> Change:
     """The body of container ``ctx`` returned: it stays In Progress with no run of its own (its
     worker becomes :data:`~usertasks.protocol.WAITING`) until its last child ends; at once if
     they all have."""
-    event = UserTaskEvent(status_id=ctx.status_id, kind=EventKind.NOTE, attempt=ctx.attempt,
-                          detail="The task body finished; waiting for its subtasks.")
+    event = UserTaskEvent(
+        status_id=ctx.status_id,
+        kind=EventKind.NOTE,
+        attempt=ctx.attempt,
+        detail="The task body finished; waiting for its subtasks.",
+    )
     return Change("body_done", ctx, events=[event])
 
 
-def cancel_before_start(status_id, parent_id=None):
+def cancel_before_start(status_id: int, parent_id: int | None = None) -> Change:
     """A canceled task's message was skipped before its body ran: active -> Canceled."""
     event = UserTaskEvent(status_id=status_id, kind=EventKind.CANCELED, detail="Canceled before this attempt started.")
-    return Change("guarded", where={"pk": status_id, "state__in": ACTIVE_STATES}, parent_id=parent_id, events=[event],
-                  fields={"state": State.CANCELED, "unique_key": None, "worker": "", "finished": event.created})
+    return Change(
+        "guarded",
+        where={"pk": status_id, "state__in": ACTIVE_STATES},
+        parent_id=parent_id,
+        events=[event],
+        fields={"state": State.CANCELED, "unique_key": None, "worker": "", "finished": event.created},
+    )
 
 
-def expire_before_start(status_id, parent_id=None, text="The task expired before it could run."):
+def expire_before_start(
+    status_id: int, parent_id: int | None = None, text: str = "The task expired before it could run."
+) -> Change:
     """A message failed before it could run (Dramatiq's ``AgeLimit``): active -> Failed."""
     event = UserTaskEvent(status_id=status_id, kind=EventKind.FAILED, detail=text)
-    return Change("guarded", where={"pk": status_id, "state__in": ACTIVE_STATES}, parent_id=parent_id, events=[event],
-                  fields={"state": State.FAILED, "error": text, "unique_key": None, "finished": event.created})
+    return Change(
+        "guarded",
+        where={"pk": status_id, "state__in": ACTIVE_STATES},
+        parent_id=parent_id,
+        events=[event],
+        fields={"state": State.FAILED, "error": text, "unique_key": None, "finished": event.created},
+    )
 
 
-def flush():
+def flush() -> Change:
     """A change that changes nothing: waiting for it waits for everything submitted before it,
     and it makes the writer store all pending progress."""
     return Change("flush")
 
 
-def apply(changes, dirty=(), beating=(), *, using=None):
+def apply(
+    changes: list[Change], dirty: Iterable[Any] = (), beating: Iterable[Any] = (), *, using: str | None = None
+) -> None:
     """The writer's batch: ``changes``, the progress of the running contexts ``dirty`` and the
     heartbeats of ``beating``, committed together.  Sets each change's ``applied``.
 
@@ -215,7 +267,9 @@ def apply(changes, dirty=(), beating=(), *, using=None):
         plans = [_PLAN[c.kind](c) for c in changes]
         events = [e for c in changes for e in (c.start.events if c.start is not None else []) + c.events]
         changed = stmts.update_many_with_events(plans, events)
-        _settle(changes, [_POST[c.kind](rows, c, where["pk"] in changed, None) for c, (_, where) in zip(changes, plans)])
+        _settle(
+            changes, [_POST[c.kind](rows, c, where["pk"] in changed, None) for c, (_, where) in zip(changes, plans)]
+        )
         return
     events, applied = [], []
     with transaction.atomic(using=db):
@@ -244,7 +298,7 @@ def apply(changes, dirty=(), beating=(), *, using=None):
     _settle(changes, applied)
 
 
-def _settle(changes, applied):
+def _settle(changes: list[Change], applied: list[bool]) -> None:
     """Record the outcome of each change of a committed batch (their ``done`` is set by the
     writer; a folded start is settled with its end)."""
     for c, ok in zip(changes, applied):
@@ -256,7 +310,7 @@ def _settle(changes, applied):
             c.start.done.set()
 
 
-def _one_statement(changes, connection):
+def _one_statement(changes: list[Change], connection: Any) -> bool:
     """Whether a batch can be written as one autocommitted statement: PostgreSQL, only starts
     and ends of runs outside containers, one change per row, each with its event."""
     if connection.vendor != "postgresql" or connection.in_atomic_block:
@@ -272,7 +326,7 @@ def _one_statement(changes, connection):
     return True
 
 
-def _progress(ctx, **extra):
+def _progress(ctx: Any, **extra: Any) -> dict[str, Any]:
     completed, total, message = ctx.snapshot()
     if ctx.fanout:  # a container's steps are its children's
         fields = {} if message is None else {"message": message}
@@ -286,10 +340,15 @@ def _progress(ctx, **extra):
     return fields
 
 
-def _start_fields(ctx, at):
+def _start_fields(ctx: Any, at: datetime) -> dict[str, Any]:
     return {
-        "state": State.IN_PROGRESS, "attempts": sql.NextAttempt(ctx.attempt), "started": at, "heartbeat": at,
-        "modified": at, "worker": ctx.worker, "eta": None,
+        "state": State.IN_PROGRESS,
+        "attempts": sql.NextAttempt(ctx.attempt),
+        "started": at,
+        "heartbeat": at,
+        "modified": at,
+        "worker": ctx.worker,
+        "eta": None,
     }
 
 
@@ -298,21 +357,23 @@ def _start_fields(ctx, at):
 _START_FROM = (*ALLOWED_FROM[State.IN_PROGRESS], State.IN_PROGRESS)
 
 
-def _plan_start(change):
+def _plan_start(change: Change) -> Plan:
     ctx = change.ctx
     fields = _start_fields(ctx, change.at)
     fields.update(_progress(ctx))
     return fields, {"pk": ctx.status_id, "state__in": _START_FROM}
 
 
-def _post_start(rows, change, ok, batch):
+def _post_start(rows: Rows, change: Change, ok: bool, batch: _Counts | None) -> bool:
     return True if ok else _start_refused(rows, change.ctx)
 
 
-def _start_refused(rows, ctx):
+def _start_refused(rows: Rows, ctx: Any) -> bool:
     state = rows.filter(pk=ctx.status_id).values_list("state", flat=True).first()
     if state is None:
-        logger.warning("usertasks: row %s of message %s is missing; the task runs untracked", ctx.status_id, ctx.message_id)
+        logger.warning(
+            "usertasks: row %s of message %s is missing; the task runs untracked", ctx.status_id, ctx.message_id
+        )
     else:
         logger.info("usertasks: task %s is already %s; stopping it", ctx.status_id, state)
         ctx.request_abort()
@@ -320,7 +381,7 @@ def _start_refused(rows, ctx):
     return False
 
 
-def _plan_end(change):
+def _plan_end(change: Change) -> Plan:
     """Retrying, requeued or a final state, for the attempt this context runs; with
     ``change.start``, the run's start too, in the same statement."""
     ctx = change.ctx
@@ -337,7 +398,7 @@ def _plan_end(change):
     return fields, {"pk": ctx.status_id, "state": State.IN_PROGRESS, "worker": ctx.worker}
 
 
-def _post_end(rows, change, ok, batch):
+def _post_end(rows: Rows, change: Change, ok: bool, batch: _Counts | None) -> bool:
     ctx = change.ctx
     if change.start is not None:
         if ok:
@@ -355,17 +416,18 @@ def _post_end(rows, change, ok, batch):
     return bool(ok)
 
 
-def _apply_guarded(rows, change, batch):
+def _apply_guarded(rows: Rows, change: Change, batch: _Counts | None) -> bool:
     """A change not tied to a run: ``fields`` where ``where`` (the row's state among those it
     may leave), its event, and its count on the container."""
-    n = rows.filter(**change.where).update(modified=change.at, **change.fields)
+    where = change.where or {}
+    n = rows.filter(**where).update(modified=change.at, **change.fields)
     state = change.fields.get("state")
     if n and change.parent_id is not None and state in FINAL:
-        child_ended(rows, change.parent_id, change.where["pk"], state, batch)
+        child_ended(rows, change.parent_id, where["pk"], state, batch)
     return bool(n)
 
 
-def _apply_body_done(rows, change, batch):
+def _apply_body_done(rows: Rows, change: Change, batch: _Counts | None) -> bool:
     ctx = change.ctx
     n = rows.filter(pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker).update(
         worker=WAITING, modified=change.at, heartbeat=change.at
@@ -395,10 +457,10 @@ class _Counts:
     counter UPDATE per container, in primary-key order so two writers never wait on each other
     in a cycle, taken as late as possible so the container's row lock is held briefly)."""
 
-    def __init__(self):
-        self.by_parent = {}
+    def __init__(self) -> None:
+        self.by_parent: dict[int, dict[str, Any]] = {}
 
-    def add(self, parent_id, child_id, key):
+    def add(self, parent_id: int, child_id: int | None, key: str) -> None:
         entry = self.by_parent.setdefault(
             parent_id, {"succeeded": 0, "failed": 0, "canceled": 0, "skipped": 0, "retried": 0, "child_id": None}
         )
@@ -406,14 +468,14 @@ class _Counts:
         if key != "retried":
             entry["child_id"] = child_id
 
-    def apply(self, rows):
+    def apply(self, rows: Rows) -> None:
         for parent_id in sorted(self.by_parent):
             entry = self.by_parent[parent_id]
             child_id = entry.pop("child_id")
             children_ended(rows, parent_id, child_id=child_id, **entry)
 
 
-def child_ended(rows, parent_id, child_id, state, batch=None):
+def child_ended(rows: Rows, parent_id: int, child_id: int | None, state: str, batch: _Counts | None = None) -> None:
     """Child ``child_id`` of ``parent_id`` entered ``state`` (a final state, or Retrying), in the
     current transaction.  In a writer batch the counts are summed and applied once per
     container; otherwise at once (:func:`children_ended`)."""
@@ -426,15 +488,24 @@ def child_ended(rows, parent_id, child_id, state, batch=None):
         batch.add(parent_id, child_id, key)
 
 
-def children_ended(rows, parent_id, *, succeeded=0, failed=0, canceled=0, skipped=0, retried=0, child_id=None):
+def children_ended(
+    rows: Rows | str | None,
+    parent_id: int,
+    *,
+    succeeded: int = 0,
+    failed: int = 0,
+    canceled: int = 0,
+    skipped: int = 0,
+    retried: int = 0,
+    child_id: int | None = None,
+) -> bool:
     """Count children of ``parent_id`` that ended (and retries), in the transaction that stored
     their ends; then what the container's rules say follows (a pipeline's next stage, a
     fail-fast cancel), and the container's end if they were the last.  ``rows``: a manager or
     queryset of status rows (its database is used), or a database alias.  Costs one
     ``UPDATE ... RETURNING`` (plus, for the last child, the container's own end)."""
-    if rows is None or isinstance(rows, str):
-        rows = _rows(rows)
-    rows = UserTaskStatus.objects.using(rows.db)
+    db = rows if rows is None or isinstance(rows, str) else rows.db
+    rows = _rows(db)  # whatever was given: the plain manager of its database
     counts = {"succeeded": succeeded, "failed": failed, "canceled": canceled, "skipped": skipped}
     ended = sum(counts.values())
     if not ended and not retried:
@@ -450,13 +521,14 @@ def children_ended(rows, parent_id, *, succeeded=0, failed=0, canceled=0, skippe
     elif follow == counting.NEXT_STAGE:
         release_next_stage(rows, parent_id, child_id)
         info = counting.info(rows, parent_id)
-    elif follow == counting.CANCEL_REST:
-        if cancel_pending_children(rows, parent_id, reason="A subtask failed; the others were canceled.", now=now):
-            info = counting.info(rows, parent_id)
+    elif follow == counting.CANCEL_REST and cancel_pending_children(
+        rows, parent_id, reason="A subtask failed; the others were canceled.", now=now
+    ):
+        info = counting.info(rows, parent_id)
     return complete_container(rows, info)
 
 
-def complete_container(rows, info):
+def complete_container(rows: Rows, info: dict[str, Any] | None) -> bool:
     """In Progress (body done, :data:`~usertasks.protocol.WAITING`) -> the container's final
     state, once every child has ended (``info``: ``usertasks.containers.counting.info``).
     Returns ``True`` in the one transaction that ends it; its completion callback and
@@ -480,14 +552,18 @@ def complete_container(rows, info):
     if state == State.FAILED:
         first = (
             rows.filter(parent_id=info["pk"], state=State.FAILED)
-            .order_by("finished", "pk").values("name", "error", "error_class").first()
+            .order_by("finished", "pk")
+            .values("name", "error", "error_class")
+            .first()
         )
         fields["error"], fields["error_class"] = completion.error(info, first)
         detail = fields["error"]
     n = rows.filter(pk=info["pk"], state=State.IN_PROGRESS, worker=WAITING).update(**fields)
     if not n:
         return False
-    kind = {State.SUCCEEDED: EventKind.SUCCEEDED, State.FAILED: EventKind.FAILED, State.CANCELED: EventKind.CANCELED}[state]
+    kind = {State.SUCCEEDED: EventKind.SUCCEEDED, State.FAILED: EventKind.FAILED, State.CANCELED: EventKind.CANCELED}[
+        state
+    ]
     UserTaskEvent.objects.using(rows.db).create(status_id=info["pk"], kind=kind, created=now, detail=clip(detail, 4000))
     pk, db = info["pk"], rows.db
     transaction.on_commit(lambda: completion.finished(pk, state, callback, db), using=db)
@@ -497,7 +573,9 @@ def complete_container(rows, info):
     return True
 
 
-def cancel_pending_children(rows, parent_id, *, reason, by=None, now=None):
+def cancel_pending_children(
+    rows: Rows, parent_id: int, *, reason: str, by: Any = None, now: datetime | None = None
+) -> int:
     """In the current transaction: every child of ``parent_id`` that has not started ->
     Canceled (one UPDATE; for a pipeline, the stages that never ran are skipped), counted on
     the container; the running ones are asked to stop (their abort flags, on commit).  Returns
@@ -508,7 +586,7 @@ def cancel_pending_children(rows, parent_id, *, reason, by=None, now=None):
         return 0
     if "pipeline" in (found["options"] or {}):
         return stop_stages(rows, parent_id, reason=reason, by=by, now=now)
-    fields = dict(state=State.CANCELED, cancel_requested=now, finished=now, modified=now, unique_key=None)
+    fields = {"state": State.CANCELED, "cancel_requested": now, "finished": now, "modified": now, "unique_key": None}
     if by is not None:
         fields["canceled_by"] = by
     pending = rows.filter(parent_id=parent_id, state__in=(State.PENDING, State.RETRYING))
@@ -523,19 +601,24 @@ def cancel_pending_children(rows, parent_id, *, reason, by=None, now=None):
         transaction.on_commit(lambda: _raise_flags(running), using=rows.db)
     if n:
         UserTaskEvent.objects.using(rows.db).create(
-            status_id=parent_id, kind=EventKind.NOTE, created=now, actor=by,
+            status_id=parent_id,
+            kind=EventKind.NOTE,
+            created=now,
+            actor=by,
             detail=f"{reason} {n:,} not yet started were canceled"
             + (f"; {len(running)} running asked to stop." if running else "."),
         )
         counted = rows.filter(pk=parent_id).update(
-            children_canceled=F("children_canceled") + n, completed_steps=F("completed_steps") + n, modified=now,
+            children_canceled=F("children_canceled") + n,
+            completed_steps=F("completed_steps") + n,
+            modified=now,
         )
         if not counted:
             return 0
     return n
 
 
-def _claimed(pending):
+def _claimed(pending: Rows) -> set[int]:
     """Raise the abort flags of the children in ``pending`` and return those a worker has
     already claimed (atomic abort stores; see ``usertasks.abort.redis``): their bodies may be
     running although their rows still say Pending, so they are asked to stop, not canceled."""
@@ -549,7 +632,7 @@ def _claimed(pending):
         return set()
 
 
-def _raise_flags(ids):
+def _raise_flags(ids: Iterable[int]) -> None:
     """Raise the abort flags of the running tasks ``ids`` (they stop at their next ``step()``)."""
     for pk in ids:
         try:
@@ -558,7 +641,7 @@ def _raise_flags(ids):
             logger.warning("usertasks: could not ask running subtask %s to stop: %s", pk, exc)
 
 
-def cancel_children(status, *, by=None, reason="The task was canceled."):
+def cancel_children(status: UserTaskStatus, *, by: Any = None, reason: str = "The task was canceled.") -> int:
     """Cancel the children of container ``status`` that have not ended: the container is marked
     canceled, the pending children are canceled at once (one UPDATE), the running ones stop at
     their next ``step()``; the container ends (Canceled) with the last of them.  Returns how
@@ -576,17 +659,18 @@ def cancel_children(status, *, by=None, reason="The task was canceled."):
     return n
 
 
-def stop_stages(rows, parent_id, *, reason, by=None, now=None):
+def stop_stages(rows: Rows, parent_id: int, *, reason: str, by: Any = None, now: datetime | None = None) -> int:
     """In the current transaction: a pipeline's stages that never ran -> Canceled with a
     "skipped" event, a stage sent but not started -> Canceled, a running one is asked to stop.
     Counts them on the container; returns how many ended here."""
     now = now or timezone.now()
     open_stages = list(
         rows.filter(parent_id=parent_id, state__in=(State.PENDING, State.RETRYING, State.IN_PROGRESS))
-        .order_by("pk").values("pk", "state", "options")
+        .order_by("pk")
+        .values("pk", "state", "options")
     )
     skipped, canceled, running, events = 0, 0, [], []
-    base = dict(state=State.CANCELED, finished=now, modified=now, unique_key=None)
+    base = {"state": State.CANCELED, "finished": now, "modified": now, "unique_key": None}
     for stage in open_stages:
         if stage["state"] == State.IN_PROGRESS:
             rows.filter(pk=stage["pk"], cancel_requested__isnull=True).update(cancel_requested=now)
@@ -608,15 +692,17 @@ def stop_stages(rows, parent_id, *, reason, by=None, now=None):
         UserTaskEvent.objects.using(rows.db).bulk_create(events)
     if skipped or canceled:
         rows.filter(pk=parent_id).update(
-            children_skipped=F("children_skipped") + skipped, children_canceled=F("children_canceled") + canceled,
-            completed_steps=F("completed_steps") + skipped + canceled, modified=now,
+            children_skipped=F("children_skipped") + skipped,
+            children_canceled=F("children_canceled") + canceled,
+            completed_steps=F("completed_steps") + skipped + canceled,
+            modified=now,
         )
     if running:
         transaction.on_commit(lambda: _raise_flags(running), using=rows.db)
     return skipped + canceled
 
 
-def release_next_stage(rows, parent_id, child_id):
+def release_next_stage(rows: Rows, parent_id: int, child_id: int | None) -> bool:
     """A pipeline's stage ``child_id`` succeeded: the next one, written up front and waiting,
     is queued (its message is sent once the transaction commits).  Its state stays Pending."""
     import dramatiq
@@ -631,13 +717,13 @@ def release_next_stage(rows, parent_id, child_id):
     if not rows.filter(pk=nxt["pk"], state=State.PENDING).update(options=options, modified=now, eta=now):
         return False
     UserTaskEvent.objects.using(rows.db).create(status_id=nxt["pk"], kind=EventKind.ENQUEUED, created=now)
-    pairs = [(dramatiq.Message(**data), nxt["pk"])]
+    pairs: list[tuple[dramatiq.Message, int]] = [(dramatiq.Message(**data), nxt["pk"])]
     db = rows.db
     transaction.on_commit(lambda: enqueue_children(dramatiq.get_broker(), parent_id, pairs, db), using=db)
     return True
 
 
-def enqueue_children(broker, parent_id, pairs, db=None):
+def enqueue_children(broker: Any, parent_id: int, pairs: list[tuple[Any, int]], db: str | None = None) -> None:
     """Send the messages of committed child rows (``(message, pk)`` pairs).  A broker failure
     fails the children not sent (counted on the container) and is logged; the container goes
     on with the others."""
@@ -645,13 +731,15 @@ def enqueue_children(broker, parent_id, pairs, db=None):
         enqueue_many(broker, [(message, None, {STATUS_OPTION: pk}) for message, pk in pairs])
     except EnqueueFailed as failure:
         exc = failure.error
-        failed = [pk for _, pk in pairs[failure.sent:]]
+        failed = [pk for _, pk in pairs[failure.sent :]]
         logger.error("usertasks: could not enqueue %d subtask(s) of task %s: %s", len(failed), parent_id, exc)
         rows = _rows(db)
         with transaction.atomic(using=rows.db):
             n, text = fail_unsent(rows.db, failed, exc, events=False)
             UserTaskEvent.objects.using(rows.db).create(
-                status_id=parent_id, kind=EventKind.NOTE, detail=f"{n} subtask(s) could not be queued: {text}",
+                status_id=parent_id,
+                kind=EventKind.NOTE,
+                detail=f"{n} subtask(s) could not be queued: {text}",
             )
             if n:
                 children_ended(rows, parent_id, failed=n)
@@ -662,7 +750,9 @@ def enqueue_children(broker, parent_id, pairs, db=None):
 # =================================================================================================
 
 
-def fail_unsent(db, pks, exc, *, now=None, events=True):
+def fail_unsent(
+    db: str, pks: list[int], exc: BaseException, *, now: datetime | None = None, events: bool = True
+) -> tuple[int, str]:
     """Pending -> Failed for the rows ``pks`` whose messages could not be sent, so that no page
     waits for them for ever (with a ``failed`` event each unless ``events`` is false).  Returns
     how many changed and the error text stored."""
@@ -671,8 +761,12 @@ def fail_unsent(db, pks, exc, *, now=None, events=True):
     rows = _rows(db)
     n = 0
     for i in range(0, len(pks), 1000):
-        n += rows.filter(pk__in=pks[i:i + 1000], state=State.PENDING).update(
-            state=State.FAILED, error=text, error_class=type(exc).__name__, finished=now, modified=now,
+        n += rows.filter(pk__in=pks[i : i + 1000], state=State.PENDING).update(
+            state=State.FAILED,
+            error=text,
+            error_class=type(exc).__name__,
+            finished=now,
+            modified=now,
             unique_key=None,
         )
     if n and events:
@@ -682,38 +776,53 @@ def fail_unsent(db, pks, exc, *, now=None, events=True):
     return n, text
 
 
-def cancel_not_started(rows, pk, previous, *, parent_id=None, by=None, now=None):
+def cancel_not_started(
+    rows: Rows,
+    pk: int,
+    previous: str,
+    *,
+    parent_id: int | None = None,
+    by: Any = None,
+    now: datetime | None = None,
+) -> bool:
     """Pending or Retrying (``previous``, as read) -> Canceled: the task never runs again.
     Counted on its container; ``task_finished`` follows the commit.  Returns whether it
     changed."""
     now = now or timezone.now()
     n = rows.filter(pk=pk, state=previous).update(
-        state=State.CANCELED, cancel_requested=now, canceled_by=by, finished=now, modified=now,
-        unique_key=None, worker="",
+        state=State.CANCELED,
+        cancel_requested=now,
+        canceled_by=by,
+        finished=now,
+        modified=now,
+        unique_key=None,
+        worker="",
     )
     if not n:
         return False
     detail = "Canceled before it started." if previous == State.PENDING else "Canceled while waiting to retry."
-    UserTaskEvent.objects.using(rows.db).create(status_id=pk, kind=EventKind.CANCELED, created=now, actor=by,
-                                                detail=detail)
+    UserTaskEvent.objects.using(rows.db).create(
+        status_id=pk, kind=EventKind.CANCELED, created=now, actor=by, detail=detail
+    )
     if parent_id is not None:
         child_ended(rows, parent_id, pk, State.CANCELED)
     send_task_finished(pk, State.CANCELED, using=rows.db)
     return True
 
 
-def request_cancel(rows, pk, *, by=None, now=None):
+def request_cancel(rows: Rows, pk: int, *, by: Any = None, now: datetime | None = None) -> bool:
     """An active task is asked to stop (``cancel_requested``, ``canceled_by``, a
     ``cancel_requested`` event); its run ends it Canceled.  Returns whether it changed."""
     now = now or timezone.now()
     n = rows.filter(pk=pk, state__in=ACTIVE_STATES).update(cancel_requested=now, canceled_by=by, modified=now)
     if n:
-        UserTaskEvent.objects.using(rows.db).create(status_id=pk, kind=EventKind.CANCEL_REQUESTED, created=now,
-                                                    actor=by)
+        UserTaskEvent.objects.using(rows.db).create(
+            status_id=pk, kind=EventKind.CANCEL_REQUESTED, created=now, actor=by
+        )
     return bool(n)
 
 
-def requeue_lost(rows, row, where, *, detail, now):
+def requeue_lost(rows: Rows, row: Any, where: dict[str, Any], *, detail: str, now: datetime) -> bool:
     """In Progress, with a dead worker and its message still in the broker -> Pending: the next
     delivery runs it again.  ``where``: the row as the reaper read it.  Returns whether it
     changed."""
@@ -721,12 +830,16 @@ def requeue_lost(rows, row, where, *, detail, now):
         n = rows.filter(pk=row["pk"], **where).update(state=State.PENDING, worker="", modified=now)
         if n:
             UserTaskEvent.objects.using(rows.db).create(
-                status_id=row["pk"], kind=EventKind.REQUEUED, created=now, attempt=row["attempts"], detail=detail,
+                status_id=row["pk"],
+                kind=EventKind.REQUEUED,
+                created=now,
+                attempt=row["attempts"],
+                detail=detail,
             )
     return bool(n)
 
 
-def end_lost(rows, row, where, *, text, kind, now):
+def end_lost(rows: Rows, row: Any, where: dict[str, Any], *, text: str, kind: str, now: datetime) -> str | None:
     """A task whose worker died (In Progress) or whose message is gone (Pending, Retrying) ->
     Failed with ``text``, or Canceled when its user had asked to cancel it.  ``where``: the row
     as the reaper read it.  Counted on its container; ``task_finished`` follows the commit.
@@ -737,12 +850,21 @@ def end_lost(rows, row, where, *, text, kind, now):
         state, kind, fields = State.CANCELED, EventKind.CANCELED, {}
     with transaction.atomic(using=rows.db):
         n = rows.filter(pk=row["pk"], **where).update(
-            state=state, finished=now, modified=now, unique_key=None, worker="", **fields,
+            state=state,
+            finished=now,
+            modified=now,
+            unique_key=None,
+            worker="",
+            **fields,
         )
         if not n:
             return None
         UserTaskEvent.objects.using(rows.db).create(
-            status_id=row["pk"], kind=kind, created=now, attempt=row["attempts"], detail=text,
+            status_id=row["pk"],
+            kind=kind,
+            created=now,
+            attempt=row["attempts"],
+            detail=text,
         )
         if row.get("parent_id") is not None:
             child_ended(rows, row["parent_id"], row["pk"], state)
@@ -755,7 +877,7 @@ def end_lost(rows, row, where, *, text, kind, now):
 # =================================================================================================
 
 
-def begin(status, *, worker="", container=False):
+def begin(status: UserTaskStatus, *, worker: str = "", container: bool = False) -> bool:
     """Pending or Retrying -> In Progress for a run started outside Dramatiq, with a ``started``
     event (containers have no worker of their own).  Returns whether it changed."""
     now = timezone.now()
@@ -764,21 +886,33 @@ def begin(status, *, worker="", container=False):
         fields.update(heartbeat=now, worker=worker[:255])
     rows = _rows()
     with transaction.atomic(using=rows.db):
-        n = rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.IN_PROGRESS]).update(state=State.IN_PROGRESS,
-                                                                                       **fields)
+        n = rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.IN_PROGRESS]).update(
+            state=State.IN_PROGRESS, **fields
+        )
         if n:
-            UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=EventKind.STARTED,
-                                                        attempt=status.attempts, detail=worker[:4000])
+            UserTaskEvent.objects.using(rows.db).create(
+                status_id=status.pk, kind=EventKind.STARTED, attempt=status.attempts, detail=worker[:4000]
+            )
     return bool(n)
 
 
-def _at_least_one():
+def _at_least_one() -> Any:
     from django.db.models.functions import Greatest
 
     return Greatest(F("attempts"), 1)
 
 
-def finish(status, state, kind, *, detail="", actor=None, where=None, count_parent=True, **fields):
+def finish(
+    status: UserTaskStatus,
+    state: str,
+    kind: str,
+    *,
+    detail: str = "",
+    actor: Any = None,
+    where: dict[str, Any] | None = None,
+    count_parent: bool = True,
+    **fields: Any,
+) -> bool:
     """Active -> ``state`` (final) for a task whose run is not Dramatiq's, with an event of
     ``kind``; the container's counter of that outcome grows by one (its rules are the
     compatibility layer's own); ``task_finished`` follows the commit, and a raised abort flag
@@ -788,12 +922,14 @@ def finish(status, state, kind, *, detail="", actor=None, where=None, count_pare
     fields["unique_key"] = None
     rows = _rows()
     with transaction.atomic(using=rows.db):
-        n = rows.filter(pk=status.pk, state__in=ACTIVE_STATES, **(where or {})).update(state=state, modified=now,
-                                                                                       **fields)
+        n = rows.filter(pk=status.pk, state__in=ACTIVE_STATES, **(where or {})).update(
+            state=state, modified=now, **fields
+        )
         if not n:
             return False
-        UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=kind, attempt=status.attempts,
-                                                    detail=str(detail)[:4000], actor=actor)
+        UserTaskEvent.objects.using(rows.db).create(
+            status_id=status.pk, kind=kind, attempt=status.attempts, detail=str(detail)[:4000], actor=actor
+        )
         if count_parent and status.parent_id:
             counter = counting.COUNTER_FOR[state]
             rows.filter(pk=status.parent_id).update(**{counter: F(counter) + 1})
@@ -805,7 +941,7 @@ def finish(status, state, kind, *, detail="", actor=None, where=None, count_pare
     return True
 
 
-def retrying(status, *, reason=""):
+def retrying(status: UserTaskStatus, *, reason: str = "") -> bool:
     """In Progress or Pending -> Retrying: this attempt failed and the task will run again
     (its attempt counted now).  Returns whether it changed."""
     fields = {"attempts": F("attempts") + 1, "worker": "", "modified": timezone.now()}
@@ -816,12 +952,13 @@ def retrying(status, *, reason=""):
         n = rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.RETRYING]).update(state=State.RETRYING, **fields)
         if n:
             status.refresh_from_db()
-            UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=EventKind.RETRYING,
-                                                        attempt=status.attempts, detail=str(reason)[:4000])
+            UserTaskEvent.objects.using(rows.db).create(
+                status_id=status.pk, kind=EventKind.RETRYING, attempt=status.attempts, detail=str(reason)[:4000]
+            )
     return bool(n)
 
 
-def set_custom_state(status, custom_state):
+def set_custom_state(status: UserTaskStatus, custom_state: str) -> None:
     """A custom in-progress state of django-user-tasks (``set_state("Sending emails")``): the
     row stays (or becomes) In Progress, showing the text as its message; a standard state
     name moves the row there along :data:`~usertasks.states.ALLOWED_FROM`."""
@@ -830,7 +967,8 @@ def set_custom_state(status, custom_state):
     options = rows.filter(pk=status.pk).values_list("options", flat=True).first() or {}
     if custom_state in State.values:
         rows.filter(pk=status.pk, state__in=ALLOWED_FROM.get(custom_state, ())).update(
-            state=custom_state, options=dict(options, custom_state=None), modified=now)
+            state=custom_state, options=dict(options, custom_state=None), modified=now
+        )
         return
     # One guarded UPDATE per case (no read-then-write transaction: SQLite-friendly).
     fields = {"options": dict(options, custom_state=custom_state), "message": custom_state[:1000], "modified": now}
@@ -838,16 +976,17 @@ def set_custom_state(status, custom_state):
     rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.IN_PROGRESS]).update(state=State.IN_PROGRESS, **fields)
 
 
-def reopen_group(status):
+def reopen_group(status: UserTaskStatus) -> bool:
     """Succeeded -> In Progress for a Celery group whose size grows as its tasks are published:
     when its first tasks ended before the next one was published, it may have ended already.
     The one change against :data:`~usertasks.states.ALLOWED_FROM`, for django-user-tasks'
     groups only.  Returns whether it changed."""
     rows = _rows()
-    n = rows.filter(pk=status.pk, state=State.SUCCEEDED).update(state=State.IN_PROGRESS, finished=None,
-                                                                modified=timezone.now())
+    n = rows.filter(pk=status.pk, state=State.SUCCEEDED).update(
+        state=State.IN_PROGRESS, finished=None, modified=timezone.now()
+    )
     if n:
-        UserTaskEvent.objects.using(rows.db).create(status_id=status.pk, kind=EventKind.NOTE,
-                                                    detail="More tasks joined after the first ones had ended.")
+        UserTaskEvent.objects.using(rows.db).create(
+            status_id=status.pk, kind=EventKind.NOTE, detail="More tasks joined after the first ones had ended."
+        )
     return bool(n)
-

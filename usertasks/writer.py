@@ -40,7 +40,7 @@ __all__ = ["Writer", "get_writer", "stop_writer"]
 class Writer:
     def __init__(self):
         self._cond = threading.Condition()
-        self._queue = deque()
+        self._queue: deque[transitions.Change] = deque()
         self._eager = 0  # ops in the queue that are not lazy
         self._lazy_since = None  # when the first lazy op of the queue arrived
         self._held = {}  # id(ctx) -> deferred start op
@@ -112,7 +112,7 @@ class Writer:
                 self._cond.notify()  # the thread may sleep without a deadline
         return op
 
-    def expedite(self, op):
+    def expedite(self, op: transitions.Change) -> None:
         """Write a held start now (someone waits for it)."""
         with self._cond:
             if self._held.get(id(op.ctx)) is op:
@@ -169,7 +169,8 @@ class Writer:
                     self._eager -= sum(1 for op in ops if not op.lazy)
                     self._lazy_since = time.monotonic() if self._queue else None
                     if self._held and (
-                        time.monotonic() >= self._next_progress or self._stopping
+                        time.monotonic() >= self._next_progress
+                        or self._stopping
                         or any(op.kind == "flush" for op in ops)
                     ):
                         held = list(self._held.values())
@@ -201,8 +202,12 @@ class Writer:
         the first one queued less than ``linger`` seconds ago, no stop, and no progress tick
         due (running tasks' progress and held starts are never kept waiting by a linger)."""
         return (
-            linger > 0 and not self._eager and not self._stopping and len(self._queue) < limit
-            and self._lazy_since is not None and now < self._lazy_since + linger
+            linger > 0
+            and not self._eager
+            and not self._stopping
+            and len(self._queue) < limit
+            and self._lazy_since is not None
+            and now < self._lazy_since + linger
             and not ((self._held or self._running) and now >= self._next_progress)
         )
 
@@ -242,8 +247,8 @@ class Writer:
     def _close(self):
         try:
             connections[router.db_for_write(UserTaskStatus)].close()
-        except Exception:
-            pass
+        except Exception as exc:  # a connection that is gone already
+            logger.debug("usertasks writer: closing the connection: %s", exc)
 
 
 def _seconds(value):
@@ -262,8 +267,16 @@ def _transient(exc):
     if isinstance(exc, InterfaceError):
         return True
     text = str(exc).lower()
-    refused = ("no such column", "no such table", "syntax error", "unknown column", "does not exist",
-               "has no column", "datatype mismatch", "invalid input")
+    refused = (
+        "no such column",
+        "no such table",
+        "syntax error",
+        "unknown column",
+        "does not exist",
+        "has no column",
+        "datatype mismatch",
+        "invalid input",
+    )
     return not any(marker in text for marker in refused)
 
 

@@ -30,26 +30,26 @@ class LazySettings:
     """Attribute access to the ``USER_TASKS_*`` Django settings, with their defaults."""
 
     @property
-    def USER_TASKS_ARTIFACT_FILTERS(self):  # noqa: N802
+    def USER_TASKS_ARTIFACT_FILTERS(self):
         """Filter backends of the artifact listing of the REST API (classes or dotted paths)."""
         from .filters import ArtifactFilterBackend
 
         return _classes(getattr(django_settings, "USER_TASKS_ARTIFACT_FILTERS", (ArtifactFilterBackend,)))
 
     @property
-    def USER_TASKS_STATUS_FILTERS(self):  # noqa: N802
+    def USER_TASKS_STATUS_FILTERS(self):
         """Filter backends of the status listing of the REST API (classes or dotted paths)."""
         from .filters import StatusFilterBackend
 
         return _classes(getattr(django_settings, "USER_TASKS_STATUS_FILTERS", (StatusFilterBackend,)))
 
     @property
-    def USER_TASKS_ARTIFACT_STORAGE(self):  # noqa: N802
+    def USER_TASKS_ARTIFACT_STORAGE(self):
         """The storage instance artifact files are kept in."""
         return get_storage(getattr(django_settings, "USER_TASKS_ARTIFACT_STORAGE", None))
 
     @property
-    def USER_TASKS_MAX_AGE(self):  # noqa: N802
+    def USER_TASKS_MAX_AGE(self):
         """How long a *finished* task is kept (counted from when it finished); a ``timedelta``
         or a number of seconds.  Default: 30 days."""
         value = getattr(django_settings, "USER_TASKS_MAX_AGE", DEFAULT_MAX_AGE)
@@ -58,7 +58,7 @@ class LazySettings:
         return value
 
     @property
-    def USER_TASKS_PURGE_BATCH_SIZE(self):  # noqa: N802
+    def USER_TASKS_PURGE_BATCH_SIZE(self):
         """Rows deleted per transaction by ``purge_old_user_tasks``.  Default: the usertasks
         ``PURGE_BATCH_SIZE``."""
         from usertasks.conf import app_settings

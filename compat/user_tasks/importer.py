@@ -25,8 +25,22 @@ logger = logging.getLogger("user_tasks")
 STATUS_TABLE = "user_tasks_usertaskstatus"
 ARTIFACT_TABLE = "user_tasks_usertaskartifact"
 
-STATUS_COLUMNS = ("id", "uuid", "task_id", "parent_id", "is_container", "task_class", "name", "state",
-                  "completed_steps", "total_steps", "attempts", "user_id", "created", "modified")
+STATUS_COLUMNS = (
+    "id",
+    "uuid",
+    "task_id",
+    "parent_id",
+    "is_container",
+    "task_class",
+    "name",
+    "state",
+    "completed_steps",
+    "total_steps",
+    "attempts",
+    "user_id",
+    "created",
+    "modified",
+)
 ARTIFACT_COLUMNS = ("id", "uuid", "status_id", "name", "file", "url", "text", "created", "modified")
 
 
@@ -38,8 +52,10 @@ class Report:
     artifacts_skipped: int = 0
 
     def __str__(self):
-        return (f"Imported {self.tasks} tasks ({self.tasks_skipped} already there) and {self.artifacts} "
-                f"artifacts ({self.artifacts_skipped} already there).")
+        return (
+            f"Imported {self.tasks} tasks ({self.tasks_skipped} already there) and {self.artifacts} "
+            f"artifacts ({self.artifacts_skipped} already there)."
+        )
 
 
 def _uuid(value):
@@ -111,12 +127,12 @@ def import_legacy(status_table=STATUS_TABLE, artifact_table=ARTIFACT_TABLE, batc
         with transaction.atomic(using=db):
             for legacy_id, legacy_parent in parents.items():
                 child, parent = legacy_to_new.get(legacy_id), legacy_to_new.get(legacy_parent)
-                if child in new_ids and parent:
+                if child is not None and child in new_ids and parent:
                     UserTaskStatus.objects.using(db).filter(pk=child).update(parent_id=parent)
             _container_counters(db, new_ids)
 
         known_art = set(UserTaskArtifact.objects.using(db).values_list("uuid", flat=True))
-        batch = []
+        artifacts: list[UserTaskArtifact] = []
         errors = {}
         for legacy in _rows(cursor, artifact_table, ARTIFACT_COLUMNS, qn):
             uid = _uuid(legacy["uuid"])
@@ -126,21 +142,28 @@ def import_legacy(status_table=STATUS_TABLE, artifact_table=ARTIFACT_TABLE, batc
                 continue
             if legacy["name"] == "Error" and legacy["text"]:
                 errors[status_id] = legacy["text"]
-            batch.append(UserTaskArtifact(
-                uuid=uid, status_id=status_id, name=legacy["name"] or "", file=legacy["file"] or "",
-                url=legacy["url"] or "", text=legacy["text"] or "",
-                created=_datetime(connection, legacy["created"]),
-            ))
-            if len(batch) >= batch_size:
-                report.artifacts += _insert_artifacts(batch, db)
-                batch = []
-        if batch:
-            report.artifacts += _insert_artifacts(batch, db)
+            artifacts.append(
+                UserTaskArtifact(
+                    uuid=uid,
+                    status_id=status_id,
+                    name=legacy["name"] or "",
+                    file=legacy["file"] or "",
+                    url=legacy["url"] or "",
+                    text=legacy["text"] or "",
+                    created=_datetime(connection, legacy["created"]),
+                )
+            )
+            if len(artifacts) >= batch_size:
+                report.artifacts += _insert_artifacts(artifacts, db)
+                artifacts = []
+        if artifacts:
+            report.artifacts += _insert_artifacts(artifacts, db)
         # A failed task's message is the text of its "Error" artifact.
         with transaction.atomic(using=db):
             for status_id, text in errors.items():
                 UserTaskStatus.objects.using(db).filter(pk=status_id, state=State.FAILED, error="").update(
-                    error=text[:4000])
+                    error=text[:4000]
+                )
     logger.info("user_tasks: %s", report)
     return report
 
@@ -156,13 +179,23 @@ def _status(connection, legacy, uid):
     modified = _datetime(connection, legacy["modified"])
     created = _datetime(connection, legacy["created"])
     return UserTaskStatus(
-        uuid=uid, task_id=legacy["task_id"], is_container=bool(legacy["is_container"]),
-        task_class=legacy["task_class"] or "", name=legacy["name"] or "", state=state, message=message,
-        completed_steps=legacy["completed_steps"] or 0, total_steps=legacy["total_steps"] or 0,
-        attempts=legacy["attempts"] or 0, user_id=legacy["user_id"], created=created, modified=modified,
+        uuid=uid,
+        task_id=legacy["task_id"],
+        is_container=bool(legacy["is_container"]),
+        task_class=legacy["task_class"] or "",
+        name=legacy["name"] or "",
+        state=state,
+        message=message,
+        completed_steps=legacy["completed_steps"] or 0,
+        total_steps=legacy["total_steps"] or 0,
+        attempts=legacy["attempts"] or 0,
+        user_id=legacy["user_id"],
+        created=created,
+        modified=modified,
         started=created if state != State.PENDING else None,
         finished=modified if state in FINAL_STATES else None,
-        backend="celery", options=options,
+        backend="celery",
+        options=options,
     )
 
 
@@ -171,8 +204,9 @@ def _insert_statuses(batch, legacy_to_new, db):
     with transaction.atomic(using=db):
         objs = UserTaskStatus.objects.using(db).bulk_create([obj for _, obj in batch])
         if any(o.pk is None for o in objs):  # backends that return no ids
-            by_uuid = dict(UserTaskStatus.objects.using(db).filter(
-                uuid__in=[o.uuid for o in objs]).values_list("uuid", "pk"))
+            by_uuid = dict(
+                UserTaskStatus.objects.using(db).filter(uuid__in=[o.uuid for o in objs]).values_list("uuid", "pk")
+            )
             for o in objs:
                 o.pk = by_uuid[o.uuid]
         # bulk_create stamps ``modified`` with now (auto_now): put the legacy value back.
@@ -181,10 +215,12 @@ def _insert_statuses(batch, legacy_to_new, db):
             legacy_to_new[legacy_id] = obj.pk
             obj.modified = modified
             rows.filter(pk=obj.pk).update(modified=modified)
-        UserTaskEvent.objects.using(db).bulk_create([
-            UserTaskEvent(status_id=o.pk, kind=EventKind.NOTE, detail="Imported from django-user-tasks.")
-            for o in objs
-        ])
+        UserTaskEvent.objects.using(db).bulk_create(
+            [
+                UserTaskEvent(status_id=o.pk, kind=EventKind.NOTE, detail="Imported from django-user-tasks.")
+                for o in objs
+            ]
+        )
     return [o.pk for o in objs]
 
 
@@ -196,14 +232,17 @@ def _insert_artifacts(batch, db):
 
 def _container_counters(db, new_ids):
     counts = (
-        UserTaskStatus.objects.using(db).filter(pk__in=new_ids, is_container=True)
+        UserTaskStatus.objects.using(db)
+        .filter(pk__in=new_ids, is_container=True)
         .annotate(
             n=Count("children"),
             ok=Count("children", filter=Q(children__state=State.SUCCEEDED)),
             ko=Count("children", filter=Q(children__state=State.FAILED)),
             cx=Count("children", filter=Q(children__state=State.CANCELED)),
-        ).values_list("pk", "n", "ok", "ko", "cx")
+        )
+        .values_list("pk", "n", "ok", "ko", "cx")
     )
     for pk, n, ok, ko, cx in counts:
         UserTaskStatus.objects.using(db).filter(pk=pk).update(
-            children_total=n, children_succeeded=ok, children_failed=ko, children_canceled=cx)
+            children_total=n, children_succeeded=ok, children_failed=ko, children_canceled=cx
+        )

@@ -183,8 +183,14 @@ class UserTaskStatus(core.UserTaskStatus):
         cancel took effect; ``self.cancel_outcome`` tells how (see ``usertasks.cancel``)."""
         user = by if getattr(by, "pk", None) is not None and getattr(by, "is_authenticated", False) else None
         if self.is_container:
-            done = self._finish(State.CANCELED, core.EventKind.CANCELED, actor=user, notify_parent=False,
-                                cancel_requested=timezone.now(), canceled_by=user)
+            done = self._finish(
+                State.CANCELED,
+                core.EventKind.CANCELED,
+                actor=user,
+                notify_parent=False,
+                cancel_requested=timezone.now(),
+                canceled_by=user,
+            )
             for child in UserTaskStatus.objects.filter(parent_id=self.pk, state__in=ACTIVE_STATES):
                 child.cancel(by=by)
             self.refresh_from_db()
@@ -207,8 +213,12 @@ class UserTaskStatus(core.UserTaskStatus):
         message = str(message)
         with transaction.atomic():
             failed = self._finish(
-                State.FAILED, core.EventKind.FAILED, message,
-                error=message[:4000], error_class=error_class[:255], traceback=traceback,
+                State.FAILED,
+                core.EventKind.FAILED,
+                message,
+                error=message[:4000],
+                error_class=error_class[:255],
+                traceback=traceback,
             )
             if failed or self.is_container:
                 UserTaskArtifact.objects.create(status=self, name="Error", text=message)
@@ -220,8 +230,12 @@ class UserTaskStatus(core.UserTaskStatus):
     def _skip_pending_children(self):
         """A failed chain or chord never runs its remaining tasks: end them Canceled."""
         for child in UserTaskStatus.objects.filter(parent_id=self.pk, state=State.PENDING, is_container=False):
-            child._finish(State.CANCELED, core.EventKind.SKIPPED, "An earlier task of the group did not succeed.",
-                          notify_parent=False)
+            child._finish(
+                State.CANCELED,
+                core.EventKind.SKIPPED,
+                "An earlier task of the group did not succeed.",
+                notify_parent=False,
+            )
 
     def retry(self, reason=""):
         """Record that this attempt failed and the task will run again."""
@@ -260,8 +274,11 @@ class UserTaskStatus(core.UserTaskStatus):
             # Only if no step landed since the read: otherwise the steps added to the containers
             # below would count that step a second time (it is on its way up already).
             done = self._finish(
-                State.SUCCEEDED, core.EventKind.SUCCEEDED, notify_parent=False,
-                where={"completed_steps": seen}, completed_steps=Greatest(F("completed_steps"), F("total_steps")),
+                State.SUCCEEDED,
+                core.EventKind.SUCCEEDED,
+                notify_parent=False,
+                where={"completed_steps": seen},
+                completed_steps=Greatest(F("completed_steps"), F("total_steps")),
             )
             if done:
                 break
@@ -276,8 +293,10 @@ class UserTaskStatus(core.UserTaskStatus):
 
     def _add_completed(self, steps):
         # A container that has ended already counted all its steps when it succeeded.
-        n = self._rows().filter(state__in=ACTIVE_STATES).update(
-            completed_steps=F("completed_steps") + steps, modified=timezone.now()
+        n = (
+            self._rows()
+            .filter(state__in=ACTIVE_STATES)
+            .update(completed_steps=F("completed_steps") + steps, modified=timezone.now())
         )
         if n and self.parent_id:
             self.parent._add_completed(steps)

@@ -20,7 +20,8 @@ def purge(now=None, max_age=None, batch_size=None):
     top-level tasks went."""
     result = core_purge(
         settings.USER_TASKS_MAX_AGE if max_age is None else max_age,
-        now=now, batch_size=batch_size or settings.USER_TASKS_PURGE_BATCH_SIZE,
+        now=now,
+        batch_size=batch_size or settings.USER_TASKS_PURGE_BATCH_SIZE,
     )
     if result.tasks:
         logger.info("user_tasks: purged %s", result)

@@ -16,7 +16,14 @@ class StatusSerializer(serializers.HyperlinkedModelSerializer):
     class Meta:
         model = UserTaskStatus
         fields = (
-            "name", "state", "state_text", "completed_steps", "total_steps", "attempts", "created", "modified",
+            "name",
+            "state",
+            "state_text",
+            "completed_steps",
+            "total_steps",
+            "attempts",
+            "created",
+            "modified",
             "artifacts",
         )
 
@@ -24,9 +31,7 @@ class StatusSerializer(serializers.HyperlinkedModelSerializer):
 class ArtifactSerializer(serializers.HyperlinkedModelSerializer):
     """An artifact: name, times, link to its task, and its file URL, text or URL."""
 
-    status = serializers.HyperlinkedRelatedField(
-        read_only=True, view_name="usertaskstatus-detail", lookup_field="uuid"
-    )
+    status = serializers.HyperlinkedRelatedField(read_only=True, view_name="usertaskstatus-detail", lookup_field="uuid")
     file = serializers.SerializerMethodField()
 
     class Meta:

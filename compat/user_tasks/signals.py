@@ -90,9 +90,7 @@ def task_failed(sender=None, task_id=None, exception=None, einfo=None, **kwargs)
     else:
         text = ""
     cls = type(exception)
-    status.fail(
-        str(exception) or cls.__name__, error_class=f"{cls.__module__}.{cls.__qualname__}", traceback=text
-    )
+    status.fail(str(exception) or cls.__name__, error_class=f"{cls.__module__}.{cls.__qualname__}", traceback=text)
 
 
 @task_retry.connect(dispatch_uid="user_tasks.retry")
@@ -171,4 +169,3 @@ def send_user_task_stopped(sender=None, status=None, state=None, **kwargs):
     for rcv, response in user_task_stopped.send_robust(sender=UserTaskStatus, status=status):
         if isinstance(response, Exception):
             logger.error("user_tasks: user_task_stopped receiver %r failed: %r", rcv, response)
-

@@ -12,6 +12,8 @@ A task class derives from :class:`UserTask` (or mixes :class:`UserTaskMixin` int
 
 import inspect
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
 from celery.exceptions import Ignore
@@ -45,7 +47,7 @@ def _before_start(self, task_id, args, kwargs):
         tracking.register_running(status, self)
 
 
-_before_start.user_tasks = True
+_before_start.user_tasks = True  # type: ignore[attr-defined]
 
 
 def _wrap_before_start(own):
@@ -53,7 +55,7 @@ def _wrap_before_start(own):
         _before_start(self, task_id, args, kwargs)
         return own(self, task_id, args, kwargs)
 
-    before_start.user_tasks = True
+    before_start.user_tasks = True  # type: ignore[attr-defined]
     before_start.__doc__ = own.__doc__
     return before_start
 
@@ -68,6 +70,12 @@ class UserTaskMixin:
 
     #: Marks the classes that publishing and tracking recognise (``user_tasks.tracking``).
     user_task_mixin = True
+
+    if TYPE_CHECKING:  # what celery.Task, the other base of every such class, provides
+        name: str
+        request: Any
+        run: Callable[..., Any]
+        before_start: Callable[..., Any]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -96,7 +104,7 @@ class UserTaskMixin:
         run = inspect.getattr_static(cls, "run", None)
         bound_method = not isinstance(run, staticmethod)
         sig = inspect.signature(cls.run)
-        bound = sig.bind(*((None,) + args if bound_method else args), **kwargs)
+        bound = sig.bind(*((None, *args) if bound_method else args), **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         if bound_method:
@@ -111,13 +119,19 @@ class UserTaskMixin:
         row = UserTaskStatus.objects.filter(task_id=task_id).first()
         if row is not None:
             return row
-        arguments, name, total = tracking.describe(self, tuple(self.request.args or ()), dict(self.request.kwargs or {}))
+        arguments, name, total = tracking.describe(
+            self, tuple(self.request.args or ()), dict(self.request.kwargs or {})
+        )
         user_id = tracking.valid_user_id(arguments, self.name)
         if user_id is None:
             raise TypeError(f"{self.name}: no status row: the task needs a valid user_id argument")
         try:
             return tracking._new_row(
-                task_id=task_id, user_id=user_id, name=name, task_class=self.name, total_steps=total,
+                task_id=task_id,
+                user_id=user_id,
+                name=name,
+                task_class=self.name,
+                total_steps=total,
                 notify=getattr(self, "notify", False),
             )
         except Exception:
@@ -143,4 +157,3 @@ def purge_old_user_tasks():
     from .purge import purge
 
     return purge()
-

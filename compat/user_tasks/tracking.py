@@ -40,8 +40,8 @@ class Message:
     task: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
-    group: str = None
-    chord: dict = None
+    group: str | None = None
+    chord: dict | None = None
     chain: list = field(default_factory=list)  # later steps, in the order they run
     eta: object = None
 
@@ -54,14 +54,25 @@ def parse(body, headers):
         chain = list(reversed(embed.get("chain") or []))
         chain.extend(_linked(embed.get("callbacks") or []))
         return Message(
-            id=headers.get("id"), task=headers.get("task"), args=tuple(args or ()), kwargs=dict(kwargs or {}),
-            group=headers.get("group"), chord=embed.get("chord"), chain=chain, eta=headers.get("eta"),
+            id=headers.get("id"),
+            task=headers.get("task"),
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            group=headers.get("group"),
+            chord=embed.get("chord"),
+            chain=chain,
+            eta=headers.get("eta"),
         )
     body = body or {}
     return Message(
-        id=body.get("id"), task=body.get("task"), args=tuple(body.get("args") or ()),
-        kwargs=dict(body.get("kwargs") or {}), group=body.get("taskset") or body.get("group"),
-        chord=body.get("chord"), chain=_linked(body.get("callbacks") or []), eta=body.get("eta"),
+        id=body.get("id"),
+        task=body.get("task"),
+        args=tuple(body.get("args") or ()),
+        kwargs=dict(body.get("kwargs") or {}),
+        group=body.get("taskset") or body.get("group"),
+        chord=body.get("chord"),
+        chain=_linked(body.get("callbacks") or []),
+        eta=body.get("eta"),
     )
 
 
@@ -137,14 +148,34 @@ def _partial_arguments(task, args, kwargs):
         return dict(kwargs)
 
 
-def _new_row(*, task_id, user_id, name, task_class, total_steps=0, parent=None, is_container=False,
-             queue_name="", eta=None, notify=False):
+def _new_row(
+    *,
+    task_id,
+    user_id,
+    name,
+    task_class,
+    total_steps=0,
+    parent=None,
+    is_container=False,
+    queue_name="",
+    eta=None,
+    notify=False,
+):
     from .models import UserTaskStatus
 
     row = UserTaskStatus.objects.create(
-        task_id=task_id, user_id=user_id, name=name, task_class=task_class[:128], total_steps=total_steps,
-        parent=parent, is_container=is_container, backend="celery", queue_name=(queue_name or "")[:128],
-        eta=eta, attempts=1, options={"notify": bool(notify)},
+        task_id=task_id,
+        user_id=user_id,
+        name=name,
+        task_class=task_class[:128],
+        total_steps=total_steps,
+        parent=parent,
+        is_container=is_container,
+        backend="celery",
+        queue_name=(queue_name or "")[:128],
+        eta=eta,
+        attempts=1,
+        options={"notify": bool(notify)},
     )
     UserTaskEvent.objects.create(status_id=row.pk, kind=EventKind.ENQUEUED)
     if parent is not None and parent.is_container:
@@ -169,8 +200,9 @@ def _container(task_id, kind, user_id, name, parent=None):
     row = UserTaskStatus.objects.filter(task_id=task_id).first()
     if row is not None:
         return row, False
-    return _new_row(task_id=task_id, user_id=user_id, name=name, task_class=kind, is_container=True,
-                    parent=parent), True
+    return _new_row(
+        task_id=task_id, user_id=user_id, name=name, task_class=kind, is_container=True, parent=parent
+    ), True
 
 
 def _eta(value):
@@ -195,10 +227,13 @@ def track_publish(sender, body, headers, routing_key=None):
     user_id = valid_user_id(arguments, sender)
     if user_id is None:
         return
-    row_kwargs = dict(
-        user_id=user_id, task_class=sender, queue_name=routing_key, eta=_eta(msg.eta),
-        notify=getattr(task, "notify", False),
-    )
+    row_kwargs = {
+        "user_id": user_id,
+        "task_class": sender,
+        "queue_name": routing_key,
+        "eta": _eta(msg.eta),
+        "notify": getattr(task, "notify", False),
+    }
     container_name = msg.kwargs.get("user_task_name") or ""
     # No transaction around these writes: on SQLite a transaction that reads before it writes
     # fails at once ("database is locked") when a worker writes meanwhile, and the tasks of a
@@ -229,8 +264,15 @@ def _chain_step(sig, chain, user_id):
     if step_task is None or not task_id:
         return
     _, name, total = describe(step_task, tuple(sig.get("args") or ()), dict(sig.get("kwargs") or {}))
-    _new_row(task_id=task_id, user_id=user_id, name=name, task_class=sig["task"], total_steps=total,
-             parent=chain, notify=getattr(step_task, "notify", False))
+    _new_row(
+        task_id=task_id,
+        user_id=user_id,
+        name=name,
+        task_class=sig["task"],
+        total_steps=total,
+        parent=chain,
+        notify=getattr(step_task, "notify", False),
+    )
 
 
 def _chord_member(task, msg, name, total, container_name, row_kwargs):
@@ -247,9 +289,18 @@ def _chord_member(task, msg, name, total, container_name, row_kwargs):
         body_task = user_task_class(body.get("task"))
         body_id = (body.get("options") or {}).get("task_id")
         if body_task is not None and body_id and not UserTaskStatus.objects.filter(task_id=body_id).exists():
-            _, body_name, body_total = describe(body_task, tuple(body.get("args") or ()), dict(body.get("kwargs") or {}))
-            _new_row(task_id=body_id, user_id=user_id, name=body_name, task_class=body["task"],
-                     total_steps=body_total, parent=chord, notify=getattr(body_task, "notify", False))
+            _, body_name, body_total = describe(
+                body_task, tuple(body.get("args") or ()), dict(body.get("kwargs") or {})
+            )
+            _new_row(
+                task_id=body_id,
+                user_id=user_id,
+                name=body_name,
+                task_class=body["task"],
+                total_steps=body_total,
+                parent=chord,
+                notify=getattr(body_task, "notify", False),
+            )
     _new_row(task_id=msg.id, name=name, total_steps=total, parent=group, **row_kwargs)
 
 

@@ -6,7 +6,8 @@ Access goes through Django object permissions (``user_tasks.view_usertaskstatus`
 every request.
 """
 
-from rest_framework import mixins, permissions, status as http, viewsets
+from rest_framework import mixins, permissions, viewsets
+from rest_framework import status as http
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -30,8 +31,9 @@ class DjangoObjectPermissionsIncludingView(permissions.DjangoObjectPermissions):
     }
 
 
-class StatusViewSet(mixins.DestroyModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                    viewsets.GenericViewSet):
+class StatusViewSet(
+    mixins.DestroyModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     """Tasks: list, view, cancel (POST ``<uuid>/cancel/``) and delete."""
 
     lookup_field = "uuid"
@@ -53,9 +55,7 @@ class StatusViewSet(mixins.DestroyModelMixin, mixins.ListModelMixin, mixins.Retr
     def destroy(self, request, *args, **kwargs):
         status = self.get_object()
         if status.is_active:
-            return Response(
-                {"detail": "The task is still active: cancel it first."}, status=http.HTTP_409_CONFLICT
-            )
+            return Response({"detail": "The task is still active: cancel it first."}, status=http.HTTP_409_CONFLICT)
         status.delete_with_files()
         return Response(status=http.HTTP_204_NO_CONTENT)
 

@@ -8,6 +8,7 @@ broker is a ``RedisBroker`` or ``USERTASKS["REDIS_URL"]`` is set, the database o
 import logging
 import os
 import threading
+from typing import Any
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
@@ -16,14 +17,16 @@ from .base import AGAIN, FIRST, SKIP, AbortBackend
 
 logger = logging.getLogger("usertasks.abort")
 
-__all__ = ["AGAIN", "FIRST", "SKIP", "AbortBackend", "get_backend", "set_flag", "clear_flags"]
+__all__ = ["AGAIN", "FIRST", "SKIP", "AbortBackend", "clear_flags", "get_backend", "set_flag"]
 
 ALIASES = {
     "redis": "usertasks.abort.redis.RedisAbortBackend",
     "database": "usertasks.abort.database.DatabaseAbortBackend",
 }
 
-_cache = {}  # pid -> (settings dict of the database of the status rows, its NAME, broker, backend)
+_cache: dict[
+    int, tuple[dict[str, Any], Any, Any, AbortBackend]
+] = {}  # pid -> (settings dict of the database of the status rows, its NAME, broker, backend)
 _lock = threading.Lock()
 
 
@@ -36,10 +39,8 @@ def backend_path():
         return ALIASES.get(name, name)
     if app_settings.REDIS_URL:
         return ALIASES["redis"]
-    try:
-        from dramatiq.brokers.redis import RedisBroker
-    except ImportError:  # pragma: no cover - redis not installed
-        RedisBroker = ()
+    from dramatiq.brokers.redis import RedisBroker
+
     if isinstance(configured_broker(), RedisBroker):
         return ALIASES["redis"]
     return ALIASES["database"]
@@ -73,11 +74,12 @@ def _build_backend():
         settings_dict = connections[router.db_for_write(UserTaskStatus)].settings_dict
         database = settings_dict.get("NAME")
         entry = _cache.get(os.getpid())
-        if entry is None or entry[1] != database or entry[2] is not broker or entry[0] is not settings_dict:
-            entry = (settings_dict, database, broker, import_string(backend_path())())
-            _cache.clear()
-            _cache[os.getpid()] = entry
-        return entry[3]
+        if entry is not None and entry[1] == database and entry[2] is broker and entry[0] is settings_dict:
+            return entry[3]
+        backend = import_string(backend_path())()
+        _cache.clear()
+        _cache[os.getpid()] = (settings_dict, database, broker, backend)
+        return backend
 
 
 @receiver(setting_changed, dispatch_uid="usertasks.abort.settings")

@@ -1,5 +1,6 @@
 """The interface of an abort flag store."""
 
+from collections.abc import Callable
 
 #: Results of :meth:`AbortBackend.claim`.
 SKIP, FIRST, AGAIN = 0, 1, 2
@@ -49,7 +50,7 @@ class AbortBackend:
     #: ``claim_many(tasks)``: :meth:`claim` for many ``(status_id, parent_id)`` pairs in one round
     #: trip (a list of results), or ``None`` when the store cannot do it.  Atomic stores that have
     #: it let a worker claim the messages it prefetches, a batch at a time.
-    claim_many = None
+    claim_many: Callable[[list[tuple[int, int | None]]], list[int]] | None = None
 
     def shares_server(self, client):
         """Whether the Redis server of ``client`` (a broker's) holds this store's keys: then a

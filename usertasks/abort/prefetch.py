@@ -13,6 +13,7 @@ middleware, which takes them when a run begins and watches the rest.
 
 import threading
 import time
+from collections.abc import Callable
 
 __all__ = ["FORGET_AFTER", "forget", "mark_canceled", "record", "take", "watched"]
 
@@ -21,14 +22,16 @@ __all__ = ["FORGET_AFTER", "forget", "mark_canceled", "record", "take", "watched
 FORGET_AFTER = 3600.0
 
 _lock = threading.Lock()
-_claimed = {}  # status id -> (parent id, monotonic time of the claim): claimed, not started
-_canceled = set()  # of those, the ones the poller already ended Canceled
+_claimed: dict[
+    int, tuple[int | None, float]
+] = {}  # status id -> (parent id, monotonic time of the claim): claimed, not started
+_canceled: set[int] = set()  # of those, the ones the poller already ended Canceled
 #: Callables run (outside the lock) when the registry goes from empty to not empty: the poller
 #: sleeps while it has nothing to watch.
-listeners = []
+listeners: list[Callable[[], None]] = []
 
 
-def record(tasks):
+def record(tasks: list[tuple[int, int | None]]) -> None:
     """Record first claims: ``tasks`` are ``(status_id, parent_id)`` pairs."""
     if not tasks:
         return
@@ -39,11 +42,11 @@ def record(tasks):
             _claimed[status_id] = (parent_id, now)
         woke = idle and bool(_claimed)
     if woke:
-        for listener in list(listeners):
+        for listener in listeners:
             listener()
 
 
-def take(status_id):
+def take(status_id: int) -> bool:
     """A worker thread begins the run of ``status_id``: stop watching it.  Returns whether the
     poller ended it Canceled meanwhile (its message must be skipped)."""
     with _lock:
@@ -53,7 +56,7 @@ def take(status_id):
     return canceled
 
 
-def watched():
+def watched() -> dict[int, int | None]:
     """``{status id: parent id}`` of the claimed tasks not started nor canceled yet (claims
     older than :data:`FORGET_AFTER` are forgotten)."""
     if not _claimed:
@@ -66,7 +69,7 @@ def watched():
         return {k: parent for k, (parent, _) in _claimed.items() if k not in _canceled}
 
 
-def mark_canceled(status_id):
+def mark_canceled(status_id: int) -> bool:
     """The poller saw the flag of a watched task: returns ``True`` the first time (the caller
     ends it Canceled), ``False`` if it is not watched or already marked."""
     with _lock:
@@ -76,7 +79,7 @@ def mark_canceled(status_id):
         return True
 
 
-def forget():
+def forget() -> None:
     """Forget everything (tests)."""
     with _lock:
         _claimed.clear()

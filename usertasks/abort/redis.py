@@ -101,7 +101,7 @@ class RedisAbortBackend(AbortBackend):
         keys, args = self._claim_args([(status_id, parent_id)])
         return int(_CLAIM(self.client, keys, args)[0])
 
-    def claim_many(self, tasks):
+    def claim_many(self, tasks: list[tuple[int, int | None]]) -> list[int]:
         """:meth:`claim` for many ``(status_id, parent_id)`` pairs in one round trip; returns
         the results in order."""
         if not tasks:
@@ -120,9 +120,9 @@ class RedisAbortBackend(AbortBackend):
 
     def cancel_pending_many(self, status_ids):
         ids = list(status_ids)
-        found = set()
+        found: set[int] = set()
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+            chunk = ids[i : i + 500]
             keys = [k for pk in chunk for k in (self.key(pk), self.claim_key(pk))]
             result = _CANCEL_PENDING(self.client, keys, [repr(time.time())])
             found.update(pk for pk, claimed in zip(chunk, result) if claimed)
@@ -130,9 +130,9 @@ class RedisAbortBackend(AbortBackend):
 
     def claimed(self, status_ids):
         ids = list(status_ids)
-        found = set()
+        found: set[int] = set()
         for i in range(0, len(ids), 1000):
-            chunk = ids[i:i + 1000]
+            chunk = ids[i : i + 1000]
             values = self.client.mget([self.claim_key(pk) for pk in chunk])
             found.update(pk for pk, v in zip(chunk, values) if v is not None)
         return found
@@ -162,11 +162,11 @@ class RedisAbortBackend(AbortBackend):
             self.client.delete(*keys)
 
     def all_flagged(self):
-        found = set()
+        found: set[int] = set()
         for key in self.client.scan_iter(match=self.prefix + "*", count=1000):
             key = key.decode() if isinstance(key, bytes) else key
             try:
-                found.add(int(key[len(self.prefix):]))
+                found.add(int(key[len(self.prefix) :]))
             except ValueError:
                 continue
         return found

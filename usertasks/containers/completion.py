@@ -48,8 +48,9 @@ def outcome(info):
         state = State.SUCCEEDED if succeeded == total else State.FAILED if failed else State.CANCELED
     else:
         state = State.SUCCEEDED
-    summary = summarize(total, succeeded, failed, info["children_canceled"], info["children_skipped"],
-                        pipeline=pipeline)
+    summary = summarize(
+        total, succeeded, failed, info["children_canceled"], info["children_skipped"], pipeline=pipeline
+    )
     return state, summary
 
 
@@ -82,13 +83,20 @@ def callback_spec(on_complete):
         return None
     if isinstance(on_complete, dramatiq.Message):
         return {
-            "actor": on_complete.actor_name, "queue": on_complete.queue_name,
-            "args": list(on_complete.args), "kwargs": dict(on_complete.kwargs),
+            "actor": on_complete.actor_name,
+            "queue": on_complete.queue_name,
+            "args": list(on_complete.args),
+            "kwargs": dict(on_complete.kwargs),
             "options": dict(on_complete.options),
         }
     if isinstance(on_complete, dramatiq.Actor):
-        return {"actor": on_complete.actor_name, "queue": on_complete.queue_name, "args": None, "kwargs": {},
-                "options": {}}
+        return {
+            "actor": on_complete.actor_name,
+            "queue": on_complete.queue_name,
+            "args": None,
+            "kwargs": {},
+            "options": {},
+        }
     raise TypeError("on_complete takes an actor or a message (actor.message(...))")
 
 
@@ -110,9 +118,12 @@ def send_callback(pk, callback, db):
         args = callback["args"]
         if args is None:
             args = [str(rows.values_list("uuid", flat=True).get(pk=pk))]
-        message = dramatiq.Message(
-            queue_name=callback["queue"], actor_name=callback["actor"], args=tuple(args),
-            kwargs=callback["kwargs"], options=dict(callback["options"], **{CONTAINER_OPTION: pk}),
+        message: dramatiq.Message = dramatiq.Message(
+            queue_name=callback["queue"],
+            actor_name=callback["actor"],
+            args=tuple(args),
+            kwargs=callback["kwargs"],
+            options=dict(callback["options"], **{CONTAINER_OPTION: pk}),
         )
         enqueue_many(dramatiq.get_broker(), [(message, None)])
     except Exception:

@@ -21,14 +21,14 @@ __all__ = ["COUNTERS", "INFO", "after_children", "count", "done", "info"]
 #: The counters of the children that ended, by outcome.
 COUNTERS = ("children_succeeded", "children_failed", "children_canceled", "children_skipped")
 #: The counter of each final state of a child.
-COUNTER_FOR = {
+COUNTER_FOR: dict[str, str] = {
     State.SUCCEEDED: "children_succeeded",
     State.FAILED: "children_failed",
     State.CANCELED: "children_canceled",
 }
 #: The keyword of :func:`usertasks.transitions.children_ended` for a child entering each state
 #: (Retrying is counted too: ``children_retried``).
-KEY_FOR = {
+KEY_FOR: dict[str, str] = {
     State.SUCCEEDED: "succeeded",
     State.FAILED: "failed",
     State.CANCELED: "canceled",
@@ -72,7 +72,7 @@ def count(rows, parent_id, counts, retried, now):
             return None
         return info(rows, parent_id) if ended else None
     when = connection.ops.adapt_datetimefield_value(now)
-    params = [*(counts[c[len("children_"):]] for c in COUNTERS), retried, ended, when, when, parent_id]
+    params = [*(counts[c[len("children_") :]] for c in COUNTERS), retried, ended, when, when, parent_id]
     found = sql.execute(connection, sql.count_children_sql(connection, COUNTERS, INFO), params)
     if not found:
         return None

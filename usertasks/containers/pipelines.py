@@ -19,7 +19,11 @@ a failure or a cancel stops the sequence, and the stages that will never run are
 Canceled with a "skipped" event (none stays Pending).  See ``docs/pipelines.md``.
 """
 
+from __future__ import annotations
+
 import uuid
+from collections.abc import Iterable
+from typing import Any
 
 import dramatiq
 from django.db import router, transaction
@@ -37,7 +41,14 @@ from .completion import callback_spec
 __all__ = ["pipeline"]
 
 
-def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
+def pipeline(
+    user: Any,
+    stages: Iterable[dramatiq.Message],
+    *,
+    name: str | None = None,
+    on_complete: Any = None,
+    notify: bool | None = None,
+) -> UserTaskStatus:
     """Run ``stages`` one after the other for ``user``; returns the container's
     :class:`~usertasks.models.UserTaskStatus`.
 
@@ -61,17 +72,15 @@ def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
         actors.append(actor)
     callback = callback_spec(on_complete)
     # Check every stage's arguments and name now, before anything is written.
-    prepared = [
-        prepare(actor, user, m.args, m.kwargs, options=dict(m.options))
-        for actor, m in zip(actors, stages)
-    ]
+    prepared = [prepare(actor, user, m.args, m.kwargs, options=dict(m.options)) for actor, m in zip(actors, stages)]
     n = len(prepared)
     if name is None:
         name = " \u2192 ".join(p.name for p in prepared)
-    options = {"pipeline": {"stages": n}}
+    spec: dict[str, Any] = {"stages": n}
+    options: dict[str, Any] = {"pipeline": spec}
     if callback is not None:
         dramatiq.get_encoder().encode(callback)
-        options["pipeline"]["on_complete"] = callback
+        spec["on_complete"] = callback
     if notify is not None:
         options["notify"] = bool(notify)
 
@@ -79,9 +88,20 @@ def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
     now = timezone.now()
     with transaction.atomic(using=db):
         container = UserTaskStatus(
-            user=user, task_id=f"pipeline-{uuid.uuid4()}", task_class=PIPELINE_CLASS, name=clip(name, 255),
-            state=State.IN_PROGRESS, is_container=True, worker=WAITING, children_total=n, total_steps=n,
-            created=now, modified=now, started=now, heartbeat=now, options=options,
+            user=user,
+            task_id=f"pipeline-{uuid.uuid4()}",
+            task_class=PIPELINE_CLASS,
+            name=clip(name, 255),
+            state=State.IN_PROGRESS,
+            is_container=True,
+            worker=WAITING,
+            children_total=n,
+            total_steps=n,
+            created=now,
+            modified=now,
+            started=now,
+            heartbeat=now,
+            options=options,
         )
         container.save(force_insert=True, using=db)
         rows = []
@@ -105,6 +125,8 @@ def pipeline(user, stages, *, name=None, on_complete=None, notify=None):
     return container
 
 
-def _encodable(message):
+def _encodable(message: dramatiq.Message) -> dict[str, Any]:
     d = message.asdict()
-    return {k: d[k] for k in ("queue_name", "actor_name", "args", "kwargs", "options", "message_id", "message_timestamp")}
+    return {
+        k: d[k] for k in ("queue_name", "actor_name", "args", "kwargs", "options", "message_id", "message_timestamp")
+    }

@@ -173,7 +173,10 @@ def _announce(rows, parent_id, index, n, written, policy, callback, attempt):
             raise Aborted()  # canceled before its children were started: start none
         if first:
             UserTaskEvent.objects.using(rows.db).create(
-                status_id=parent_id, kind=EventKind.NOTE, attempt=attempt, created=now,
+                status_id=parent_id,
+                kind=EventKind.NOTE,
+                attempt=attempt,
+                created=now,
                 detail=f"Started {n} subtask{'s' if n != 1 else ''} ({policy.replace('_', '-')}).",
             )
 
@@ -198,9 +201,9 @@ def _write_chunk(rows, parent_id, broker, prepared, closes):
 def _halted(rows, parent_id, policy):
     """Between two chunks: ``"canceled"`` if the container was canceled (or has ended),
     ``"failed"`` if a child failed under fail-fast, else ``None``."""
-    state, cancel_requested, failed = rows.filter(pk=parent_id).values_list(
-        "state", "cancel_requested", "children_failed"
-    ).get()
+    state, cancel_requested, failed = (
+        rows.filter(pk=parent_id).values_list("state", "cancel_requested", "children_failed").get()
+    )
     if cancel_requested is not None or state not in ACTIVE_STATES:
         return "canceled"
     if policy == FAIL_FAST and failed:
@@ -215,16 +218,23 @@ def _stop_writing(rows, parent_id, index, missing, why):
     now = timezone.now()
     reason = "The task was canceled." if why == "canceled" else "A subtask failed; the others were canceled."
     with transaction.atomic(using=rows.db):
+
         def change(spec):
             spec["closed"] = index + 1
             spec["unwritten"] = dict(spec.get("unwritten") or {}, **{str(index): missing})
 
         _update_spec(
-            rows, parent_id, change, modified=now,
-            children_canceled=F("children_canceled") + missing, completed_steps=F("completed_steps") + missing,
+            rows,
+            parent_id,
+            change,
+            modified=now,
+            children_canceled=F("children_canceled") + missing,
+            completed_steps=F("completed_steps") + missing,
         )
         UserTaskEvent.objects.using(rows.db).create(
-            status_id=parent_id, kind=EventKind.NOTE, created=now,
+            status_id=parent_id,
+            kind=EventKind.NOTE,
+            created=now,
             detail=f"{reason} {missing:,} subtasks not yet written were not started.",
         )
         transitions.cancel_pending_children(rows, parent_id, reason=reason, now=now)

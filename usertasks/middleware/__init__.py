@@ -11,6 +11,10 @@ right before tracking (so a skipped message never shows as started).  The app do
 configured broker when it is ready.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from dramatiq.middleware import Retries
 
 from .abort import UserTaskAbort
@@ -19,7 +23,7 @@ from .tracking import UserTaskTracking
 __all__ = ["UserTaskAbort", "UserTaskTracking", "install", "problems"]
 
 
-def install(broker):
+def install(broker: Any) -> Any:
     """Add usertasks' middleware to ``broker`` where it belongs (idempotent); returns the
     broker (``None`` stays ``None``)."""
     if broker is None:
@@ -34,7 +38,7 @@ def install(broker):
     return broker
 
 
-def problems(broker):
+def problems(broker: Any) -> tuple[bool, bool]:
     """``(missing, misplaced)`` for usertasks' middleware on ``broker``."""
     kinds = [type(m) for m in broker.middleware]
     ours = [i for i, k in enumerate(kinds) if issubclass(k, UserTaskTracking)]

@@ -155,7 +155,8 @@ class AbortPoller:
                 self._failing = True
                 logger.warning(
                     "usertasks: cannot read abort flags (%s); running tasks go on, and cancels reach "
-                    "them once the store answers again", exc,
+                    "them once the store answers again",
+                    exc,
                 )
             return
         if self._failing:

@@ -274,8 +274,12 @@ def _requeue_abandoned(worker):
         try:
             thread.requeue_messages([message])  # RabbitMQ requeues on disconnect: a no-op there
         except Exception as exc:
-            logger.warning("usertasks: could not requeue message %s now (%s); the broker will redeliver "
-                           "it after its heartbeat timeout", message.message_id, exc)
+            logger.warning(
+                "usertasks: could not requeue message %s now (%s); the broker will redeliver "
+                "it after its heartbeat timeout",
+                message.message_id,
+                exc,
+            )
     if abandoned:
         logger.warning("usertasks: worker stopped with %d task(s) still running; requeued", len(abandoned))
 

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from dramatiq.common import current_millis
 from dramatiq.errors import BrokerConnectionError
@@ -54,8 +55,8 @@ class Acker:
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._queue = deque()
-        self._in_hand = []  # the consumers of the items being acknowledged now
+        self._queue: deque[tuple[Any, Any, Any, bool]] = deque()
+        self._in_hand: list[Any] = []  # the consumers of the items being acknowledged now
         self._thread = threading.Thread(target=self._run, name="usertasks-acker", daemon=True)
         self._thread.start()
 
@@ -106,7 +107,7 @@ class Acker:
     @staticmethod
     def _acknowledge(items):
         """The successes of each consumer in one round trip; rejections one by one."""
-        by_consumer = {}
+        by_consumer: dict[int, tuple[Any, list[Any]]] = {}
         for consumer, _, message, reject in items:
             if reject:
                 _retrying(consumer.reject_now, message)
@@ -139,8 +140,12 @@ def _retrying(act, message):
         try:
             return act(message)
         except BrokerConnectionError as exc:
-            logger.warning("usertasks: cannot acknowledge message %s (%s); trying again in %.0f s",
-                           message.message_id, exc, RETRY_AFTER)
+            logger.warning(
+                "usertasks: cannot acknowledge message %s (%s); trying again in %.0f s",
+                message.message_id,
+                exc,
+                RETRY_AFTER,
+            )
             time.sleep(RETRY_AFTER)
         except Exception:
             logger.exception("usertasks: could not acknowledge message %s", message.message_id)

@@ -57,7 +57,9 @@ class Consumer(_RedisConsumer):
     def __init__(self, broker, queue_name, prefetch_count, timeout):
         super().__init__(broker, queue_name, prefetch_count, timeout)
         self.room = threading.Event()  # set whenever a message stops counting against the window
-        self.waker = Waker(broker.client, channel(broker.namespace, queue_name)) if app_settings.WAKE_CONSUMERS else None
+        self.waker = (
+            Waker(broker.client, channel(broker.namespace, queue_name)) if app_settings.WAKE_CONSUMERS else None
+        )
         self.acker = get_acker()
         self._claims = {}  # message id -> claim result, for the messages of the cached batch
         self._scripted = False  # the cached batch was fetched (and claimed) by fetch.lua
@@ -107,8 +109,9 @@ class Consumer(_RedisConsumer):
                     # Not an outage but a reply this code cannot read: leave this consumer to
                     # Dramatiq's fetch from now on (a batch the script took comes back when
                     # this worker stops).
-                    logger.exception("usertasks: fetch-and-claim failed on queue %s; using Dramatiq's fetch",
-                                     self.queue_name)
+                    logger.exception(
+                        "usertasks: fetch-and-claim failed on queue %s; using Dramatiq's fetch", self.queue_name
+                    )
                     self._fetcher = (backend, False)
                     backend = None
             self._scripted = False
@@ -120,8 +123,17 @@ class Consumer(_RedisConsumer):
 
     def _fetch_and_claim(self, backend, count):
         broker = self.broker
-        args = (self.queue_name, broker.broker_id, current_millis(), count, backend.prefix, backend.claim_prefix,
-                backend.claim_ttl, STATUS_OPTION, PARENT_OPTION)
+        args = (
+            self.queue_name,
+            broker.broker_id,
+            current_millis(),
+            count,
+            backend.prefix,
+            backend.claim_prefix,
+            backend.claim_ttl,
+            STATUS_OPTION,
+            PARENT_OPTION,
+        )
         reply = _FETCH(broker.client, (broker.namespace,), args)
         if not reply:
             return []
@@ -142,7 +154,8 @@ class Consumer(_RedisConsumer):
         backend = get_backend()
         if self._fetcher[0] is not backend:
             usable = (
-                backend.atomic_claims and backend.shares_server(self.broker.client)
+                backend.atomic_claims
+                and backend.shares_server(self.broker.client)
                 and q_name(self.queue_name) == self.queue_name
                 and type(dramatiq.get_encoder()) is dramatiq.JSONEncoder
             )
@@ -164,8 +177,11 @@ class Consumer(_RedisConsumer):
             backend = get_backend()
             if not backend.atomic_claims or backend.claim_many is None:
                 return
-            batch = [(m.message_id, *t) for m in [proxy, *map(_decoded, list(self.message_cache))]
-                     if (t := self._claimable(m)) is not None]
+            batch = [
+                (m.message_id, *t)
+                for m in [proxy, *map(_decoded, list(self.message_cache))]
+                if (t := self._claimable(m)) is not None
+            ]
             if not batch:
                 return
             results = backend.claim_many([(status_id, parent_id) for _, status_id, parent_id in batch])
@@ -249,8 +265,10 @@ class Consumer(_RedisConsumer):
 
     def close(self):
         if not self.acker.drain(self):
-            logger.error("usertasks: messages of queue %s left unacknowledged at shutdown; the broker will "
-                         "deliver them again", self.queue_name)
+            logger.error(
+                "usertasks: messages of queue %s left unacknowledged at shutdown; the broker will deliver them again",
+                self.queue_name,
+            )
         waker, self.waker = self.waker, None
         if waker is not None:
             waker.close()

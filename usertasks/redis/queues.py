@@ -9,9 +9,13 @@ holds every message of a queue until it is acknowledged, including those fetched
 subclass or not.
 """
 
+import logging
+
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
 from dramatiq.common import dq_name
+
+logger = logging.getLogger("usertasks.redis")
 
 __all__ = ["live_message_ids"]
 
@@ -29,5 +33,5 @@ def live_message_ids(broker, queue_names):
                 try:
                     ids.add(Message.decode(data).message_id)
                 except Exception:  # pragma: no cover - undecodable garbage is not our message
-                    continue
+                    logger.debug("usertasks: undecodable message in %s:%s.msgs", broker.namespace, name)
     return ids

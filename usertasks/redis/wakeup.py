@@ -106,8 +106,8 @@ class Waker:
         if pubsub is not None:
             try:
                 pubsub.close()
-            except Exception:  # pragma: no cover - closing a broken connection
-                pass
+            except Exception as exc:  # pragma: no cover - closing a broken connection
+                logger.debug("usertasks: closing the wake-up subscription to %s: %s", self.channel, exc)
 
     @property
     def subscribed(self):
@@ -131,7 +131,8 @@ class Waker:
         self._drain_at = time.monotonic() + self.DRAIN_EVERY
 
     def _failed(self, exc):
-        logger.info("usertasks: wake-up subscription to %s failed (%s); polling only for %.0f s",
-                    self.channel, exc, RETRY_AFTER)
+        logger.info(
+            "usertasks: wake-up subscription to %s failed (%s); polling only for %.0f s", self.channel, exc, RETRY_AFTER
+        )
         self.close()
         self._retry_at = time.monotonic() + RETRY_AFTER

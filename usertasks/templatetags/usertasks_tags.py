@@ -11,7 +11,7 @@ def duration(value):
     """A ``timedelta`` (or seconds) as "1 h 2 min", "3 min 4 s", "5 s"; "" for ``None``."""
     if value is None or value == "":
         return ""
-    seconds = int(round(value.total_seconds() if hasattr(value, "total_seconds") else float(value)))
+    seconds = round(value.total_seconds() if hasattr(value, "total_seconds") else float(value))
     seconds = max(0, seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -30,5 +30,4 @@ def percent_text(value):
 @register.inclusion_tag("usertasks/includes/progress.html")
 def usertasks_progress(task, compact=False):
     percent = task.percent
-    return {"task": task, "percent": percent, "width": 0 if percent is None else round(percent, 1),
-            "compact": compact}
+    return {"task": task, "percent": percent, "width": 0 if percent is None else round(percent, 1), "compact": compact}

@@ -54,7 +54,7 @@ def serve_artifact(artifact):
         fh = storage.open(artifact.file.name, "rb")
     except (FileNotFoundError, OSError):
         raise Http404("The file of this artifact is gone.") from None
-    response = FileResponse(fh, as_attachment=True, filename=filename)
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "default-src 'none'"
-    return response
+    download = FileResponse(fh, as_attachment=True, filename=filename)
+    download["X-Content-Type-Options"] = "nosniff"
+    download["Content-Security-Policy"] = "default-src 'none'"
+    return download

@@ -18,8 +18,16 @@ from ..states import FINAL_STATES
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
-SNAPSHOT_FIELDS = ("state", "completed_steps", "total_steps", "message", "attempts", "cancel_requested",
-                   "modified", "finished")
+SNAPSHOT_FIELDS = (
+    "state",
+    "completed_steps",
+    "total_steps",
+    "message",
+    "attempts",
+    "cancel_requested",
+    "modified",
+    "finished",
+)
 
 
 def _snapshot(status_model, pk):

@@ -48,13 +48,25 @@ def dashboard(request):
     if current not in FILTERS:
         current = ""
     page = paginate(request, user_tasks(request.user, current), app_settings.PAGE_SIZE)
-    filters = [("", _("All"))] + [
-        ("active", _("Active")), ("finished", _("Finished")), ("failed", _("Failed")), ("canceled", _("Canceled")),
+    filters = [
+        ("", _("All")),
+        ("active", _("Active")),
+        ("finished", _("Finished")),
+        ("failed", _("Failed")),
+        ("canceled", _("Canceled")),
     ]
     context = _base_context()
     tasks = list(page.object_list)
-    context.update({"page": page, "tasks": tasks, "has_active": any(t.is_active for t in tasks), "filters": filters, "current_filter": current,
-                    "live_interval_ms": 2000})
+    context.update(
+        {
+            "page": page,
+            "tasks": tasks,
+            "has_active": any(t.is_active for t in tasks),
+            "filters": filters,
+            "current_filter": current,
+            "live_interval_ms": 2000,
+        }
+    )
     return render(request, "usertasks/dashboard.html", context)
 
 
@@ -67,18 +79,21 @@ def status_page(request, uuid):
     prefetch_related_objects([status], "artifacts")  # one query for the JSON and the template
     policy = get_policy()
     context = _base_context()
-    context.update({
-        "task": status,
-        "detail": task_detail(status, request.user, policy),
-        "can_cancel": status.is_active and policy.can_cancel(request.user, status),
-        "can_delete": status.is_final and policy.can_delete(request.user, status),
-        "can_download": policy.can_download(request.user, status),
-        "show_traceback": policy.can_see_traceback(request.user, status),
-        "stream_url": reverse("usertasks:api-events", args=[status.uuid])
-        if app_settings.LIVE_STREAM_SECONDS else "",
-        "poll_url": reverse("usertasks:api-detail", args=[status.uuid]),
-        "refresh_seconds": 5,
-    })
+    context.update(
+        {
+            "task": status,
+            "detail": task_detail(status, request.user, policy),
+            "can_cancel": status.is_active and policy.can_cancel(request.user, status),
+            "can_delete": status.is_final and policy.can_delete(request.user, status),
+            "can_download": policy.can_download(request.user, status),
+            "show_traceback": policy.can_see_traceback(request.user, status),
+            "stream_url": reverse("usertasks:api-events", args=[status.uuid])
+            if app_settings.LIVE_STREAM_SECONDS
+            else "",
+            "poll_url": reverse("usertasks:api-detail", args=[status.uuid]),
+            "refresh_seconds": 5,
+        }
+    )
     return render(request, "usertasks/status.html", context)
 
 

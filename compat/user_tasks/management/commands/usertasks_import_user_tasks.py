@@ -21,8 +21,10 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         try:
             report = import_legacy(
-                status_table=options["status_table"], artifact_table=options["artifact_table"],
-                batch_size=options["batch_size"], using=options["database"],
+                status_table=options["status_table"],
+                artifact_table=options["artifact_table"],
+                batch_size=options["batch_size"],
+                using=options["database"],
             )
         except LookupError as exc:
             raise CommandError(str(exc)) from exc
