@@ -180,3 +180,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"usertasks": {"handlers": ["console"], "level": "WARNING"}},
 }
+for _name in filter(None, os.environ.get("USERTASKS_TEST_DEBUG_LOGGERS", "").split(",")):
+    # Worker processes whose log a test reads: these loggers at DEBUG, e.g. "usertasks.wakeup".
+    LOGGING["loggers"][_name] = {"handlers": ["console"], "level": "DEBUG", "propagate": False}

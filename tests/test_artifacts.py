@@ -14,7 +14,7 @@ from usertasks.models import UserTaskArtifact, UserTaskStatus
 from usertasks.states import State
 
 from . import tasks
-from .conftest import wait_final
+from .helpers import wait_final
 
 
 def make_ctx(user):

@@ -8,7 +8,7 @@ from django.core import mail
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from tests.conftest import wait_final, wait_for
+from tests.helpers import wait_final, wait_for
 from tests.tasks_web import make_task
 from usertasks.notifications import build_message, notify_states, send_notification
 from usertasks.signals import task_finished

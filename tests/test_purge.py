@@ -18,7 +18,7 @@ from usertasks.states import State
 
 from . import tasks as core
 from . import tasks_fanout as t
-from .conftest import wait_final, wait_for
+from .helpers import wait_final, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,7 +12,7 @@ from usertasks.models import EventKind
 from usertasks.states import State
 
 from . import tasks_cancel as t
-from .conftest import wait_final, wait_for
+from .helpers import wait_final, wait_for
 
 URL = os.environ.get("USERTASKS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 ENV = {"USERTASKS_TEST_BROKER": "rabbitmq", "USERTASKS_TEST_RABBITMQ_URL": URL}

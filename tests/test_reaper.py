@@ -14,7 +14,7 @@ from usertasks.reaper import reap, reap_lost_tasks
 from usertasks.states import State
 
 from . import tasks_cancel as t
-from .conftest import wait_final, wait_for
+from .helpers import wait_final, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -15,7 +15,7 @@ from usertasks.models import EventKind, UserTaskEvent, UserTaskStatus
 from usertasks.states import State
 
 from . import tasks, tasks_core
-from .conftest import wait_final, wait_for
+from .helpers import wait_final, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,7 +12,7 @@ from usertasks.models import UserTaskStatus
 from usertasks.states import State
 
 from . import tasks_fanout as t
-from .conftest import wait_final, wait_for
+from .helpers import wait_final, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

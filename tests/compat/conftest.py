@@ -2,12 +2,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import redis as redis_lib
 
-from ..conftest import ROOT, wait_for
+from ..helpers import ROOT, wait_for
 
 PROTOCOLS = (1, 2)
 
@@ -121,22 +120,3 @@ def eager(celery_app, protocol, transactional_db):
     celery_app.conf.task_eager_propagates = False
     yield celery_app
     celery_app.conf.task_always_eager = False
-
-
-def side_effects(redis, label, what="ran"):
-    return int(redis.get(f"side-effect:compat:{label}:{what}") or 0)
-
-
-def wait_state(status, states, timeout=60):
-    states = (states,) if isinstance(states, str) else tuple(states)
-
-    def reached():
-        status.refresh_from_db()
-        return status.state in states
-
-    wait_for(reached, timeout, interval=0.05, message=f"{status.name} to reach {states} (is {status.state})")
-    return status
-
-
-def pause(seconds):
-    time.sleep(seconds)

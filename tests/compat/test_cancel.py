@@ -8,9 +8,9 @@ from user_tasks.models import UserTaskStatus
 from usertasks.models import EventKind
 from usertasks.models import UserTaskStatus as CoreStatus
 
-from ..conftest import wait_for
+from ..helpers import wait_for
 from . import celerytasks
-from .conftest import side_effects, wait_state
+from .helpers import side_effects, wait_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

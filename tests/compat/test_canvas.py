@@ -7,7 +7,7 @@ from user_tasks.models import UserTaskStatus
 from usertasks.models import EventKind
 
 from . import celerytasks
-from .conftest import side_effects, wait_state
+from .helpers import side_effects, wait_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,9 +9,9 @@ from usertasks.models import EventKind
 from usertasks.models import UserTaskStatus as CoreStatus
 
 from .. import tasks_compat
-from ..conftest import wait_final, wait_for
+from ..helpers import wait_final, wait_for
 from . import celerytasks
-from .conftest import side_effects, wait_state
+from .helpers import side_effects, wait_state
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.compat.urls")]
 

@@ -13,7 +13,7 @@ from usertasks.models import EventKind
 from usertasks.models import UserTaskStatus as CoreStatus
 
 from . import celerytasks
-from .conftest import side_effects, wait_state
+from .helpers import side_effects, wait_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

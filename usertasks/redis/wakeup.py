@@ -66,7 +66,8 @@ class Waker:
     def wait(self, seconds):
         """Sleep up to ``seconds``; return ``True`` as soon as a wake-up is heard (the queue has
         messages again), ``False`` when the time is up."""
-        deadline = time.monotonic() + seconds
+        began = time.monotonic()
+        deadline = began + seconds
         pubsub = self._subscription()
         if pubsub is None:
             time.sleep(seconds)
@@ -79,6 +80,8 @@ class Waker:
                 # ``None``: the time is up, or the subscription's confirmation was read.
                 if pubsub.get_message(timeout=left) is not None:
                     self._drain(pubsub)  # one wake-up is enough, however many were published
+                    logger.debug("usertasks: %s woken after %.3f s of a %.3f s backoff", self.channel,
+                                 time.monotonic() - began, seconds)
                     return True
         except Exception as exc:
             self._failed(exc)

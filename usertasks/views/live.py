@@ -9,7 +9,9 @@ falls back to polling the JSON detail when the stream fails.
 """
 
 import asyncio
+import threading
 import time
+from contextlib import contextmanager
 
 from django.http import HttpResponse, StreamingHttpResponse
 
@@ -28,6 +30,27 @@ SNAPSHOT_FIELDS = (
     "modified",
     "finished",
 )
+
+
+_streams_lock = threading.Lock()
+_streams = 0
+
+
+def open_streams():
+    """How many event streams this process is serving now."""
+    return _streams
+
+
+@contextmanager
+def _counted():
+    global _streams
+    with _streams_lock:
+        _streams += 1
+    try:
+        yield
+    finally:
+        with _streams_lock:
+            _streams -= 1
 
 
 def _snapshot(status_model, pk):
@@ -60,37 +83,39 @@ def event_stream(request, status, render):
     model, pk = type(status), status.pk
 
     def sync_events():
-        yield "retry: 2000\n\n"
-        last, deadline, quiet_since = None, time.monotonic() + seconds, time.monotonic()
-        while True:
-            last, chunk, done = _step(model, pk, last, render)
-            if chunk:
-                quiet_since = time.monotonic()
-                yield chunk
-            if done or time.monotonic() >= deadline:
-                return
-            if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
-                quiet_since = time.monotonic()
-                yield ": keep-alive\n\n"
-            time.sleep(POLL_SECONDS)
+        with _counted():
+            yield "retry: 2000\n\n"
+            last, deadline, quiet_since = None, time.monotonic() + seconds, time.monotonic()
+            while True:
+                last, chunk, done = _step(model, pk, last, render)
+                if chunk:
+                    quiet_since = time.monotonic()
+                    yield chunk
+                if done or time.monotonic() >= deadline:
+                    return
+                if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"
+                time.sleep(POLL_SECONDS)
 
     async def async_events():
         from asgiref.sync import sync_to_async
 
         step = sync_to_async(_step)
-        yield "retry: 2000\n\n"
-        last, deadline, quiet_since = None, time.monotonic() + seconds, time.monotonic()
-        while True:
-            last, chunk, done = await step(model, pk, last, render)
-            if chunk:
-                quiet_since = time.monotonic()
-                yield chunk
-            if done or time.monotonic() >= deadline:
-                return
-            if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
-                quiet_since = time.monotonic()
-                yield ": keep-alive\n\n"
-            await asyncio.sleep(POLL_SECONDS)
+        with _counted():
+            yield "retry: 2000\n\n"
+            last, deadline, quiet_since = None, time.monotonic() + seconds, time.monotonic()
+            while True:
+                last, chunk, done = await step(model, pk, last, render)
+                if chunk:
+                    quiet_since = time.monotonic()
+                    yield chunk
+                if done or time.monotonic() >= deadline:
+                    return
+                if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(POLL_SECONDS)
 
     response = StreamingHttpResponse(
         async_events() if _is_asgi(request) else sync_events(), content_type="text/event-stream; charset=utf-8"

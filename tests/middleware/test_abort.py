@@ -8,8 +8,8 @@ import pytest
 from usertasks.models import EventKind
 from usertasks.states import State
 
-from . import tasks_cancel as t
-from .conftest import wait_final, wait_for
+from .. import tasks_cancel as t
+from ..helpers import wait_final, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,8 +6,8 @@ from usertasks import pipeline
 from usertasks.models import EventKind, UserTaskStatus
 from usertasks.states import ACTIVE_STATES, State
 
-from . import tasks_fanout as t
-from .conftest import wait_final, wait_for
+from .. import tasks_fanout as t
+from ..helpers import wait_final, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,7 +17,7 @@ from usertasks.transitions import children_ended
 from usertasks.models import EventKind, UserTaskStatus
 from usertasks.states import State
 
-from . import tasks_fanout as t
+from .. import tasks_fanout as t
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,8 +7,8 @@ import pytest
 from usertasks.models import EventKind
 from usertasks.states import State
 
-from . import tasks, tasks_cancel, tasks_fanout
-from .conftest import wait_final, wait_for
+from .. import tasks, tasks_cancel, tasks_fanout
+from ..helpers import wait_final, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

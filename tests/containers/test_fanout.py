@@ -1,14 +1,12 @@
 """Fan-out on real worker processes: counters, exactly-once end and callback, policies, cancel."""
 
-import time
-
 import pytest
 
 from usertasks.models import EventKind, UserTaskEvent, UserTaskStatus
 from usertasks.states import ACTIVE_STATES, State
 
-from . import tasks_fanout as t
-from .conftest import wait_final, wait_for
+from .. import tasks_fanout as t
+from ..helpers import wait_final, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -20,11 +18,23 @@ def counters(status):
     )
 
 
-def callbacks(redis, label, settle=1.0):
+def callbacks(redis, label, status):
+    """How many completion callbacks of ``status`` ran, once no other one can come.
+
+    A callback is sent right after the commit that ends the container, before the message of its
+    last child is acknowledged, and the reaper resends only a callback still marked due.  So once
+    every message of the queue is acknowledged (the callbacks run too) and the mark is gone, the
+    count is final: a second callback would be counted by now."""
     key = f"side-effect:fancallback:{label}"
     # Queued behind the canceled children's messages, which the workers skip first.
     wait_for(lambda: redis.get(key), timeout=60, message="the completion callback")
-    time.sleep(settle)  # a second callback would show up by now
+
+    def settled():
+        status.refresh_from_db()
+        due = (status.options.get("fanout") or {}).get("callback_due")
+        return not redis.hlen("dramatiq:default.msgs") and not redis.hlen("dramatiq:default.DQ.msgs") and not due
+
+    wait_for(settled, timeout=60, message="every message acknowledged and the callback no longer due")
     return int(redis.get(key) or 0)
 
 
@@ -43,7 +53,7 @@ def test_two_thousand_children_exact_counters_and_one_callback(start_worker, use
     assert children.count() == 2000
     assert children.filter(state=State.SUCCEEDED).count() == 2000
     assert int(redis.get("side-effect:fanchild:big")) == 2000
-    assert callbacks(redis, "big") == 1
+    assert callbacks(redis, "big", status) == 1
     status.refresh_from_db()
     assert "callback_due" not in status.options["fanout"]  # sent, so the reaper leaves it alone
     # One final event on the container; the dashboard shows the container only.
@@ -69,7 +79,7 @@ def test_allow_failures_succeeds_and_lists_the_failures(start_worker, user, redi
     failed = list(status.failed_children())
     assert sorted(c.name for c in failed) == ["Child 17", "Child 3", "Child 31"]
     assert all(c.error.startswith("child ") and c.error.endswith(" refused") for c in failed)
-    assert callbacks(redis, "af") == 1
+    assert callbacks(redis, "af", status) == 1
     # What went wrong stays in the children's histories.
     assert child_events(status) == [(f"Child {i}", EventKind.FAILED) for i in (17, 3, 31)]
 
@@ -97,7 +107,7 @@ def test_fail_fast_cancels_the_rest(start_worker, user, redis):
     assert not children.filter(state__in=ACTIVE_STATES).exists()
     assert children.filter(state=State.CANCELED).count() == canceled
     assert int(redis.get("side-effect:fanchild:ff") or 0) == ok
-    assert callbacks(redis, "ff") == 1
+    assert callbacks(redis, "ff", status) == 1
 
 
 def test_children_done_before_the_body_returns(start_worker, user, redis):
@@ -109,7 +119,7 @@ def test_children_done_before_the_body_returns(start_worker, user, redis):
     wait_final(status, timeout=30)
     assert status.state == State.SUCCEEDED
     assert counters(status) == (5, 5, 0, 0, 0)
-    assert callbacks(redis, "early") == 1
+    assert callbacks(redis, "early", status) == 1
 
 
 def test_retried_children_are_counted(start_worker, user, redis):
@@ -137,7 +147,7 @@ def test_cancel_of_a_fan_out_cancels_pending_and_running_children(start_worker, 
     children = UserTaskStatus.objects.filter(parent=status)
     assert not children.filter(state__in=ACTIVE_STATES).exists()
     assert int(redis.get("side-effect:fanchild:cx") or 0) == ok
-    assert callbacks(redis, "cx") == 1
+    assert callbacks(redis, "cx", status) == 1
 
 
 def test_fan_out_needs_a_user_task_and_a_known_policy(user):

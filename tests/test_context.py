@@ -15,7 +15,7 @@ from usertasks import transitions
 from usertasks.writer import get_writer, stop_writer
 
 from . import tasks, tasks_core
-from .conftest import wait_final, wait_for
+from .helpers import wait_final, wait_for
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ import pytest
 from usertasks.models import EventKind, UserTaskStatus
 from usertasks.states import State
 
-from . import tasks
-from .conftest import wait_final
+from .. import tasks
+from ..helpers import wait_final
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,10 +25,10 @@ def test_success_path(worker, user, redis):
 
 
 def test_in_progress_is_visible_while_running(worker, user, redis):
-    from . import tasks_core
+    from .. import tasks_core
 
     status = tasks_core.step_then_sleep.send_for(user, 1, 1.5, label="visible")
-    from .conftest import wait_for
+    from ..helpers import wait_for
 
     def running():
         status.refresh_from_db()
@@ -88,7 +88,7 @@ def test_retrying_state_is_stored_between_attempts(worker, user, redis):
     # A long backoff leaves the row Retrying long enough to see it.
     status = tasks.flaky.send_for_with_options(user, args=(1,), kwargs={"label": "slow"}, min_backoff=2000,
                                                max_backoff=2000)
-    from .conftest import wait_for
+    from ..helpers import wait_for
 
     def retrying():
         status.refresh_from_db()
@@ -105,7 +105,7 @@ def test_retrying_state_is_stored_between_attempts(worker, user, redis):
 
 
 def test_retries_exhausted_fails(worker, user, redis):
-    from . import tasks_core
+    from .. import tasks_core
 
     status = tasks_core.always_fails.send_for(user, label="ex")
     wait_final(status)
@@ -126,7 +126,7 @@ def test_retries_exhausted_fails(worker, user, redis):
 def test_message_whose_row_is_missing_runs_untracked(worker, user, redis):
     from usertasks.protocol import STATUS_OPTION
 
-    from .conftest import wait_for
+    from ..helpers import wait_for
 
     tasks.noop.send_with_options(kwargs={"label": "ghost"}, **{STATUS_OPTION: 987654321})
     wait_for(lambda: redis.get("side-effect:noop:ghost") == b"1", 30, message="the body to run")

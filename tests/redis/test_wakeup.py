@@ -1,6 +1,5 @@
 """Idle Redis consumers are woken by usertasks' sends instead of waiting out their backoff."""
 
-import statistics
 import threading
 import time
 
@@ -10,7 +9,7 @@ from django.test import override_settings
 from usertasks.broker import enqueue_many
 from usertasks.redis import wakeup
 
-from .conftest import wait_for, wait_final
+from ..helpers import wait_for, wait_final
 
 
 @pytest.fixture
@@ -56,11 +55,20 @@ def _send_later(broker, job, delay, n=1):
     return timer
 
 
+def _publish_together(redis, name, n):
+    """``n`` wake-ups on ``name`` in one transaction: the server writes them to a subscriber in
+    one go, so a reader that finds the first finds them all."""
+    pipe = redis.pipeline(transaction=True)
+    for _ in range(n):
+        pipe.publish(name, "")
+    pipe.execute()
+
+
 def test_a_send_ends_the_backoff_of_an_idle_consumer(wake_broker):
-    """The consumer's backoff is 2.5-5 s (a 5 s worker timeout, with Dramatiq's jitter); a send
+    """The consumer's backoff is 10-20 s (a 20 s worker timeout, with Dramatiq's jitter); a send
     0.3 s into it wakes the consumer, which then hands out the message."""
     broker, job, consume = wake_broker
-    consumer = consume(timeout_ms=5000)
+    consumer = consume(timeout_ms=20000)
     assert isinstance(consumer.waker, wakeup.Waker)
     next(consumer)  # an empty fetch and a short backoff: subscribes
     assert consumer.waker.subscribed
@@ -68,7 +76,7 @@ def test_a_send_ends_the_backoff_of_an_idle_consumer(wake_broker):
         timer = _send_later(broker, job, 0.3, n)
         result, seconds = _idle_next(consumer)
         timer.join()
-        assert result is None and 0.25 < seconds < 2.0
+        assert result is None and 0.25 < seconds < 9.0  # (never before the send, long before the backoff's end)
         got = [next(consumer) for _ in range(n)]
         assert all(p is not None for p in got)
         for proxy in got:
@@ -123,11 +131,10 @@ def test_a_busy_consumer_reads_its_wake_ups_when_its_window_is_full(wake_broker,
     next(consumer)  # subscribes
     enqueue_many(broker, [(job.message(0), None)])
     assert next(consumer) is not None  # the window (1) is full from now on
-    for _ in range(50):
-        redis.publish(wakeup.channel("waketest", "wakeq"), "")
-    time.sleep(0.05)
+    _publish_together(redis, wakeup.channel("waketest", "wakeq"), 50)
+    assert consumer.waker._pubsub.connection.can_read(timeout=10)  # the wake-ups have arrived
     assert next(consumer) is None  # waits for room (0.2 s), then reads the wake-ups
-    assert consumer.waker._pubsub.get_message(timeout=0.05) is None
+    assert not consumer.waker._pubsub.connection.can_read(timeout=0)  # nothing left in the subscription
 
 
 def test_a_broken_subscription_falls_back_to_polling_then_subscribes_again(wake_broker, redis, monkeypatch):
@@ -143,7 +150,7 @@ def test_a_broken_subscription_falls_back_to_polling_then_subscribes_again(wake_
 
     monkeypatch.setattr(waker._pubsub, "get_message", refuse)
     result, seconds = _idle_next(consumer)  # the error: a plain sleep for the rest of the backoff
-    assert result is None and 0.1 < seconds < 1.0
+    assert result is None and 0.1 < seconds < 5.0  # the backoff is 0.15-0.3 s
     assert not waker.subscribed and redis.pubsub_numsub(name)[0][1] == 0
     enqueue_many(broker, [(job.message(0), None)])
     assert wait_for(lambda: next(consumer), timeout=5) is not None  # polling still finds it
@@ -155,24 +162,31 @@ def test_a_broken_subscription_falls_back_to_polling_then_subscribes_again(wake_
     assert redis.pubsub_numsub(name)[0][1] == 0
 
 
-def test_an_idle_worker_starts_a_sent_task_at_once(start_worker, redis, user):
-    """With a 10 s worker timeout the worker's idle consumer sleeps for seconds between polls;
-    ``send_for`` wakes it."""
+def test_an_idle_worker_is_woken_by_a_send(start_worker, redis, user, capfd):
+    """The worker's idle consumer (a 10 s worker timeout: backoffs of seconds) listens on its
+    queue's wake channel; ``send_for`` publishes there, and the consumer says it was woken early
+    (its log at DEBUG: "woken after <s> of a <s> backoff"), then runs the task."""
+    import re
+
     from tests import tasks
 
-    from usertasks.models import UserTaskStatus
-
-    start_worker(threads=2, extra_env={"dramatiq_worker_timeout": "10000"})
+    start_worker(threads=2, extra_env={"dramatiq_worker_timeout": "10000",
+                                       "USERTASKS_TEST_DEBUG_LOGGERS": "usertasks.wakeup"})
     name = wakeup.channel("dramatiq", "default")
     wait_for(lambda: redis.pubsub_numsub(name)[0][1] >= 1, message="the worker's subscription")
-    delays = []
-    for i in range(3):
-        time.sleep(2.5)  # idle: the consumer's backoff grows to 1-2.5 s and more
-        status = tasks.noop.send_for(user, label=f"wake{i}")
-        wait_final(status)
-        status = UserTaskStatus.objects.get(pk=status.pk)
-        delays.append((status.started - status.created).total_seconds())
-    assert statistics.median(delays) < 0.5, delays
+    woken = re.compile(r"dramatiq:default\.wake woken after ([0-9.]+) s of a ([0-9.]+) s backoff")
+    seen = []
+
+    def wake_ups():
+        seen.extend(woken.findall(capfd.readouterr().err))
+        return seen
+
+    for i in range(3):  # (a consumer caught in its fetch at the very moment of a send is not woken)
+        wait_final(tasks.noop.send_for(user, label=f"wake{i}"))
+        if wake_ups():
+            break
+    assert wake_ups(), "no consumer was woken by a send"
+    assert all(float(waited) < float(backoff) for waited, backoff in seen), seen
 
 
 def test_a_consumer_that_keeps_finding_messages_reads_its_wake_ups_once_a_second(wake_broker, redis, monkeypatch):
@@ -180,15 +194,14 @@ def test_a_consumer_that_keeps_finding_messages_reads_its_wake_ups_once_a_second
     consumer = consume(timeout_ms=200)
     waker = consumer.waker
     next(consumer)  # subscribes
-    monkeypatch.setattr(waker, "DRAIN_EVERY", 0.3)
     name = wakeup.channel("waketest", "wakeq")
     for round_ in range(2):
-        for _ in range(20):
-            redis.publish(name, "")
-        time.sleep(0.35)  # the next read is due
-        enqueue_many(broker, [(job.message(round_), None)])  # publishes too: the queue was empty
-        time.sleep(0.05)  # every wake-up delivered to the subscription
+        _publish_together(redis, name, 20)
+        assert waker._pubsub.connection.can_read(timeout=10)  # the wake-ups have arrived
+        waker._drain_at = 0  # the next read is due (DRAIN_EVERY, a second, has passed)
+        job.send(round_)  # (Dramatiq's own send: no wake-up of its own to race with the read)
         proxy = next(consumer)  # a fetch that finds a message: no wait, but a read first
         assert proxy is not None
         consumer.ack(proxy)
-        assert waker._pubsub.get_message(timeout=0.05) is None
+        assert waker._drain_at > time.monotonic()  # read now, next time in a second
+        assert not waker._pubsub.connection.can_read(timeout=0)  # nothing left in the subscription

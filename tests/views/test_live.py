@@ -13,7 +13,7 @@ import time
 import pytest
 from django.db import connection
 
-from tests.conftest import ROOT, wait_for
+from tests.helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,9 +7,12 @@ missing; ``make test`` installs Chromium when it can."""
 
 import os
 import shutil
-import time
 
 import pytest
+
+from usertasks.views import live
+
+from ..helpers import wait_for
 
 CHROMIUM = os.environ.get("USERTASKS_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -138,7 +141,9 @@ def test_demo_flow_in_chromium(django_db_setup, browser, live_server, worker, us
     assert "Canceled" in rows.nth(0).inner_text() and "Succeeded" in rows.nth(1).inner_text()
     shot(page, "dashboard.png", tmp_path)
     context.close()
-    time.sleep(4)  # let the live server's streams notice their end (see LIVE_STREAM_SECONDS above)
+    # The live server's streams end by themselves (LIVE_STREAM_SECONDS above) once their pages
+    # are gone; their database connections can be closed then.
+    wait_for(lambda: live.open_streams() == 0, timeout=30, message="the live server's streams to end")
     close_db_connections()
 
 
