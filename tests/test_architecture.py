@@ -134,7 +134,7 @@ def test_no_dramatiq_object_is_patched():
     an attribute named like one of Dramatiq's broker or consumer methods)."""
     import dramatiq
     from dramatiq.brokers.redis import _RedisConsumer
-    from dramatiq.worker import ConsumerThread
+    from dramatiq.worker import _ConsumerThread as ConsumerThread  # (public in Dramatiq 2 only)
 
     from dramatiq.brokers.redis import RedisBroker
 

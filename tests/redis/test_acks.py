@@ -195,7 +195,7 @@ def test_dramatiqs_consumer_thread_hands_pending_ends_to_the_acker_in_one_script
     queue's hash), and the broker's ack hooks run once per message."""
     from queue import PriorityQueue
 
-    from dramatiq.worker import ConsumerThread
+    from dramatiq.worker import _ConsumerThread as ConsumerThread  # (public in Dramatiq 2 only)
 
     seen = []
 

@@ -30,7 +30,7 @@ from collections import deque
 from typing import Any
 
 from dramatiq.common import current_millis
-from dramatiq.errors import BrokerConnectionError
+from dramatiq.errors import ConnectionClosed, ConnectionFailed
 
 from ..process import PerProcess
 from ..rediscalls import Script
@@ -139,7 +139,7 @@ def _retrying(act, message):
     while True:
         try:
             return act(message)
-        except BrokerConnectionError as exc:
+        except (ConnectionClosed, ConnectionFailed) as exc:  # (their common base was renamed in Dramatiq 2)
             logger.warning(
                 "usertasks: cannot acknowledge message %s (%s); trying again in %.0f s",
                 message.message_id,
