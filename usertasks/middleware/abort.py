@@ -62,6 +62,8 @@ class AbortPoller:
         self._stopping = False
         self._thread = None
         self._idle_until = 0.0
+        self._asleep = False  # waiting for wake() with no deadline
+        self.running = False  # the thread was started and not stopped
         self.polls = 0  # reads of the flags (for tests and benchmarks)
 
     # -- the thread ----------------------------------------------------------------------------
@@ -73,18 +75,25 @@ class AbortPoller:
                 self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="usertasks-abort-poller", daemon=True)
                 self._thread.start()
+            self.running = True
         return self
 
     def stop(self, timeout=5):
         with self._cond:
             self._stopping = True
+            self.running = False
             self._cond.notify()
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
 
     def wake(self):
-        """Something to watch is coming: look from now on."""
+        """Something to watch is coming: look from now on.  Called for every message a worker
+        thread takes, so it costs nothing while the poller is looking anyway (a busy poller
+        keeps looking for :data:`IDLE_GRACE` after its last work; the thing to watch is there
+        long before then)."""
+        if not self._asleep and time.monotonic() < self._idle_until - IDLE_GRACE / 2:
+            return
         with self._cond:
             self._idle_until = time.monotonic() + IDLE_GRACE
             self._cond.notify()
@@ -110,7 +119,9 @@ class AbortPoller:
                 elif now < self._idle_until:
                     self._cond.wait(interval)
                 else:
+                    self._asleep = True
                     self._cond.wait()  # until wake() or stop()
+                    self._asleep = False
 
     @staticmethod
     def _has_work():
@@ -195,7 +206,8 @@ _pollers = PerProcess(_new_poller)
 
 def get_poller():
     """This process's abort poller, started (and again in a forked child)."""
-    return _pollers.get().start()
+    poller = _pollers.get()
+    return poller if poller.running else poller.start()
 
 
 class UserTaskAbort(Middleware):

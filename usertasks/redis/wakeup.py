@@ -80,8 +80,12 @@ class Waker:
                 # ``None``: the time is up, or the subscription's confirmation was read.
                 if pubsub.get_message(timeout=left) is not None:
                     self._drain(pubsub)  # one wake-up is enough, however many were published
-                    logger.debug("usertasks: %s woken after %.3f s of a %.3f s backoff", self.channel,
-                                 time.monotonic() - began, seconds)
+                    logger.debug(
+                        "usertasks: %s woken after %.3f s of a %.3f s backoff",
+                        self.channel,
+                        time.monotonic() - began,
+                        seconds,
+                    )
                     return True
         except Exception as exc:
             self._failed(exc)
