@@ -8,12 +8,12 @@ STAMP := $(VENV)/.installed
 # runs it in one process.
 PYTEST_ARGS ?= -n 3 --dist worksteal
 
-.PHONY: demo test test-sqlite test-postgres bench lint clean
+.PHONY: demo test test-sqlite test-postgres bench lint docs clean
 
-$(STAMP): setup.py requirements-test.txt
+$(STAMP): pyproject.toml requirements-test.txt requirements-docs.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e . -r requirements-test.txt
+	$(BIN)/python -m pip install --quiet -e . -r requirements-test.txt -r requirements-docs.txt
 	touch $(STAMP)
 
 ## demo: SQLite + a private Redis + a worker + runserver, with sample tasks
@@ -27,8 +27,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	PYTHONPATH=compat $(BIN)/lint-imports --no-cache
 
-## test: the quality gates, then the suite on SQLite, then on PostgreSQL when DATABASE_URL is set
-test: lint
+## docs: the documentation site (mkdocs.yml), every link checked; into site/
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+## test: the quality gates and the docs, then the suite on SQLite, then on PostgreSQL when DATABASE_URL is set
+test: lint docs
 	@command -v chromium >/dev/null 2>&1 || { echo "== installing Chromium (Debian package) for the browser test"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \
@@ -51,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist site *.egg-info
