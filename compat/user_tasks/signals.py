@@ -9,6 +9,7 @@ that a canceled task never runs its body.
 import logging
 import traceback as traceback_lib
 
+from celery import current_app as celery_app
 from celery.signals import (
     before_task_publish,
     task_failure,
@@ -35,7 +36,7 @@ from .tasks import UserTaskMixin
 
 logger = logging.getLogger("user_tasks")
 
-__all__ = ["user_task_stopped"]
+__all__ = ["celery_app", "create_user_task", "start_user_task", "user_task_stopped"]
 
 
 def _row(task_id):
