@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # runs it in one process.
 PYTEST_ARGS ?= -n 3 --dist worksteal
 
-.PHONY: demo test test-sqlite test-postgres bench lint docs clean
+.PHONY: demo test test-sqlite test-postgres test-upstream bench lint docs clean
 
 $(STAMP): pyproject.toml requirements-test.txt requirements-docs.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
-## test: the quality gates and the docs, then the suite on SQLite, then on PostgreSQL when DATABASE_URL is set
-test: lint docs
+## test-upstream: django-user-tasks' own test modules (its sdist, from the package index) against compat/
+test-upstream: $(STAMP)
+	$(BIN)/python compat/upstream-suite/run.py
+
+## test: the quality gates, the docs, django-user-tasks' suite, then ours on SQLite, then on PostgreSQL when DATABASE_URL is set
+test: lint docs test-upstream
 	@command -v chromium >/dev/null 2>&1 || { echo "== installing Chromium (Debian package) for the browser test"; \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \

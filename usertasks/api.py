@@ -45,7 +45,7 @@ def task_summary(status):
     return {
         "uuid": str(status.uuid),
         "name": status.name,
-        "state": status.state,
+        "state": status.effective_state,
         "state_text": str(status.state_text),
         "is_active": status.is_active,
         "completed_steps": status.completed_steps,

@@ -22,7 +22,8 @@ from django.utils.translation import gettext_lazy as _
 from . import operations
 from .conf import app_settings
 from .protocol import WAITING
-from .states import ACTIVE_STATES, FINAL_STATES, State
+from .states import FINAL_STATES, NOT_RUNNING, State, effective
+from .states import is_active as state_is_active
 from .storage import delete_files_on_commit
 
 __all__ = ["State", "UserTaskArtifact", "UserTaskEvent", "UserTaskStatus", "artifact_storage"]
@@ -61,17 +62,19 @@ class UserTaskStatusQuerySet(models.QuerySet):
         return method() if method else self
 
     def active(self):
-        return self.filter(state__in=ACTIVE_STATES)
+        """Pending, running (custom states included) or retrying."""
+        return self.exclude(state__in=FINAL_STATES)
 
     def finished(self):
         return self.filter(state__in=FINAL_STATES)
 
     def stale(self, now=None):
-        """In Progress tasks whose worker has not reported within ``STALE_AFTER``."""
+        """In Progress tasks (custom states included) whose worker has not reported within
+        ``STALE_AFTER``."""
         now = now or timezone.now()
         cutoff = now - timedelta(seconds=app_settings.STALE_AFTER)
         return (
-            self.filter(state=State.IN_PROGRESS)
+            self.exclude(state__in=NOT_RUNNING)
             .filter(Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True, modified__lt=cutoff))
             .exclude(self._waiting_containers())
         )
@@ -92,9 +95,10 @@ class UserTaskStatusQuerySet(models.QuerySet):
         return self.filter(state=State.PENDING, parent__isnull=False, options__waiting=True)
 
     def expired(self, now=None):
-        """Finished tasks older than ``MAX_AGE`` counted from when they finished."""
-        now = now or timezone.now()
-        return self.finished().filter(finished__lt=now - app_settings.MAX_AGE)
+        """Finished tasks older than ``MAX_AGE`` counted from when they finished (from their
+        last change, ``modified``, when they have no ``finished`` time)."""
+        cutoff = (now or timezone.now()) - app_settings.MAX_AGE
+        return self.finished().filter(Q(finished__lt=cutoff) | Q(finished__isnull=True, modified__lt=cutoff))
 
 
 class UserTaskStatus(models.Model):
@@ -108,7 +112,10 @@ class UserTaskStatus(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.CASCADE,
-        related_name="+",
+        # The names django-user-tasks' model gave them (``user.usertaskstatus_set``,
+        # ``User.objects.filter(usertaskstatus__state=...)``); the compatibility layer's.
+        related_name="usertaskstatus_set",
+        related_query_name="usertaskstatus",
         verbose_name=_("user"),
         db_index=False,
     )
@@ -220,8 +227,13 @@ class UserTaskStatus(models.Model):
     # -- derived values -----------------------------------------------------------------------
 
     @property
+    def effective_state(self):
+        """``state``, or In Progress for a custom state (see :data:`usertasks.states.STANDARD_STATES`)."""
+        return effective(self.state)
+
+    @property
     def is_active(self):
-        return self.state in ACTIVE_STATES
+        return state_is_active(self.state)
 
     @property
     def is_final(self):
@@ -229,7 +241,7 @@ class UserTaskStatus(models.Model):
 
     @property
     def state_text(self):
-        return State(self.state).label
+        return State(effective(self.state)).label
 
     @property
     def percent(self):
@@ -249,7 +261,7 @@ class UserTaskStatus(models.Model):
     @property
     def eta_remaining(self):
         """Estimated time left, extrapolated from the rate so far; ``None`` when unknown."""
-        if self.state != State.IN_PROGRESS or not self.started or not self.total_steps:
+        if self.effective_state != State.IN_PROGRESS or not self.started or not self.total_steps:
             return None
         done = self.completed_steps
         if done <= 0:

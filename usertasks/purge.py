@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-import dramatiq
 from django.db import OperationalError, router, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from .broker import upkeep_actor
 from .states import FINAL_STATES
 from .storage import delete_files_on_commit
 
@@ -90,12 +90,17 @@ def _cutoff(older_than: Age | None, now: datetime | None) -> datetime:
 def expired_tasks(
     older_than: Age | None = None, *, now: datetime | None = None, using: str | None = None
 ) -> QuerySet[UserTaskStatus]:
-    """Top-level tasks that finished before the cutoff (children go with them)."""
+    """Top-level tasks that finished before the cutoff (children go with them).  A final row
+    without a ``finished`` time (written final directly, as django-user-tasks' users may have
+    done) is aged by its last change, ``modified``."""
     from .models import UserTaskStatus
 
     db = using or router.db_for_write(UserTaskStatus)
-    return UserTaskStatus.objects.using(db).filter(
-        parent__isnull=True, state__in=FINAL_STATES, finished__lt=_cutoff(older_than, now)
+    cutoff = _cutoff(older_than, now)
+    return (
+        UserTaskStatus.objects.using(db)
+        .filter(parent__isnull=True, state__in=FINAL_STATES)
+        .filter(Q(finished__lt=cutoff) | Q(finished__isnull=True, modified__lt=cutoff))
     )
 
 
@@ -221,7 +226,7 @@ def _delete(ids: list[int], cutoff: datetime | None, db: str, result: PurgeResul
                     Exists(rows.filter(parent_id=OuterRef("pk")))
                 )
                 if cutoff is not None:
-                    guard = guard.filter(finished__lt=cutoff)
+                    guard = guard.filter(Q(finished__lt=cutoff) | Q(finished__isnull=True, modified__lt=cutoff))
                 picked = list(guard.values_list("pk", flat=True))
                 if not picked:
                     return 0, len(ids)
@@ -252,7 +257,7 @@ def _delete(ids: list[int], cutoff: datetime | None, db: str, result: PurgeResul
     return 0, len(ids)
 
 
-@dramatiq.actor(actor_name="usertasks_purge", max_retries=0, time_limit=60 * 60 * 1000)
+@upkeep_actor(actor_name="usertasks_purge", max_retries=0, time_limit=60 * 60 * 1000)
 def purge_expired_tasks() -> None:
     """Periodic actor: one purge of the tasks older than ``MAX_AGE``.  Schedule it daily."""
     logger.info("usertasks purge: %s", purge())

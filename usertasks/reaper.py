@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import dramatiq
 from django.db import router
 from django.db.models import Q
 from django.db.models.functions import Coalesce
@@ -34,7 +33,7 @@ from django.utils import timezone
 
 from . import transitions
 from .abort import clear_flags, get_backend
-from .broker import configured_broker
+from .broker import configured_broker, upkeep_actor
 from .conf import app_settings
 from .containers import completion
 from .models import EventKind, UserTaskStatus
@@ -82,7 +81,9 @@ def reap(now: datetime | None = None, *, dry_run: bool = False, broker: Any = No
     stale = list(
         # stale() leaves out containers that wait for their children (they have no run of their
         # own); a container whose worker died during its body is reaped like any task.
-        rows.stale(now).values("pk", "worker", "heartbeat", "queue_name", "attempts", "cancel_requested", "parent_id")
+        rows.stale(now).values(
+            "pk", "state", "worker", "heartbeat", "queue_name", "attempts", "cancel_requested", "parent_id"
+        )
     )
     cutoff = now - timedelta(seconds=float(app_settings.PENDING_TIMEOUT))
     overdue = list(
@@ -110,7 +111,8 @@ def reap(now: datetime | None = None, *, dry_run: bool = False, broker: Any = No
             bucket.append(row["pk"])
 
     for row in stale:
-        where = {"state": State.IN_PROGRESS, "worker": row["worker"], "heartbeat": row["heartbeat"]}
+        # (In Progress, or a custom state of a Celery task)
+        where = {"state": row["state"], "worker": row["worker"], "heartbeat": row["heartbeat"]}
         if live is not None and task_ids.get(row["pk"]) in live:
             if dry_run or transitions.requeue_lost(rows, row, where, detail=REQUEUED, now=now):
                 result.requeued.append(row["pk"])
@@ -162,7 +164,7 @@ def _send_due_callbacks(rows: Any, now: datetime, dry_run: bool, result: ReapRes
             result.callbacks.append(pk)
 
 
-@dramatiq.actor(actor_name="usertasks_reap", max_retries=0, time_limit=10 * 60 * 1000)
+@upkeep_actor(actor_name="usertasks_reap", max_retries=0, time_limit=10 * 60 * 1000)
 def reap_lost_tasks() -> None:
     """Periodic actor: one reaper pass.  Schedule it every few minutes."""
     logger.info("usertasks reaper: %s", reap())

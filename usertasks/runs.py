@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("usertasks")
 
-__all__ = ["abort_requested", "begin", "clear_flag", "end", "shutdown"]
+__all__ = ["abort_requested", "begin", "clear_flag", "end", "is_running", "shutdown"]
 
 _lock = threading.Lock()
 _runs: dict[Any, TaskContext] = {}  # key -> the TaskContext of a registered run
@@ -59,6 +59,12 @@ def end(key: Any) -> None:
         ctx = _runs.pop(key, None)
     if ctx is not None:
         get_writer().unregister(ctx)
+
+
+def is_running(key: Any) -> bool:
+    """Whether a run is registered under ``key`` in this process."""
+    with _lock:
+        return key in _runs
 
 
 def abort_requested(status: UserTaskStatus, *, key: Any = None) -> bool:

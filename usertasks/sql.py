@@ -362,7 +362,8 @@ class Statements:
     """Prepared guarded UPDATEs on the status table, cached per connection and shape.
 
     ``update(fields, **where)`` runs ``UPDATE ... SET <fields> WHERE <where>`` and returns the
-    row count.  ``where`` keys: ``pk``, ``pk__in``, ``state``, ``state__in``, ``worker``.  A
+    row count.  ``where`` keys: ``pk``, ``pk__in``, ``state``, ``state__in``, ``state__notin``,
+    ``worker``.  A
     field value of :data:`NEXT_ATTEMPT` ``(n)`` stores ``max(attempts + 1, n)``."""
 
     _by_connection: dict[tuple[int, str], Statements] = {}
@@ -388,7 +389,8 @@ class Statements:
         return stmts
 
     def update(self, fields, **where):
-        shape = (tuple(fields), tuple((k, len(v) if k.endswith("__in") else 0) for k, v in where.items()))
+        listed = ("__in", "__notin")
+        shape = (tuple(fields), tuple((k, len(v) if k.endswith(listed) else 0) for k, v in where.items()))
         sql = self.cache.get(shape)
         if sql is None:
             sets = []
@@ -402,14 +404,15 @@ class Statements:
             for key, value in where.items():
                 name, _, lookup = key.partition("__")
                 col = self.columns[name]
-                if lookup == "in":
-                    conds.append(f"{col} IN ({', '.join(['%s'] * len(value))})")
+                if lookup in ("in", "notin"):
+                    op = "IN" if lookup == "in" else "NOT IN"
+                    conds.append(f"{col} {op} ({', '.join(['%s'] * len(value))})")
                 else:
                     conds.append(f"{col} = %s")
             sql = self._keep(shape, f"UPDATE {self.table} SET {', '.join(sets)} WHERE {' AND '.join(conds)}")
         params = [self._adapt(v) for v in fields.values()]
         for key, value in where.items():
-            if key.endswith("__in"):
+            if key.endswith(listed):
                 params.extend(str(v) if isinstance(v, State) else v for v in value)
             else:
                 params.append(self._adapt(value))

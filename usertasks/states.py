@@ -13,6 +13,13 @@ class State(models.TextChoices):
     CANCELED = "Canceled", _("Canceled")
 
 
+#: The six states.  Any other value of ``state`` is a *custom state*: django-user-tasks'
+#: ``set_state("Updating")`` stores its text there (the compatibility layer).  A custom state is
+#: In Progress for everything else: pages, API, heartbeats, the reaper, cancel and purge.
+STANDARD_STATES: tuple[str, ...] = tuple(State.values)
+#: States in which a task is not running (everything else is In Progress or a custom state).
+NOT_RUNNING = (State.PENDING, State.RETRYING, State.SUCCEEDED, State.FAILED, State.CANCELED)
+
 #: States a task can still leave.
 ACTIVE_STATES = (State.PENDING, State.IN_PROGRESS, State.RETRYING)
 #: States a task never leaves.
@@ -31,3 +38,13 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     State.FAILED: ACTIVE_STATES,
     State.CANCELED: ACTIVE_STATES,
 }
+
+
+def effective(state: str) -> str:
+    """``state``, or In Progress for a custom state."""
+    return state if state in STANDARD_STATES else State.IN_PROGRESS
+
+
+def is_active(state: str) -> bool:
+    """Whether a task in ``state`` can still change (custom states included)."""
+    return state not in FINAL_STATES

@@ -45,7 +45,7 @@ from .containers import completion, counting
 from .models import EventKind, UserTaskEvent, UserTaskStatus
 from .protocol import CALLBACK_DUE, STATUS_OPTION, WAITING
 from .signals import send_task_finished
-from .states import ACTIVE_STATES, ALLOWED_FROM, FINAL_STATES, State
+from .states import ACTIVE_STATES, ALLOWED_FROM, FINAL_STATES, NOT_RUNNING, STANDARD_STATES, State
 from .text import clip
 
 logger = logging.getLogger("usertasks.transitions")
@@ -60,6 +60,7 @@ __all__ = [
     "cancel_not_started",
     "cancel_pending_children",
     "children_ended",
+    "clear_custom_state",
     "complete_container",
     "end",
     "end_lost",
@@ -291,7 +292,9 @@ def apply(
         for ctx in dirty:
             stmts.update(_progress(ctx, modified=now), pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker)
         if beating:
-            stmts.update({"heartbeat": now}, pk__in=[c.status_id for c in beating], state=State.IN_PROGRESS)
+            # In Progress, or a custom state (a Celery task's set_state): still running.
+            ids = [c.status_id for c in beating]
+            stmts.update({"heartbeat": now}, pk__in=ids, state__notin=NOT_RUNNING)
         if events:
             sql.insert(events, db)
         batch.apply(rows)
@@ -814,7 +817,7 @@ def request_cancel(rows: Rows, pk: int, *, by: Any = None, now: datetime | None 
     """An active task is asked to stop (``cancel_requested``, ``canceled_by``, a
     ``cancel_requested`` event); its run ends it Canceled.  Returns whether it changed."""
     now = now or timezone.now()
-    n = rows.filter(pk=pk, state__in=ACTIVE_STATES).update(cancel_requested=now, canceled_by=by, modified=now)
+    n = rows.filter(pk=pk).exclude(state__in=FINAL_STATES).update(cancel_requested=now, canceled_by=by, modified=now)
     if n:
         UserTaskEvent.objects.using(rows.db).create(
             status_id=pk, kind=EventKind.CANCEL_REQUESTED, created=now, actor=by
@@ -922,8 +925,10 @@ def finish(
     fields["unique_key"] = None
     rows = _rows()
     with transaction.atomic(using=rows.db):
-        n = rows.filter(pk=status.pk, state__in=ACTIVE_STATES, **(where or {})).update(
-            state=state, modified=now, **fields
+        n = (
+            rows.filter(pk=status.pk, **(where or {}))
+            .exclude(state__in=FINAL_STATES)  # custom states included
+            .update(state=state, modified=now, **fields)
         )
         if not n:
             return False
@@ -949,7 +954,12 @@ def retrying(status: UserTaskStatus, *, reason: str = "") -> bool:
         fields["error"] = str(reason)[:4000]
     rows = _rows()
     with transaction.atomic(using=rows.db):
-        n = rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.RETRYING]).update(state=State.RETRYING, **fields)
+        # From In Progress (or a custom state) or Pending.
+        n = (
+            rows.filter(pk=status.pk)
+            .exclude(state__in=(State.RETRYING, *FINAL_STATES))
+            .update(state=State.RETRYING, **fields)
+        )
         if n:
             status.refresh_from_db()
             UserTaskEvent.objects.using(rows.db).create(
@@ -958,22 +968,39 @@ def retrying(status: UserTaskStatus, *, reason: str = "") -> bool:
     return bool(n)
 
 
-def set_custom_state(status: UserTaskStatus, custom_state: str) -> None:
-    """A custom in-progress state of django-user-tasks (``set_state("Sending emails")``): the
-    row stays (or becomes) In Progress, showing the text as its message; a standard state
-    name moves the row there along :data:`~usertasks.states.ALLOWED_FROM`."""
+def set_custom_state(status: UserTaskStatus, custom_state: str) -> bool:
+    """django-user-tasks' ``set_state("Updating")``: the text becomes the row's ``state`` (and
+    its message), a custom state that everything else treats as In Progress (see
+    :data:`~usertasks.states.STANDARD_STATES`); a Pending or Retrying task starts with it.  Only
+    an active task changes, and only to a custom state (the standard ones have their own
+    changes).  Returns whether it changed."""
+    if custom_state in STANDARD_STATES:
+        raise ValueError(f"{custom_state!r} is a standard state, not a custom one")
     rows = _rows()
     now = timezone.now()
-    options = rows.filter(pk=status.pk).values_list("options", flat=True).first() or {}
-    if custom_state in State.values:
-        rows.filter(pk=status.pk, state__in=ALLOWED_FROM.get(custom_state, ())).update(
-            state=custom_state, options=dict(options, custom_state=None), modified=now
-        )
-        return
-    # One guarded UPDATE per case (no read-then-write transaction: SQLite-friendly).
-    fields = {"options": dict(options, custom_state=custom_state), "message": custom_state[:1000], "modified": now}
-    rows.filter(pk=status.pk, state=State.IN_PROGRESS).update(**fields)
-    rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.IN_PROGRESS]).update(state=State.IN_PROGRESS, **fields)
+    fields = {"state": custom_state[:128], "message": custom_state[:1000], "modified": now}
+    with transaction.atomic(using=rows.db):
+        n = rows.filter(pk=status.pk).exclude(state__in=NOT_RUNNING).update(**fields)
+        if not n:  # not started yet: it starts now
+            n = rows.filter(pk=status.pk, state__in=ALLOWED_FROM[State.IN_PROGRESS]).update(
+                started=now, heartbeat=now, attempts=_at_least_one(), **fields
+            )
+            if n:
+                UserTaskEvent.objects.using(rows.db).create(
+                    status_id=status.pk, kind=EventKind.STARTED, attempt=status.attempts
+                )
+    return bool(n)
+
+
+def clear_custom_state(status: UserTaskStatus) -> bool:
+    """A custom state -> In Progress (``set_state("In Progress")``).  Returns whether it changed."""
+    rows = _rows()
+    n = (
+        rows.filter(pk=status.pk)
+        .exclude(state__in=STANDARD_STATES)
+        .update(state=State.IN_PROGRESS, message="", modified=timezone.now())
+    )
+    return bool(n)
 
 
 def reopen_group(status: UserTaskStatus) -> bool:

@@ -34,8 +34,19 @@ def sdist():
     if not os.path.exists(path):
         os.makedirs(CACHE, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             "--dest", CACHE, f"django-user-tasks=={VERSION}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--dest",
+                CACHE,
+                f"django-user-tasks=={VERSION}",
+            ],
             check=True,
         )
     return path
@@ -49,10 +60,54 @@ def extract_tests(archive, dest):
         if not members:
             raise SystemExit(f"{archive} has no tests/ directory")
         for member in members:
-            target = os.path.join(dest, "tests", member.name[len(prefix):])
+            target = os.path.join(dest, "tests", member.name[len(prefix) :])
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with tar.extractfile(member) as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out)
+
+
+def missing_public_names(archive):
+    """Public names that django-user-tasks' modules define (functions, classes, module-level
+    assignments; not what they import) and ``user_tasks`` lacks."""
+    import ast
+    import importlib
+
+    missing = []
+    with tarfile.open(archive) as tar:
+        prefix = tar.getnames()[0].split("/")[0] + "/user_tasks/"
+        for member in tar.getmembers():
+            rel = member.name[len(prefix) :] if member.name.startswith(prefix) else ""
+            if not rel.endswith(".py") or "/" in rel:
+                continue  # the package's own modules (not migrations)
+            tree = ast.parse(tar.extractfile(member).read())
+            names = set()
+            for node in tree.body:
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    names.add(node.name)
+                elif isinstance(node, ast.Assign):
+                    names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            module_name = "user_tasks" + ("" if rel == "__init__.py" else "." + rel[:-3])
+            module = importlib.import_module(module_name)
+            missing += [f"{module_name}.{n}" for n in sorted(names) if not n.startswith("_") and not hasattr(module, n)]
+    return missing
+
+
+def check_names(archive, workdir, redis_url):
+    """Run :func:`missing_public_names` with the suite's settings; 0 when none is missing."""
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="test_settings",
+        USERTASKS_UPSTREAM_REDIS_URL=redis_url,
+        USERTASKS_UPSTREAM_TMP=workdir,
+        PYTHONPATH=os.pathsep.join([workdir, os.path.join(ROOT, "compat"), ROOT, HERE]),
+    )
+    code = (
+        "import django; django.setup(); import run\n"
+        f"missing = run.missing_public_names({archive!r})\n"
+        "print('== missing names: ' + ', '.join(missing) if missing else '== every public name of its modules exists')\n"
+        "raise SystemExit(1 if missing else 0)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env).returncode
 
 
 def run(protocol, workdir, redis_url, extra):
@@ -65,9 +120,21 @@ def run(protocol, workdir, redis_url, extra):
         PYTHONPATH=os.pathsep.join([workdir, os.path.join(ROOT, "compat"), ROOT, env.get("PYTHONPATH", "")]),
     )
     print(f"== django-user-tasks {VERSION}'s tests, Celery message protocol {protocol}", flush=True)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", workdir,
-               "-c", os.path.join(workdir, "pytest.ini"), *(f"--deselect={d}" for d in DESELECT), *extra,
-               "tests"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--rootdir",
+        workdir,
+        "-c",
+        os.path.join(workdir, "pytest.ini"),
+        *(f"--deselect={d}" for d in DESELECT),
+        *extra,
+        "tests",
+    ]
     return subprocess.run(command, cwd=workdir, env=env).returncode
 
 
@@ -82,9 +149,12 @@ def main(argv):
             shutil.copy(os.path.join(HERE, name), workdir)
         shutil.copy(os.path.join(HERE, "conftest.py"), os.path.join(workdir, "tests", "conftest.py"))
         with open(os.path.join(workdir, "pytest.ini"), "w") as f:
-            f.write("[pytest]\nDJANGO_SETTINGS_MODULE = test_settings\nfilterwarnings =\n    ignore::DeprecationWarning\n")
+            f.write(
+                "[pytest]\nDJANGO_SETTINGS_MODULE = test_settings\nfilterwarnings =\n    ignore::DeprecationWarning\n"
+            )
         with RedisServer() as redis:
             codes = [run(protocol, workdir, redis.url, argv) for protocol in (1, 2)]
+            codes.append(check_names(archive, workdir, redis.url))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return max(codes)

@@ -16,7 +16,8 @@ SECRET_KEY = "upstream-suite-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
-TIME_ZONE = "UTC"
+# Not UTC: serialized times must carry the offset of the current time zone.
+TIME_ZONE = "America/New_York"
 
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}

@@ -172,10 +172,8 @@ def _status(connection, legacy, uid):
     state = legacy["state"]
     options = {"notify": False, "imported_from": "django-user-tasks", "legacy_id": legacy["id"]}
     message = ""
-    if state not in State.values:  # a custom state set with set_state()
-        options["custom_state"] = state
+    if state not in State.values:  # a custom state set with set_state(): kept as it is
         message = state[:1000]
-        state = State.IN_PROGRESS
     modified = _datetime(connection, legacy["modified"])
     created = _datetime(connection, legacy["created"])
     return UserTaskStatus(

@@ -9,7 +9,9 @@ task), is recorded in the task's event history, and final states send
 """
 
 import logging
+import threading
 import uuid as uuid_lib
+from contextlib import contextmanager
 
 from django.db import transaction
 from django.db.models import F
@@ -20,13 +22,40 @@ from django.utils.translation import gettext_lazy as _
 from usertasks import models as core
 from usertasks import runs, transitions
 from usertasks.cancel import ALREADY_FINAL, CANCELED
-from usertasks.states import ACTIVE_STATES, State
+from usertasks.states import FINAL_STATES, STANDARD_STATES, State
 
 from .exceptions import TaskCanceledException
 
 logger = logging.getLogger(__name__)
+LOGGER = logger  # (django-user-tasks' name)
 
 __all__ = ["UserTaskArtifact", "UserTaskStatus"]
+
+_callers = threading.local()
+
+
+@contextmanager
+def _caller(instance):
+    """While ``instance.cancel()`` runs: ``user_task_stopped`` sent meanwhile (under a
+    ``TestCase``, or with no transaction around the cancel) carries ``instance`` itself, as
+    django-user-tasks' ``cancel()`` does, not another copy of the row.  (Its other methods send
+    a copy: django-user-tasks sent nothing from them.)"""
+    by_pk = _callers.__dict__.setdefault("by_pk", {})
+    previous = by_pk.get(instance.pk)
+    by_pk[instance.pk] = instance
+    try:
+        yield
+    finally:
+        if previous is None:
+            by_pk.pop(instance.pk, None)
+        else:
+            by_pk[instance.pk] = previous
+
+
+def caller_instance(pk):
+    """The instance whose method is changing task ``pk``'s state in this thread, if any."""
+    return getattr(_callers, "by_pk", {}).get(pk)
+
 
 #: ``task_class`` of the rows that stand for a Celery canvas.
 GROUP, CHAIN, CHORD = "celery.group", "celery.chain", "celery.chord"
@@ -71,7 +100,33 @@ class UserTaskStatus(core.UserTaskStatus):
                 self.backend = "celery"
             if not self.task_id:
                 self.task_id = str(uuid_lib.uuid4())
+            if not self.attempts:  # django-user-tasks counts the first attempt from the start
+                self.attempts = 1
+            # No usertasks email unless the task class asks for one (``notify = True``).
+            self.options = {"notify": False, **(self.options or {})}
+        elif self.pk is not None and (kwargs.get("update_fields") is None or "state" in kwargs["update_fields"]):
+            stored = UserTaskStatus.objects.filter(pk=self.pk).values_list("state", flat=True).first()
+            if stored is not None and stored != self.state:
+                # ``status.state = ...; status.save()``: the other fields are saved, the state
+                # changes through the transition it names (its event, times and signals).
+                target, self.state = self.state, stored
+                if kwargs.get("update_fields") is not None:
+                    kwargs["update_fields"] = [f for f in kwargs["update_fields"] if f != "state"]
+                if kwargs.get("update_fields") != []:
+                    super().save(*args, **kwargs)
+                self._change_state(target)
+                return
         super().save(*args, **kwargs)
+
+    def _change_state(self, state):
+        if state == State.CANCELED:
+            self._finish(State.CANCELED, core.EventKind.CANCELED)
+            self.refresh_from_db()
+        elif state in STANDARD_STATES:
+            self._set_standard_state(state)
+        else:
+            transitions.set_custom_state(self, state)
+            self.refresh_from_db()
 
     # ``parent`` gives the proxy class (the foreign key on the concrete model gives the base).
     @property
@@ -89,19 +144,34 @@ class UserTaskStatus(core.UserTaskStatus):
         self.parent_id = None if value is None else value.pk
         self.__dict__["_compat_parent"] = value if isinstance(value, UserTaskStatus) else None
 
+    # django-user-tasks' reverse accessors, giving this module's proxies.
+    @property
+    def artifacts(self):  # type: ignore[override]  # (the proxy's own reverse accessor)
+        """This task's artifacts (``user_tasks.models.UserTaskArtifact``)."""
+        return proxy_related_manager(self, core.UserTaskStatus.artifacts, UserTaskArtifact)
+
+    @property
+    def usertaskstatus_set(self):
+        """The tasks of this group, chain or chord (``parent`` is this task)."""
+        return proxy_related_manager(self, core.UserTaskStatus.children, UserTaskStatus)
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _rows(self):
         return UserTaskStatus.objects.filter(pk=self.pk)
 
     def _cancel_requested(self):
-        """Reload state and cancel bookkeeping; ``True`` once this task should stop."""
+        """Reload state and cancel bookkeeping; ``True`` once this task should stop.  The row
+        decides (every cancel of a Celery task is written there first); a run this process
+        registered also stops at its forced abort (``usertasks.runs``).  An abort flag in Redis
+        alone is not enough: one raised in a transaction that was rolled back (a ``TestCase``)
+        must not cancel the next task that gets the same primary key."""
         self.refresh_from_db(fields=["state", "cancel_requested", "completed_steps", "total_steps", "modified"])
         if self.is_container:
             return False
         if self.state == State.CANCELED or self.cancel_requested is not None:
             return True
-        return runs.abort_requested(self, key=self.task_id)
+        return runs.is_running(self.task_id) and runs.abort_requested(self, key=self.task_id)
 
     def _finish(self, state, kind, detail="", actor=None, notify_parent=True, where=None, **fields):
         """Enter a final state from an active one (``usertasks.transitions.finish``: its event,
@@ -117,12 +187,12 @@ class UserTaskStatus(core.UserTaskStatus):
         skips the tasks that can no longer run; once no task is active the container ends:
         Succeeded if all succeeded, else Failed (a task failed) or Canceled."""
         self.refresh_from_db(fields=["state"])
-        if self.state not in ACTIVE_STATES:
+        if not self.is_active:
             return
         kids = UserTaskStatus.objects.filter(parent_id=self.pk)
         if self.task_class in (CHAIN, CHORD) and kids.filter(state__in=(State.FAILED, State.CANCELED)).exists():
             self._skip_pending_children()
-        if kids.filter(state__in=ACTIVE_STATES).exists():
+        if kids.exclude(state__in=FINAL_STATES).exists():
             return
         if not kids.exclude(state=State.SUCCEEDED).exists():
             self.succeed()
@@ -135,10 +205,8 @@ class UserTaskStatus(core.UserTaskStatus):
 
     @property
     def state_text(self):
-        """The current state in the current language (or the custom state set by :meth:`set_state`)."""
-        custom = (self.options or {}).get("custom_state")
-        if custom and self.state == State.IN_PROGRESS:
-            return custom
+        """The current state in the current language (a custom state set by :meth:`set_state`
+        as it was given)."""
         return self.STATE_TRANSLATIONS.get(self.state, self.state)
 
     def start(self, worker=""):
@@ -162,7 +230,7 @@ class UserTaskStatus(core.UserTaskStatus):
         update = {"completed_steps": F("completed_steps") + steps, "modified": now}
         if not self.is_container:
             update["heartbeat"] = now
-        rows = self._rows().filter(state__in=ACTIVE_STATES) if self.is_container else self._rows()
+        rows = self._rows().exclude(state__in=FINAL_STATES) if self.is_container else self._rows()
         counted = rows.update(**update)
         canceled = self._cancel_requested()
         if self.parent_id and counted:  # an ended container counted its steps when it succeeded
@@ -191,14 +259,15 @@ class UserTaskStatus(core.UserTaskStatus):
                 cancel_requested=timezone.now(),
                 canceled_by=user,
             )
-            for child in UserTaskStatus.objects.filter(parent_id=self.pk, state__in=ACTIVE_STATES):
+            for child in UserTaskStatus.objects.filter(parent_id=self.pk).exclude(state__in=FINAL_STATES):
                 child.cancel(by=by)
             self.refresh_from_db()
             self.cancel_outcome = CANCELED if done else ALREADY_FINAL
             return done
         self.refresh_from_db(fields=["state"])
         was = self.state
-        done = super().cancel(by=by)  # usertasks.cancel.cancel_task: row, event, abort flag
+        with _caller(self):
+            done = super().cancel(by=by)  # usertasks.cancel.cancel_task: row, event, abort flag
         if self.cancel_outcome == CANCELED:
             if self.backend == "celery" and was in (State.PENDING, State.RETRYING):
                 _revoke(self.task_id)
@@ -250,24 +319,47 @@ class UserTaskStatus(core.UserTaskStatus):
             self.parent.set_name(name)
 
     def set_state(self, custom_state):
-        """Show a custom in-progress state, like "Sending emails" (raises
-        :class:`TaskCanceledException` once canceled).  The row stays ``In Progress`` (so the
-        dashboard, the reaper and the purge keep working); the text is the row's message and
-        :attr:`state_text`."""
+        """Show a custom state, like "Updating" (raises :class:`TaskCanceledException` once
+        canceled): ``state`` holds the text, which usertasks' pages, API, reaper and purge treat
+        as In Progress.  It reaches the containers too, except a group's.  A standard state name
+        makes that change instead: ``set_state("Succeeded")`` is :meth:`succeed`, ``"Failed"`` is
+        :meth:`fail`, ``"Canceled"`` is :meth:`cancel`, ``"Retrying"`` is :meth:`retry`,
+        ``"In Progress"`` is :meth:`start`."""
         custom_state = str(custom_state)
         if self._cancel_requested():
             raise TaskCanceledException()
+        if custom_state in STANDARD_STATES:
+            self._set_standard_state(custom_state)
+            return
         transitions.set_custom_state(self, custom_state)
         self.refresh_from_db()
         if self.parent_id and self.parent.task_class != GROUP:
             self.parent.set_state(custom_state)
+
+    def _set_standard_state(self, state):
+        if state == State.SUCCEEDED:
+            self.succeed()
+        elif state == State.FAILED:
+            self.fail(self.error or "The task failed.")
+        elif state == State.CANCELED:
+            self.cancel()
+        elif state == State.RETRYING:
+            self.retry()
+        elif state == State.IN_PROGRESS:
+            if self.state in (State.PENDING, State.RETRYING):
+                self.start()
+            elif self.state not in STANDARD_STATES:  # leave a custom state
+                transitions.clear_custom_state(self)
+                self.refresh_from_db()
+        elif self.state != State.PENDING:
+            raise ValueError("a task cannot go back to Pending")
 
     def succeed(self):
         """Mark the task as done (completing its steps); its container too once every task of
         it has succeeded."""
         for _try in range(50):
             self.refresh_from_db(fields=["completed_steps", "total_steps", "state"])
-            if self.state not in ACTIVE_STATES:
+            if not self.is_active:
                 return
             seen = self.completed_steps
             missing = max(0, self.total_steps - seen)
@@ -295,7 +387,7 @@ class UserTaskStatus(core.UserTaskStatus):
         # A container that has ended already counted all its steps when it succeeded.
         n = (
             self._rows()
-            .filter(state__in=ACTIVE_STATES)
+            .exclude(state__in=FINAL_STATES)
             .update(completed_steps=F("completed_steps") + steps, modified=timezone.now())
         )
         if n and self.parent_id:
@@ -310,6 +402,11 @@ class UserTaskArtifact(core.UserTaskArtifact):
         app_label = "user_tasks"
         verbose_name = _("user task artifact")
         verbose_name_plural = _("user task artifacts")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not args and not kwargs.get("name"):  # a new artifact (rows loaded come positionally)
+            self.name = "Output"
 
     def save(self, *args, **kwargs):
         if self._state.adding and not self.name:
@@ -339,3 +436,24 @@ def _revoke(task_id):
         current_app.control.revoke(task_id)
     except Exception:
         logger.warning("user_tasks: could not revoke Celery task %s", task_id, exc_info=True)
+
+
+def proxy_related_manager(instance, descriptor, model):
+    """The related manager of the reverse accessor ``descriptor`` for ``instance``, giving (and
+    creating) instances of the proxy ``model``."""
+    manager = descriptor.related_manager_cls(instance)
+    manager.model = model
+    return manager
+
+
+class UserTasksOfUser:
+    """``user.usertaskstatus_set`` as django-user-tasks had it: the user's tasks, as
+    ``user_tasks.models.UserTaskStatus`` (set on the user model when the app is ready)."""
+
+    def __init__(self, descriptor):
+        self.descriptor = descriptor
+
+    def __get__(self, user, owner=None):
+        if user is None:
+            return self
+        return proxy_related_manager(user, self.descriptor, UserTaskStatus)

@@ -28,13 +28,14 @@ from django.utils.functional import LazyObject, empty
 from usertasks.exceptions import Aborted
 from usertasks.models import EventKind
 from usertasks.signals import ACTS, task_finished
-from usertasks.states import ACTIVE_STATES, State
+from usertasks.states import State
 
 from . import tracking, user_task_stopped
-from .models import UserTaskStatus
+from .models import UserTaskStatus, caller_instance
 from .tasks import UserTaskMixin
 
 logger = logging.getLogger("user_tasks")
+LOGGER = logger  # (django-user-tasks' name)
 
 __all__ = ["celery_app", "create_user_task", "start_user_task", "user_task_stopped"]
 
@@ -55,7 +56,7 @@ def create_user_task(sender=None, body=None, headers=None, routing_key=None, **k
 @task_prerun.connect(dispatch_uid="user_tasks.prerun")
 def start_user_task(sender=None, **kwargs):
     """Drop stale database connections before a user task runs (outside of an atomic block)."""
-    if not isinstance(sender, UserTaskMixin):
+    if not (isinstance(sender, UserTaskMixin) or (isinstance(sender, type) and issubclass(sender, UserTaskMixin))):
         return
     try:
         in_atomic = transaction.get_connection().in_atomic_block
@@ -113,7 +114,7 @@ def task_succeeded(sender=None, **kwargs):
     if not isinstance(sender, UserTaskMixin):
         return
     status = _row(sender.request.id)
-    if status is not None and status.state in (State.PENDING, State.IN_PROGRESS):
+    if status is not None and status.is_active:  # (a custom state is In Progress)
         status.succeed()
 
 
@@ -125,7 +126,7 @@ def task_was_revoked(sender=None, request=None, terminated=None, expired=None, *
     task_id = getattr(request, "id", None) or getattr(request, "task_id", None)
     tracking.unregister_running(task_id)
     status = _row(task_id)
-    if status is None or status.state not in ACTIVE_STATES:
+    if status is None or not status.is_active:
         return
     if expired:
         status.fail("The task expired before it could run.")
@@ -150,17 +151,21 @@ ACTS["user_tasks.stopped"] = _stopped_has_listeners  # a worker need not wait fo
 
 @receiver(task_finished, dispatch_uid="user_tasks.stopped")
 def send_user_task_stopped(sender=None, status=None, state=None, **kwargs):
-    """``user_task_stopped`` for every task (not container) that reaches a final state, Celery
-    and Dramatiq alike, so receivers written for django-user-tasks keep working after a task
-    moves to Dramatiq."""
+    """``user_task_stopped`` for every task that reaches a final state, Celery and Dramatiq
+    alike, so receivers written for django-user-tasks keep working after a task moves to
+    Dramatiq.  A group, chain or chord sends it once, when it ends, as a task without a parent:
+    a receiver that emails top-level tasks emails once per canvas."""
     if status is None or not user_task_stopped.has_listeners(UserTaskStatus):
         return
     if isinstance(status, LazyObject):  # usertasks loads the row on first use
         if status._wrapped is empty:
             status._setup()
         status = status._wrapped
-    if status.is_container:
-        return
+    caller = caller_instance(status.pk)
+    if caller is not None:  # the instance whose method made the change gets the row's values
+        for f in status._meta.concrete_fields:
+            setattr(caller, f.attname, getattr(status, f.attname))
+        status = caller
     if not isinstance(status, UserTaskStatus):
         proxy = UserTaskStatus()
         proxy.__dict__.update({k: v for k, v in status.__dict__.items() if k != "_state"})

@@ -27,6 +27,7 @@ from .exceptions import TaskCanceledException
 from .models import UserTaskStatus
 
 logger = logging.getLogger("user_tasks")
+LOGGER = logger  # (django-user-tasks' name)
 
 __all__ = ["UserTask", "UserTaskMixin", "purge_old_user_tasks"]
 

@@ -31,6 +31,9 @@ from usertasks.models import EventKind, UserTaskEvent
 
 logger = logging.getLogger("user_tasks")
 
+#: Option of a container row named by a task's ``user_task_name`` (later names do not rename it).
+NAMED = "user_task_named"
+
 _HOST = socket.gethostname()
 
 
@@ -104,7 +107,7 @@ def user_task_class(name):
 def valid_user_id(arguments, task_name):
     """The ``user_id`` argument when it names an existing user; else logs why and returns ``None``."""
     if "user_id" not in arguments:
-        logger.error("%s: each invocation of a UserTaskMixin subclass must include the user_id", task_name)
+        logger.error("%s: Each invocation of a UserTaskMixin subclass must include the user_id", task_name)
         return None
     user_id = arguments["user_id"]
     User = get_user_model()
@@ -113,7 +116,7 @@ def valid_user_id(arguments, task_name):
     except (TypeError, ValueError, ValidationError):
         exists = False
     if not exists:
-        logger.error("%s: invalid user_id: %r; the task runs untracked", task_name, user_id)
+        logger.error("%s: Invalid user_id: %s (the task runs untracked)", task_name, user_id)
         return None
     return user_id
 
@@ -194,15 +197,35 @@ def _reopen(container):
         container.refresh_from_db()
 
 
-def _container(task_id, kind, user_id, name, parent=None):
+def _container(task_id, kind, user_id, name, parent=None, explicit=""):
+    """The row of a group, chain or chord, created when missing; named ``explicit`` (a task's
+    ``user_task_name``) when given, else ``name`` until a later task of it gives one."""
     from .models import UserTaskStatus
 
     row = UserTaskStatus.objects.filter(task_id=task_id).first()
     if row is not None:
+        _name_container(row, explicit)
         return row, False
-    return _new_row(
-        task_id=task_id, user_id=user_id, name=name, task_class=kind, is_container=True, parent=parent
-    ), True
+    row = _new_row(
+        task_id=task_id, user_id=user_id, name=explicit or name, task_class=kind, is_container=True, parent=parent
+    )
+    if explicit:
+        _mark_named(row)
+    return row, True
+
+
+def _name_container(row, explicit):
+    """The first ``user_task_name`` given to a container's tasks names it; later ones do not."""
+    if explicit and not (row.options or {}).get(NAMED):
+        row.set_name(explicit)
+        _mark_named(row)
+
+
+def _mark_named(row):
+    from .models import UserTaskStatus
+
+    row.options = dict(row.options or {}, **{NAMED: True})
+    UserTaskStatus.objects.filter(pk=row.pk).update(options=row.options)
 
 
 def _eta(value):
@@ -234,7 +257,7 @@ def track_publish(sender, body, headers, routing_key=None):
         "eta": _eta(msg.eta),
         "notify": getattr(task, "notify", False),
     }
-    container_name = msg.kwargs.get("user_task_name") or ""
+    container_name = str(msg.kwargs.get("user_task_name") or "")
     # No transaction around these writes: on SQLite a transaction that reads before it writes
     # fails at once ("database is locked") when a worker writes meanwhile, and the tasks of a
     # group or chord are published one by one while the first ones already run.
@@ -242,7 +265,9 @@ def track_publish(sender, body, headers, routing_key=None):
     if steps:
         import uuid
 
-        chain, _ = _container(str(uuid.uuid4()), CHAIN, user_id, container_name or name)
+        # The chain is named by the first of its tasks that gives a user_task_name.
+        named = [container_name] + [str((s.get("kwargs") or {}).get("user_task_name") or "") for s in steps]
+        chain, _ = _container(str(uuid.uuid4()), CHAIN, user_id, name, explicit=next(filter(None, named), ""))
         _new_row(task_id=msg.id, name=name, total_steps=total, parent=chain, **row_kwargs)
         for sig in steps:
             _chain_step(sig, chain, user_id)
@@ -252,9 +277,7 @@ def track_publish(sender, body, headers, routing_key=None):
         return
     parent = None
     if msg.group:
-        parent, _ = _container(msg.group, GROUP, user_id, container_name or name)
-        if container_name and parent.name != container_name:
-            parent.set_name(container_name)
+        parent, _ = _container(msg.group, GROUP, user_id, name, explicit=container_name)
     _new_row(task_id=msg.id, name=name, total_steps=total, parent=parent, **row_kwargs)
 
 
@@ -282,9 +305,13 @@ def _chord_member(task, msg, name, total, container_name, row_kwargs):
 
     user_id = row_kwargs["user_id"]
     group = UserTaskStatus.objects.filter(task_id=msg.group).first()
-    if group is None:
-        chord, _ = _container(str(uuid.uuid4()), CHORD, user_id, container_name or name)
-        group, _ = _container(msg.group, GROUP, user_id, container_name or name, parent=chord)
+    if group is not None:  # a later task of the header: its name may name the chord
+        _name_container(group, container_name)
+        if group.parent_id:
+            _name_container(group.parent, container_name)
+    else:
+        chord, _ = _container(str(uuid.uuid4()), CHORD, user_id, name, explicit=container_name)
+        group, _ = _container(msg.group, GROUP, user_id, name, parent=chord, explicit=container_name)
         body = msg.chord
         body_task = user_task_class(body.get("task"))
         body_id = (body.get("options") or {}).get("task_id")

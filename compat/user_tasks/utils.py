@@ -25,7 +25,7 @@ def proto2_to_proto1(body, headers):
     return converted
 
 
-def extract_proto2_headers(id, retries, eta, expires, group, timelimit, task, **ignored):  # noqa: A002
+def extract_proto2_headers(id, retries, eta, expires, group, timelimit, task, **ignored):
     """The protocol 1 fields carried by protocol 2 headers (a group id becomes ``taskset``)."""
     return {
         "id": id,

@@ -53,10 +53,16 @@ class StatusViewSet(
         return Response(StatusSerializer(status, context={"request": request}).data)
 
     def destroy(self, request, *args, **kwargs):
+        """Delete the task with its artifacts and files.  An active task is canceled first: one
+        that had not started is then deleted at once; a running one is asked to stop, and the
+        answer is 409 until it has (its worker may still write to it); DELETE again then."""
         status = self.get_object()
         if status.is_active:
-            return Response({"detail": "The task is still active: cancel it first."}, status=http.HTTP_409_CONFLICT)
-        status.delete_with_files()
+            status.cancel(by=request.user)
+        if not status.delete_with_files():
+            return Response(
+                {"detail": "The task is stopping; delete it once it has ended."}, status=http.HTTP_409_CONFLICT
+            )
         return Response(status=http.HTTP_204_NO_CONTENT)
 
 

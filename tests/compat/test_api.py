@@ -66,11 +66,28 @@ def test_owner(client, user, tasks):
     assert not storage.exists(name)
 
 
-def test_delete_of_an_active_task_is_refused(client, user, tasks):
+def test_delete_of_a_pending_task_cancels_and_deletes_it(client, user, tasks):
     c = client_for(client, user)
     response = c.delete(reverse("usertaskstatus-detail", args=[tasks["mine"].uuid]))
+    assert response.status_code == 204
+    assert not UserTaskStatus.objects.filter(pk=tasks["mine"].pk).exists()
+
+
+def test_delete_of_a_running_task_stops_it_and_deletes_it_once_ended(client, user, tasks):
+    running = tasks["mine"]
+    running.start()
+    c = client_for(client, user)
+    response = c.delete(reverse("usertaskstatus-detail", args=[running.uuid]))
+    # Its worker may still write to it: asked to stop, kept until it has.
     assert response.status_code == 409
-    assert UserTaskStatus.objects.filter(pk=tasks["mine"].pk).exists()
+    assert response.json() == {"detail": "The task is stopping; delete it once it has ended."}
+    running.refresh_from_db()
+    assert running.state == "In Progress" and running.cancel_requested is not None
+    with pytest.raises(Exception, match="canceled"):
+        running.increment_completed_steps()  # the worker's next step stops it...
+    running.fail("Stopped.")  # ...and its run ends (the signal handlers' part)
+    assert c.delete(reverse("usertaskstatus-detail", args=[running.uuid])).status_code == 204
+    assert not UserTaskStatus.objects.filter(pk=running.pk).exists()
 
 
 def test_other_user_sees_nothing_of_mine(client, other_user, tasks):

@@ -131,7 +131,9 @@ def test_import_and_import_again(legacy_tables, user, other_user):
     assert group.is_container and group.children_total == 2 and group.children_succeeded == 1
     part2 = UserTaskStatus.objects.get(uuid=custom_uuid)
     assert part2.parent == group
-    assert part2.state == "In Progress" and part2.state_text == "Sending emails"
+    # Imported rows keep their custom state (In Progress to usertasks).
+    assert part2.state == "Sending emails" and part2.state_text == "Sending emails"
+    assert part2.effective_state == "In Progress" and part2.is_active
 
     # Again: nothing new.  Then one new legacy row: only that one.
     assert run().startswith("Imported 0 tasks (5 already there) and 0 artifacts (3 already there)")
@@ -145,22 +147,56 @@ def test_no_legacy_tables(transactional_db):
         run()
 
 
-def test_migration_history_of_django_user_tasks_does_not_clash(transactional_db):
-    """A database that ran django-user-tasks' migrations (same app label) migrates cleanly: our
-    migration has another name, theirs are ignored."""
-    from django.db.migrations.executor import MigrationExecutor
-    from django.db.migrations.recorder import MigrationRecorder
+LEGACY_MIGRATIONS = ["0001_initial", "0002_artifact_file_storage", "0003_url_max_length", "0004_url_textfield",
+                     "0005_mariadb_uuid_conversion"]
 
-    legacy = ["0001_initial", "0002_artifact_file_storage", "0003_url_max_length", "0004_url_textfield",
-              "0005_mariadb_uuid_conversion"]
-    recorder = MigrationRecorder(connection)
-    for name in legacy:
-        recorder.record_applied("user_tasks", name)
-    try:
-        executor = MigrationExecutor(connection)
-        executor.loader.check_consistent_history(connection)
-        assert executor.migration_plan(executor.loader.graph.leaf_nodes()) == []
-        assert ("user_tasks", "0001_proxies") in executor.loader.applied_migrations
-    finally:
-        for name in legacy:
-            recorder.record_unapplied("user_tasks", name)
+
+def test_migrations_carry_the_names_and_order_of_django_user_tasks():
+    """A project migration that depends on ``("user_tasks", "0004_url_textfield")`` resolves."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    plan = loader.graph.forwards_plan(("user_tasks", LEGACY_MIGRATIONS[-1]))
+    assert [name for app, name in plan if app == "user_tasks"] == LEGACY_MIGRATIONS
+    # Databases that ran this app's earlier first migration count it as 0001_initial.
+    assert loader.replacements[("user_tasks", "0001_initial")].replaces == [("user_tasks", "0001_proxies")]
+
+
+MIGRATE_AFTER = """
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.recorder import MigrationRecorder
+for app in ("contenttypes", "auth", "usertasks"):
+    call_command("migrate", app, verbosity=0)
+recorder = MigrationRecorder(connection)
+for name in {names!r}:
+    recorder.record_applied("user_tasks", name)
+call_command("migrate", verbosity=0)
+executor = MigrationExecutor(connection)
+executor.loader.check_consistent_history(connection)
+assert executor.migration_plan(executor.loader.graph.leaf_nodes()) == []
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("history", ["django-user-tasks", "earlier usertasks", "none"])
+def test_migrate_after_django_user_tasks_or_an_earlier_release(tmp_path, history):
+    """``manage.py migrate`` on a database that ran django-user-tasks' migrations (same app label
+    and names), this app's earlier ``0001_proxies``, or nothing: clean, nothing left to apply."""
+    import os
+    import subprocess
+    import sys
+
+    from ..helpers import ROOT
+
+    names = {"django-user-tasks": LEGACY_MIGRATIONS, "earlier usertasks": ["0001_proxies"], "none": []}[history]
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=ROOT + os.pathsep + ROOT + "/compat")
+    env.pop("DATABASE_URL", None)  # a scratch SQLite database
+    env["USERTASKS_TEST_DB_NAME"] = str(tmp_path / "db.sqlite3")
+    done = subprocess.run([sys.executable, "-c", MIGRATE_AFTER.format(names=names)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("ok")

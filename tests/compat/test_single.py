@@ -118,8 +118,8 @@ def test_missing_or_invalid_user_id_is_logged(celery_app, protocol, user, caplog
     assert not UserTaskStatus.objects.filter(task_id__in=[a.id, b.id, c.id]).exists()
     text = caplog.text
     assert "must include the user_id" in text
-    assert "invalid user_id: 987654" in text
-    assert "invalid user_id: 'not-a-pk'" in text
+    assert "Invalid user_id: 987654" in text
+    assert "Invalid user_id: not-a-pk" in text
 
 
 def test_untracked_plain_task_is_ignored(celery_worker, redis):
@@ -171,7 +171,11 @@ def test_status_methods_directly(user, transactional_db, stopped):
     status.increment_total_steps(1)
     assert (status.completed_steps, status.total_steps) == (2, 5)
     status.set_state("Crunching")
-    assert status.state == UserTaskStatus.IN_PROGRESS and status.state_text == "Crunching"
+    # A custom state is stored as it is given, and is In Progress to everything else.
+    assert status.state == "Crunching" and status.state_text == "Crunching"
+    assert UserTaskStatus.objects.filter(state="Crunching").get() == status
+    assert status.effective_state == UserTaskStatus.IN_PROGRESS and status.is_active
+    assert UserTaskStatus.objects.active().filter(pk=status.pk).exists()
     status.retry()
     assert status.state == UserTaskStatus.RETRYING and status.attempts == 2
     status.start()
