@@ -8,9 +8,10 @@ of containers whose process stopped in between (:func:`send_callback`).
 """
 
 import logging
+import time
 
 import dramatiq
-from django.db import transaction
+from django.db import OperationalError, transaction
 
 from ..broker import enqueue_many
 from ..models import UserTaskStatus
@@ -129,14 +130,24 @@ def send_callback(pk, callback, db):
     except Exception:
         logger.exception("usertasks: could not send the completion callback of task %s", pk)
         return False
-    try:
-        with transaction.atomic(using=db):
-            options = rows.select_for_update().filter(pk=pk).values_list("options", flat=True).first()
-            if options is not None:
-                for key in ("fanout", "pipeline"):
-                    if isinstance(options.get(key), dict):
-                        options[key].pop(CALLBACK_DUE, None)
-                rows.filter(pk=pk).update(options=options)
-    except Exception:
-        logger.exception("usertasks: the completion callback of task %s was sent but is still marked due", pk)
+    for attempt in range(6):
+        try:
+            with transaction.atomic(using=db):
+                options = rows.select_for_update().filter(pk=pk).values_list("options", flat=True).first()
+                if options is not None:
+                    for key in ("fanout", "pipeline"):
+                        if isinstance(options.get(key), dict):
+                            options[key].pop(CALLBACK_DUE, None)
+                    rows.filter(pk=pk).update(options=options)
+            break
+        except OperationalError:
+            # SQLite refuses at once a transaction that read before it writes while another
+            # connection writes ("database is locked"): short, so try it again.
+            if attempt == 5:
+                logger.exception("usertasks: the completion callback of task %s was sent but is still marked due", pk)
+            else:
+                time.sleep(0.02 * 2**attempt)
+        except Exception:
+            logger.exception("usertasks: the completion callback of task %s was sent but is still marked due", pk)
+            break
     return True
