@@ -24,6 +24,7 @@ from .abort import get_backend, set_flag
 from .containers.cancel import cancel_contents
 from .exceptions import AbortBackendError
 from .models import UserTaskStatus
+from .signals import test_case_commit_point
 from .states import FINAL_STATES, State
 
 logger = logging.getLogger("usertasks")
@@ -106,6 +107,11 @@ def _claimed(status_id: int) -> bool:
     whether a worker claimed it first (then its body may be running although the row still says
     Pending; see ``usertasks.abort.redis``).  Either way the flag is up before the row changes,
     so no worker can start the body after this returns ``False``."""
+    if test_case_commit_point(transaction.get_connection(router.db_for_write(UserTaskStatus))):
+        # In a Django TestCase nothing commits, so no worker can have the task, and a flag
+        # raised now would outlive the rolled-back test (the next task with this key would
+        # look canceled).
+        return False
     try:
         backend = get_backend()
         if not backend.atomic_claims:
