@@ -15,6 +15,8 @@ from usertasks import user_task
 def record_stopped(sender, status, **kwargs):
     client = redis.Redis.from_url(os.environ["USERTASKS_TEST_REDIS_URL"])
     client.set(f"side-effect:compat:stopped:{status.task_id}", status.state)
+    if status.parent is None:  # what a receiver that emails top-level tasks would email
+        client.incr(f"side-effect:compat:top-stopped:{status.task_id}")
 
 
 @user_task(name="Count to {n}", actor_name="compat_count", max_retries=0)

@@ -7,6 +7,7 @@ from user_tasks.models import UserTaskStatus
 from usertasks.models import EventKind
 
 from . import celerytasks
+from ..helpers import wait_for
 from .helpers import side_effects, wait_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -75,6 +76,43 @@ def test_chain_with_a_failing_step_skips_the_rest(celery_worker, user, redis):
     assert last.events.filter(kind=EventKind.SKIPPED).exists()
     assert container.artifacts.filter(name="Error", text="Bad input: f2").exists()
     assert side_effects(redis, "f3") == 0
+
+
+def test_chain_step_that_fails_itself_and_returns_skips_the_rest(celery_worker, user, redis):
+    """django-user-tasks ran the later steps of such a chain (Celery sees a success) under a
+    Failed chain; here they are skipped: their input is the output of a failed step."""
+    u = user.pk
+    result = chain(
+        celerytasks.step.s(user_id=u, label="g1"),
+        celerytasks.fails_itself.si(u, label="g2"),
+        celerytasks.step.s(user_id=u, label="g3"),
+    ).apply_async()
+    last = UserTaskStatus.objects.get(task_id=result.id)
+    container = last.parent
+    wait_state(container, FINAL)
+    wait_state(last, FINAL)
+    assert container.state == UserTaskStatus.FAILED
+    assert [c.state for c in children(container)] == ["Succeeded", "Failed", "Canceled"]
+    assert side_effects(redis, "g2") == 1 and side_effects(redis, "g3") == 0
+
+
+def test_each_chain_and_chord_sends_user_task_stopped_once_without_a_parent(celery_worker, user, redis):
+    """Open edX emails on user_task_stopped for tasks without a parent: once per canvas."""
+    u = user.pk
+    chained = chain(celerytasks.step.s(user_id=u, label="h1"), celerytasks.step.s(user_id=u, label="h2")).apply_async()
+    chorded = chord([celerytasks.step.s(user_id=u, label="h3"), celerytasks.step.s(user_id=u, label="h4")])(
+        celerytasks.collect.s(user_id=u, label="h5")
+    )
+    containers = [UserTaskStatus.objects.get(task_id=r.id).parent for r in (chained, chorded)]
+    for container in containers:
+        wait_state(container, FINAL)
+        assert container.state == UserTaskStatus.SUCCEEDED and container.parent is None
+        key = f"side-effect:compat:top-stopped:{container.task_id}"
+        assert wait_for(lambda k=key: redis.get(k), 30, message="user_task_stopped of the container") == b"1"
+    # The tasks inside sent theirs with a parent: no other top-level signal.
+    tops = {k.decode().rsplit(":", 1)[1] for k in redis.scan_iter("side-effect:compat:top-stopped:*")}
+    assert tops == {c.task_id for c in containers}
+    assert all(redis.get(f"side-effect:compat:top-stopped:{t}") == b"1" for t in tops)
 
 
 def test_chord(celery_worker, user, redis):
