@@ -7,6 +7,12 @@ tables, keeping uuids (so API links stay valid), task ids, parents, names, state
 attempts, dates and artifacts (file names are kept: the files stay where they are in the
 artifact storage).  Running it again imports only what is new: a row whose uuid or task id is
 already there is skipped.
+
+Foreign keys of the project's own models to ``user_tasks.UserTaskStatus`` that were created while
+django-user-tasks was installed still point, in the database, at its table.  The import repoints
+them (:func:`repoint_foreign_keys`): each value becomes the id of the imported row, and the
+constraint references the usertasks table, so rows for tasks created after the switch can be
+written.
 """
 
 import datetime
@@ -50,12 +56,16 @@ class Report:
     tasks_skipped: int = 0
     artifacts: int = 0
     artifacts_skipped: int = 0
+    foreign_keys: list[str] | None = None
 
     def __str__(self):
-        return (
+        text = (
             f"Imported {self.tasks} tasks ({self.tasks_skipped} already there) and {self.artifacts} "
             f"artifacts ({self.artifacts_skipped} already there)."
         )
+        if self.foreign_keys:
+            text += f" Repointed {', '.join(self.foreign_keys)} to the usertasks table."
+        return text
 
 
 def _uuid(value):
@@ -164,8 +174,85 @@ def import_legacy(status_table=STATUS_TABLE, artifact_table=ARTIFACT_TABLE, batc
                 UserTaskStatus.objects.using(db).filter(pk=status_id, state=State.FAILED, error="").update(
                     error=text[:4000]
                 )
+    report.foreign_keys = repoint_foreign_keys(legacy_to_new, status_table=status_table, using=db)
     logger.info("user_tasks: %s", report)
     return report
+
+
+def legacy_foreign_keys(status_table=STATUS_TABLE, using=None):
+    """``(model, field, constraint name)`` of the project's foreign keys to the task statuses
+    whose database constraint still references ``status_table``."""
+    from django.apps import apps
+
+    db = using or router.db_for_write(UserTaskStatus)
+    connection = connections[db]
+    found = []
+    with connection.cursor() as cursor:
+        tables = set(connection.introspection.table_names(cursor))
+        for model in apps.get_models():
+            opts = model._meta
+            if opts.app_label in ("usertasks", "user_tasks") or not opts.managed or opts.proxy:
+                continue
+            if opts.db_table not in tables:
+                continue
+            fields = [
+                f
+                for f in opts.local_fields
+                if f.is_relation
+                and (f.many_to_one or f.one_to_one)
+                and f.related_model is not None
+                and f.related_model._meta.concrete_model is UserTaskStatus
+            ]
+            if not fields:
+                continue
+            constraints = connection.introspection.get_constraints(cursor, opts.db_table)
+            for field in fields:
+                for name, info in constraints.items():
+                    target = info.get("foreign_key")
+                    if target and target[0] == status_table and info["columns"] == [field.column]:
+                        found.append((model, field, name))
+    return found
+
+
+def repoint_foreign_keys(legacy_to_new, status_table=STATUS_TABLE, using=None):
+    """Make the foreign keys of :func:`legacy_foreign_keys` reference the usertasks table: each
+    value becomes the new id of the row it pointed to (``legacy_to_new``), the column gets the
+    type of usertasks' primary key, and the constraint references usertasks' table.  One
+    transaction per field.  Returns the fields repointed, as ``"app_label.Model.field"``."""
+    from django.db import models
+
+    db = using or router.db_for_write(UserTaskStatus)
+    connection = connections[db]
+    done = []
+    for model, field, constraint in legacy_foreign_keys(status_table, using=db):
+        table, column = model._meta.db_table, field.column
+        qn = connection.ops.quote_name
+        # The column as it is: an integer without a constraint (the old one is dropped first,
+        # except on SQLite, where altering the field rebuilds the table without it).
+        old = models.IntegerField(null=field.null, unique=field.unique, db_index=False)
+        old.set_attributes_from_name(field.name)
+        old.attname, old.column, old.model = field.attname, column, model
+        with connection.schema_editor(atomic=True) as editor:
+            if connection.vendor != "sqlite":
+                editor.execute(editor._delete_fk_sql(model, constraint))
+            # Old ids -> new ids, through negative values so that no mapping overwrites another.
+            editor.execute(f"UPDATE {qn(table)} SET {qn(column)} = -{qn(column)} WHERE {qn(column)} > 0")
+            pairs = list(legacy_to_new.items())
+            for start in range(0, len(pairs), 500):
+                chunk = pairs[start : start + 500]
+                cases = " ".join("WHEN %s THEN %s" for _ in chunk)
+                params = [v for legacy_id, new_id in chunk for v in (-legacy_id, new_id)]
+                params += [-legacy_id for legacy_id, _ in chunk]
+                marks = ", ".join(["%s"] * len(chunk))
+                editor.execute(
+                    f"UPDATE {qn(table)} SET {qn(column)} = CASE {qn(column)} {cases} END "
+                    f"WHERE {qn(column)} IN ({marks})",
+                    params,
+                )
+            editor.alter_field(model, old, field)
+        done.append(f"{model._meta.label}.{field.name}")
+        logger.info("user_tasks: %s.%s now references %s", model._meta.label, field.name, UserTaskStatus._meta.db_table)
+    return done
 
 
 def _status(connection, legacy, uid):

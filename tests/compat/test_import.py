@@ -7,7 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import IntegrityError, connection, models
 from django.utils import timezone
 
 from user_tasks.models import UserTaskStatus
@@ -48,7 +48,83 @@ SCHEMA = {
             "name" varchar(255) NOT NULL, "file" varchar(100) NULL, "url" text NOT NULL, "text" text NOT NULL,
             "status_id" integer NOT NULL REFERENCES "user_tasks_usertaskstatus" ("id") DEFERRABLE INITIALLY DEFERRED)""",
     ],
+    "mysql": [
+        """CREATE TABLE `user_tasks_usertaskstatus` (
+            `id` integer AUTO_INCREMENT NOT NULL PRIMARY KEY, `created` datetime(6) NOT NULL,
+            `modified` datetime(6) NOT NULL, `uuid` char(32) NOT NULL UNIQUE,
+            `task_id` varchar(128) NOT NULL UNIQUE, `is_container` bool NOT NULL,
+            `task_class` varchar(128) NOT NULL, `name` varchar(255) NOT NULL, `state` varchar(128) NOT NULL,
+            `completed_steps` smallint UNSIGNED NOT NULL, `total_steps` smallint UNSIGNED NOT NULL,
+            `attempts` smallint UNSIGNED NOT NULL, `parent_id` integer NULL, `user_id` integer NOT NULL,
+            CONSTRAINT `legacy_status_parent` FOREIGN KEY (`parent_id`) REFERENCES `user_tasks_usertaskstatus` (`id`),
+            CONSTRAINT `legacy_status_user` FOREIGN KEY (`user_id`) REFERENCES `auth_user` (`id`))""",
+        """CREATE TABLE `user_tasks_usertaskartifact` (
+            `id` integer AUTO_INCREMENT NOT NULL PRIMARY KEY, `created` datetime(6) NOT NULL,
+            `modified` datetime(6) NOT NULL, `uuid` char(32) NOT NULL UNIQUE, `name` varchar(255) NOT NULL,
+            `file` varchar(100) NULL, `url` longtext NOT NULL, `text` longtext NOT NULL, `status_id` integer NOT NULL,
+            CONSTRAINT `legacy_artifact_status` FOREIGN KEY (`status_id`) REFERENCES `user_tasks_usertaskstatus` (`id`))""",
+    ],
 }
+
+
+class Certificate(models.Model):
+    """A project's model with a foreign key to django-user-tasks' status (as Open edX has)."""
+
+    task = models.ForeignKey("user_tasks.UserTaskStatus", on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        app_label = "tests"
+
+
+class Report(models.Model):
+    """And a one-to-one field."""
+
+    task = models.OneToOneField("user_tasks.UserTaskStatus", null=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        app_label = "tests"
+
+
+#: The tables of those models as a migration made them while django-user-tasks was installed.
+CLIENT_SCHEMA = {
+    "sqlite": [
+        """CREATE TABLE "tests_certificate" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT,
+            "task_id" integer NOT NULL REFERENCES "user_tasks_usertaskstatus" ("id") DEFERRABLE INITIALLY DEFERRED)""",
+        """CREATE TABLE "tests_report" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT,
+            "task_id" integer NULL UNIQUE REFERENCES "user_tasks_usertaskstatus" ("id") DEFERRABLE INITIALLY DEFERRED)""",
+    ],
+    "postgresql": [
+        """CREATE TABLE "tests_certificate" ("id" serial NOT NULL PRIMARY KEY,
+            "task_id" integer NOT NULL REFERENCES "user_tasks_usertaskstatus" ("id") DEFERRABLE INITIALLY DEFERRED)""",
+        """CREATE TABLE "tests_report" ("id" serial NOT NULL PRIMARY KEY,
+            "task_id" integer NULL UNIQUE REFERENCES "user_tasks_usertaskstatus" ("id") DEFERRABLE INITIALLY DEFERRED)""",
+    ],
+    "mysql": [
+        """CREATE TABLE `tests_certificate` (`id` integer AUTO_INCREMENT NOT NULL PRIMARY KEY,
+            `task_id` integer NOT NULL, CONSTRAINT `legacy_certificate_task` FOREIGN KEY (`task_id`)
+            REFERENCES `user_tasks_usertaskstatus` (`id`))""",
+        """CREATE TABLE `tests_report` (`id` integer AUTO_INCREMENT NOT NULL PRIMARY KEY,
+            `task_id` integer NULL UNIQUE, CONSTRAINT `legacy_report_task` FOREIGN KEY (`task_id`)
+            REFERENCES `user_tasks_usertaskstatus` (`id`))""",
+    ],
+}
+
+
+@pytest.fixture
+def client_tables(legacy_tables):
+    """The project's tables in their django-user-tasks shape; their current shape afterwards."""
+    existing = set(connection.introspection.table_names())
+    with connection.schema_editor() as editor:
+        for model in (Certificate, Report):
+            if model._meta.db_table in existing:
+                editor.delete_model(model)
+    with connection.cursor() as cursor:
+        for sql in CLIENT_SCHEMA[connection.vendor]:
+            cursor.execute(sql)
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE " + connection.ops.quote_name("tests_report"))
+        cursor.execute("DROP TABLE " + connection.ops.quote_name("tests_certificate"))
 
 
 @pytest.fixture
@@ -58,12 +134,17 @@ def legacy_tables(transactional_db):
             cursor.execute(sql)
     yield
     with connection.cursor() as cursor:
-        cursor.execute('DROP TABLE "user_tasks_usertaskartifact"')
-        cursor.execute('DROP TABLE "user_tasks_usertaskstatus"')
+        cursor.execute("DROP TABLE " + connection.ops.quote_name("user_tasks_usertaskartifact"))
+        cursor.execute("DROP TABLE " + connection.ops.quote_name("user_tasks_usertaskstatus"))
+
+
+def _sql(text):
+    """``text`` with its double-quoted names quoted for this database (MySQL: backquotes)."""
+    return text.replace('"', "`") if connection.vendor == "mysql" else text
 
 
 def _uuid_param(value):
-    return value.hex if connection.vendor == "sqlite" else str(value)
+    return value.hex if connection.vendor in ("sqlite", "mysql") else str(value)
 
 
 def _dt(value):
@@ -75,13 +156,13 @@ def add_status(user, *, state, name, parent=None, container=False, steps=(1, 1),
     created = timezone.now() - timedelta(days=age_days)
     with connection.cursor() as cursor:
         cursor.execute(
-            'INSERT INTO "user_tasks_usertaskstatus" ("created", "modified", "uuid", "task_id", "is_container", '
-            '"task_class", "name", "state", "completed_steps", "total_steps", "attempts", "parent_id", "user_id") '
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            _sql('INSERT INTO "user_tasks_usertaskstatus" ("created", "modified", "uuid", "task_id", "is_container", '
+                 '"task_class", "name", "state", "completed_steps", "total_steps", "attempts", "parent_id", "user_id") '
+                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"),
             [_dt(created), _dt(created + timedelta(hours=1)), _uuid_param(uid), str(uuid.uuid4()), container,
              task_class, name, state, steps[0], steps[1], 1, parent, user.pk],
         )
-        cursor.execute('SELECT "id" FROM "user_tasks_usertaskstatus" WHERE "uuid" = %s', [_uuid_param(uid)])
+        cursor.execute(_sql('SELECT "id" FROM "user_tasks_usertaskstatus" WHERE "uuid" = %s'), [_uuid_param(uid)])
         return cursor.fetchone()[0], uid
 
 
@@ -90,8 +171,8 @@ def add_artifact(status_id, *, name="Output", file=None, url="", text=""):
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
-            'INSERT INTO "user_tasks_usertaskartifact" ("created", "modified", "uuid", "name", "file", "url", '
-            '"text", "status_id") VALUES (%s, %s, %s, %s, %s, %s, %s, %s)',
+            _sql('INSERT INTO "user_tasks_usertaskartifact" ("created", "modified", "uuid", "name", "file", "url", '
+                 '"text", "status_id") VALUES (%s, %s, %s, %s, %s, %s, %s, %s)'),
             [_dt(now), _dt(now), _uuid_param(uid), name, file, url, text, status_id],
         )
     return uid
@@ -200,3 +281,37 @@ def test_migrate_after_django_user_tasks_or_an_earlier_release(tmp_path, history
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("ok")
+
+
+def test_foreign_keys_of_the_project_are_repointed(client_tables, user):
+    """Rows of the project's models keep pointing at the same tasks, and rows for tasks created
+    after the switch can be written (the constraint referenced the old table)."""
+    from user_tasks.importer import legacy_foreign_keys
+
+    before = UserTaskStatus.objects.create(user=user, name="usertasks row", task_class="x")  # ids differ
+    first_id, first_uuid = add_status(user, state="Succeeded", name="First")
+    second_id, second_uuid = add_status(user, state="Failed", name="Second")
+    with connection.cursor() as cursor:
+        cursor.execute(_sql('INSERT INTO "tests_certificate" ("task_id") VALUES (%s), (%s)'), [first_id, second_id])
+        cursor.execute(_sql('INSERT INTO "tests_report" ("task_id") VALUES (%s)'), [second_id])
+    assert {f.name for _, f, _ in legacy_foreign_keys()} == {"task"} and len(legacy_foreign_keys()) == 2
+
+    out = run()
+    assert "Repointed tests.Certificate.task, tests.Report.task to the usertasks table." in out
+    assert legacy_foreign_keys() == []
+    assert sorted(c.task.uuid for c in Certificate.objects.all()) == sorted([first_uuid, second_uuid])
+    assert Report.objects.get().task.uuid == second_uuid
+    assert before.pk not in {c.task_id for c in Certificate.objects.all()}
+    # A task created after the switch.
+    new = UserTaskStatus.objects.create(user=user, name="after", task_class="x")
+    Certificate.objects.create(task=new)
+    Report.objects.create(task=new)
+    assert Certificate.objects.filter(task__name="after").count() == 1
+    # The constraint now references the usertasks table: a missing task is refused.
+    with pytest.raises(IntegrityError):
+        Certificate.objects.create(task_id=new.pk + 10_000)
+    # Again: nothing to repoint, nothing changes.
+    assert "Repointed" not in run()
+    assert sorted(c.task.uuid for c in Certificate.objects.filter(task__name__in=["First", "Second"])) == sorted(
+        [first_uuid, second_uuid]
+    )
