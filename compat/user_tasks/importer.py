@@ -234,7 +234,7 @@ def repoint_foreign_keys(legacy_to_new, status_table=STATUS_TABLE, using=None):
         old.attname, old.column, old.model = field.attname, column, model
         with connection.schema_editor(atomic=True) as editor:
             if connection.vendor != "sqlite":
-                editor.execute(editor._delete_fk_sql(model, constraint))
+                editor.execute(editor._delete_fk_sql(model, constraint))  # type: ignore[attr-defined]
             # Old ids -> new ids, through negative values so that no mapping overwrites another.
             editor.execute(f"UPDATE {qn(table)} SET {qn(column)} = -{qn(column)} WHERE {qn(column)} > 0")
             pairs = list(legacy_to_new.items())
