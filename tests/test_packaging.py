@@ -137,7 +137,9 @@ def test_the_wheel_carries_the_known_data_files(wheel_files):
         "usertasks/management/commands/usertasks_purge.py",
         "usertasks/migrations/0001_initial.py",
         "user_tasks/migrations/0001_initial.py",
+        "user_tasks/migrations/0001_after_django_user_tasks.py",
         "user_tasks/migrations/0004_url_textfield.py",
+        "user_tasks/migrations/0006_proxies.py",
         "user_tasks/management/commands/usertasks_import_user_tasks.py",
     ):
         assert name in wheel_files, f"{name} is missing from the wheel"

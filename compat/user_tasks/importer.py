@@ -229,7 +229,13 @@ def repoint_foreign_keys(legacy_to_new, status_table=STATUS_TABLE, using=None):
         qn = connection.ops.quote_name
         # The column as it is: an integer without a constraint (the old one is dropped first,
         # except on SQLite, where altering the field rebuilds the table without it).
-        old = models.IntegerField(null=field.null, unique=field.unique, db_index=False)
+        with connection.cursor() as cursor:
+            constraints = connection.introspection.get_constraints(cursor, table).values()
+        indexed = any(
+            c["columns"] == [column] and c.get("index") and not c.get("foreign_key") and not c.get("primary_key")
+            for c in constraints
+        )
+        old = models.IntegerField(null=field.null, unique=field.unique, db_index=indexed and not field.unique)
         old.set_attributes_from_name(field.name)
         old.attname, old.column, old.model = field.attname, column, model
         with connection.schema_editor(atomic=True) as editor:
