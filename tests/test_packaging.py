@@ -184,3 +184,43 @@ def test_twine_accepts_the_distributions(built):
         timeout=120,
     )
     assert result.returncode == 0, f"twine check failed:\n{result.stdout}"
+
+
+CELERY_SIDE = """
+import django
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "django_dramatiq", "usertasks",
+                    "rest_framework", "user_tasks"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    DRAMATIQ_BROKER={"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}},
+    USE_TZ=True,
+)
+django.setup()
+import kombu.transport.redis  # noqa: F401  (Celery's Redis transport imports packaging)
+from celery import Celery
+
+import user_tasks.rules, user_tasks.serializers, user_tasks.signals, user_tasks.tasks, user_tasks.views  # noqa: E401,F401
+
+app = Celery("check", broker="redis://127.0.0.1:1/0")
+assert app.connection().transport.driver_type == "redis"
+print("celery side: ok")
+"""
+
+
+def test_the_celery_extra_brings_what_the_compatibility_layer_needs(built, tmp_path):
+    """``pip install "usertasks[celery]"`` in a new virtualenv: the compatibility layer and
+    Celery's Redis transport import and start."""
+    _, wheel, _ = built
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", f"{wheel}[celery]"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    done = subprocess.run([python, "-c", CELERY_SIDE], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "celery side: ok" in done.stdout
