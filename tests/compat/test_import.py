@@ -67,24 +67,6 @@ SCHEMA = {
 }
 
 
-class Certificate(models.Model):
-    """A project's model with a foreign key to django-user-tasks' status (as Open edX has)."""
-
-    task = models.ForeignKey("user_tasks.UserTaskStatus", on_delete=models.CASCADE, related_name="+")
-
-    class Meta:
-        app_label = "tests"
-
-
-class Report(models.Model):
-    """And a one-to-one field."""
-
-    task = models.OneToOneField("user_tasks.UserTaskStatus", null=True, on_delete=models.SET_NULL, related_name="+")
-
-    class Meta:
-        app_label = "tests"
-
-
 #: The tables of those models as a migration made them while django-user-tasks was installed.
 CLIENT_SCHEMA = {
     "sqlite": [
@@ -110,21 +92,45 @@ CLIENT_SCHEMA = {
 }
 
 
+def _client_models():
+    """A project's models with a foreign key and a one-to-one field to django-user-tasks'
+    status, as Open edX has.  Registered for one test only (no other test has their tables)."""
+
+    class Certificate(models.Model):
+        task = models.ForeignKey("user_tasks.UserTaskStatus", on_delete=models.CASCADE, related_name="+")
+
+        class Meta:
+            app_label = "tests"
+
+    class Report(models.Model):
+        task = models.OneToOneField(
+            "user_tasks.UserTaskStatus", null=True, on_delete=models.SET_NULL, related_name="+"
+        )
+
+        class Meta:
+            app_label = "tests"
+
+    return Certificate, Report
+
+
 @pytest.fixture
 def client_tables(legacy_tables):
-    """The project's tables in their django-user-tasks shape; their current shape afterwards."""
-    existing = set(connection.introspection.table_names())
-    with connection.schema_editor() as editor:
-        for model in (Certificate, Report):
-            if model._meta.db_table in existing:
-                editor.delete_model(model)
+    """The project's models, with their tables in their django-user-tasks shape."""
+    from django.apps import apps
+
+    Certificate, Report = _client_models()
     with connection.cursor() as cursor:
         for sql in CLIENT_SCHEMA[connection.vendor]:
             cursor.execute(sql)
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE " + connection.ops.quote_name("tests_report"))
-        cursor.execute("DROP TABLE " + connection.ops.quote_name("tests_certificate"))
+    try:
+        yield Certificate, Report
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE " + connection.ops.quote_name("tests_report"))
+            cursor.execute("DROP TABLE " + connection.ops.quote_name("tests_certificate"))
+        for model in (Certificate, Report):
+            del apps.all_models["tests"][model._meta.model_name]
+        apps.clear_cache()
 
 
 @pytest.fixture
@@ -291,6 +297,7 @@ def test_foreign_keys_of_the_project_are_repointed(client_tables, user):
     after the switch can be written (the constraint referenced the old table)."""
     from user_tasks.importer import legacy_foreign_keys
 
+    Certificate, Report = client_tables
     before = UserTaskStatus.objects.create(user=user, name="usertasks row", task_class="x")  # ids differ
     first_id, first_uuid = add_status(user, state="Succeeded", name="First")
     second_id, second_uuid = add_status(user, state="Failed", name="Second")
