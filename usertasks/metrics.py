@@ -114,8 +114,7 @@ class TasksByStateCollector:
         return counts
 
     def collect(self) -> Any:
-        prom = prometheus()
-        family = prom.core.GaugeMetricFamily(
+        family = _gauge_family()(
             "usertasks_tasks", "User tasks in each state, read from the database.", labels=["state"]
         )
         for state, n in self.counts().items():
@@ -124,5 +123,11 @@ class TasksByStateCollector:
 
     def describe(self) -> list[Any]:
         # No query when the collector is registered.
-        prom = prometheus()
-        return [prom.core.GaugeMetricFamily("usertasks_tasks", "User tasks in each state.", labels=["state"])]
+        return [_gauge_family()("usertasks_tasks", "User tasks in each state.", labels=["state"])]
+
+
+def _gauge_family() -> Any:
+    prometheus()  # (a clear error when it is not installed)
+    from prometheus_client.core import GaugeMetricFamily
+
+    return GaugeMetricFamily
