@@ -108,3 +108,27 @@ def test_no_upkeep_when_both_jobs_are_off(start_worker, redis, user):
 
     assert wait_final(tasks.noop.send_for(user, label="x")).state == State.SUCCEEDED  # the worker is up
     assert not list(redis.scan_iter(key_namespace() + "upkeep:*"))
+
+
+def test_a_new_leader_goes_on_with_the_schedule_and_reruns_an_interrupted_job(start_worker, redis, user):
+    """The reaper ran (and finished) a second ago: not due for an hour.  The purge was started a
+    second ago by a worker that is gone and never finished it: due at once."""
+    old = timezone.now() - timedelta(days=40)
+    lost = UserTaskStatus.objects.create(
+        user=user, task_id="lost", task_class="x", name="lost", state=State.IN_PROGRESS,
+        worker="host:1:t:abc", heartbeat=old, started=old, attempts=1,
+    )
+    expired = UserTaskStatus.objects.create(
+        user=user, task_id="done", task_class="x", name="done", state=State.SUCCEEDED, finished=old,
+    )
+    prefix = key_namespace() + "upkeep:"
+    redis.flushdb()
+    seconds, micros = redis.time()
+    now = seconds + micros / 1e6
+    redis.hset(prefix + "reap", mapping={"started": now - 1, "finished": now - 0.5, "by": "gone:1:x", "runs": 7})
+    redis.hset(prefix + "purge", mapping={"started": now - 1, "by": "gone:1:x"})
+    start_worker(threads=1, extra_env={"USERTASKS_TEST_REAP_EVERY": "3600", "USERTASKS_TEST_PURGE_EVERY": "3600"})
+    wait_for(lambda: redis.hget(prefix + "purge", "runs") == b"1", message="the interrupted purge")
+    assert not UserTaskStatus.objects.filter(pk=expired.pk).exists()
+    assert redis.hget(prefix + "reap", "runs") == b"7"  # (looked at first, in the same round)
+    assert UserTaskStatus.objects.get(pk=lost.pk).state == State.IN_PROGRESS

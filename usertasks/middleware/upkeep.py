@@ -109,7 +109,7 @@ class Upkeep:
                 wait = self.tick()
             except Exception as exc:
                 logger.warning("usertasks upkeep: %s; trying again in %gs", exc, RETRY_AFTER)
-                self._lease = None
+                self._release()  # (if Redis still answers; else the lease expires by itself)
                 wait = RETRY_AFTER
             self._stop.wait(wait)
 
@@ -146,14 +146,23 @@ class Upkeep:
         for name, period, func in jobs:
             if self._stop.is_set() or not self.leading:
                 break
-            started = client.hget(self._key(name), "started")
-            due_in = period - (now - float(started)) if started is not None else 0.0
+            due_in = self._due_in(client, name, period, now)
             if due_in <= 0:
                 self._run_job(client, name, func, ttl)
                 now = self._now(client)
                 due_in = period
             next_due = min(next_due, due_in)
         return max(0.0, next_due)
+
+    def _due_in(self, client, name, period, now):
+        """Seconds until ``name`` is due (0 or less: now).  A run that another process started
+        and never finished (it died, or lost its lease) is due at once."""
+        started, finished, by = client.hmget(self._key(name), "started", "finished", "by")
+        if started is None:
+            return 0.0
+        if _text(by) != self.token and (finished is None or float(finished) < float(started)):
+            return 0.0
+        return period - (now - float(started))
 
     def _try_lead(self, client, ttl):
         """Take the lease if it is free: ``None`` when this process leads now, else the seconds
@@ -165,11 +174,13 @@ class Upkeep:
             logger.info("usertasks upkeep: %s leads", self.token)
             return None
         holder, pttl = client.pipeline(transaction=False).get(self._key("lock")).pttl(self._key("lock")).execute()
-        holder = holder.decode() if isinstance(holder, bytes) else holder
+        holder = _text(holder)
         if holder != self._following:
             self._following = holder
             logger.debug("usertasks upkeep: %s follows %s", self.token, holder)
-        left = pttl / 1000 if pttl and pttl > 0 else 0.0
+        # PTTL: -2 when the lease is gone by now (try again at once), -1 for a key without expiry
+        # (not ours to remove: look again later).
+        left = pttl / 1000 if pttl > 0 else (ttl / 3 if pttl == -1 else 0.0)
         return min(left, ttl) + random.uniform(0.01, 0.1)
 
     def _renew(self, ttl):
@@ -260,6 +271,10 @@ class Upkeep:
         """The Redis server's time: one clock for every host."""
         seconds, micros = client.time()
         return seconds + micros / 1e6
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
 
 
 _upkeeps = PerProcess(Upkeep)
