@@ -106,6 +106,10 @@ class AppSettings:
                 value = "user_task_artifacts"
             else:
                 value = getattr(settings, "USER_TASKS_ARTIFACT_STORAGE", None) or value
+        if name == "MAX_AGE" and name not in user:
+            # django-user-tasks' age, for sites that switch: the workers purge by default, and
+            # must not delete sooner than the site asked for.
+            value = getattr(settings, "USER_TASKS_MAX_AGE", None) or value
         if name == "MAX_AGE" and not isinstance(value, timedelta):
             value = timedelta(seconds=value)
         return value
