@@ -16,6 +16,8 @@ middleware sets it when a worker process boots), or its values stay in one proce
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from typing import Any
 
@@ -35,6 +37,8 @@ __all__ = [
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
 #: Buckets (seconds) of ``usertasks_task_wait_seconds``.
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+
+logger = logging.getLogger("usertasks.metrics")
 
 _lock = threading.Lock()
 _metrics: dict[int, TaskMetrics] = {}  # id(registry) -> metrics
@@ -89,8 +93,24 @@ def task_metrics(registry: Any = None) -> TaskMetrics:
         with _lock:
             metrics = _metrics.get(id(registry))
             if metrics is None:
+                _check_multiprocess()
                 metrics = _metrics[id(registry)] = TaskMetrics(registry)
     return metrics
+
+
+def _check_multiprocess() -> None:
+    """Say so when ``PROMETHEUS_MULTIPROC_DIR`` is set but prometheus_client was imported before
+    it was: its values then stay in this process, and no exposition server sees them."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import values
+
+    if getattr(values.ValueClass, "__name__", "") == "MutexValue":
+        logger.warning(
+            "usertasks: PROMETHEUS_MULTIPROC_DIR is set, but prometheus_client was imported before it "
+            "was; the metrics of this process stay in its memory (import prometheus_client only after "
+            "the worker process boots)"
+        )
 
 
 class TasksByStateCollector:
