@@ -170,6 +170,16 @@ if os.environ.get("USERTASKS_TEST_FANOUT_CHILD_EVENTS") == "1":  # worker proces
     USERTASKS["FANOUT_CHILD_EVENTS"] = True
 if os.environ.get("USERTASKS_TEST_WAKE_CONSUMERS") == "0":  # bench/pickup.py: Dramatiq's polling only
     USERTASKS["WAKE_CONSUMERS"] = False
+# The workers' upkeep (reaper, purge) would act on the rows of other tests: off, except in the
+# worker processes of tests/middleware/test_upkeep.py, which set these.
+USERTASKS["REAP_EVERY"] = float(os.environ["USERTASKS_TEST_REAP_EVERY"]) if os.environ.get("USERTASKS_TEST_REAP_EVERY") else None
+USERTASKS["PURGE_EVERY"] = float(os.environ["USERTASKS_TEST_PURGE_EVERY"]) if os.environ.get("USERTASKS_TEST_PURGE_EVERY") else None
+if os.environ.get("USERTASKS_TEST_UPKEEP_LOCK_TTL"):
+    USERTASKS["UPKEEP_LOCK_TTL"] = float(os.environ["USERTASKS_TEST_UPKEEP_LOCK_TTL"])
+if os.environ.get("USERTASKS_TEST_PROMETHEUS") == "1":  # worker processes of tests/test_metrics.py
+    DRAMATIQ_BROKER["MIDDLEWARE"] = DRAMATIQ_BROKER["MIDDLEWARE"] + ["dramatiq.middleware.prometheus.Prometheus"]
+if os.environ.get("USERTASKS_TEST_BROKER") == "stub-bare":  # tests/test_maintenance_actors.py
+    DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": []}
 if os.environ.get("USERTASKS_TEST_ABORT_REDIS_URL"):  # fault tests: abort flags on their own Redis
     USERTASKS["REDIS_URL"] = os.environ["USERTASKS_TEST_ABORT_REDIS_URL"]
 

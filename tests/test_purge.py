@@ -171,3 +171,16 @@ def test_a_batch_that_finds_the_database_locked_is_tried_again(user, monkeypatch
     with pytest.raises(OperationalError, match="no such table"):
         purge()  # not a lock: raised at once
     assert UserTaskStatus.objects.filter(pk=other.pk).exists()
+
+
+def test_max_age_falls_back_to_django_user_tasks_setting(settings):
+    """A site that switches keeps its django-user-tasks age: the workers' purge must not delete
+    sooner than it asked for.  ``USERTASKS["MAX_AGE"]``, when set, wins."""
+    from usertasks.conf import app_settings
+
+    settings.USERTASKS = {"BASE_URL": "http://testserver"}
+    assert app_settings.MAX_AGE == timedelta(days=30)
+    settings.USER_TASKS_MAX_AGE = 90 * 86400
+    assert app_settings.MAX_AGE == timedelta(days=90)
+    settings.USERTASKS = {"MAX_AGE": timedelta(days=7)}
+    assert app_settings.MAX_AGE == timedelta(days=7)

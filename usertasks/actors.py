@@ -263,3 +263,17 @@ def _delay_eta(delay: int | None) -> Any:
     from django.utils import timezone
 
     return timezone.now() + timedelta(milliseconds=delay) if delay else None
+
+
+def maintenance_actor(*, actor_name: str, **options: Any) -> Callable[[Callable[..., Any]], Actor]:
+    """``dramatiq.actor`` for usertasks' own periodic actors (``usertasks_reap``,
+    ``usertasks_purge``): of ``options``, only those the broker knows are given (``time_limit``
+    needs ``TimeLimit``, ``max_retries`` needs ``Retries``), so they can be declared on a broker
+    with any middleware list."""
+
+    def decorator(fn: Callable[..., Any]) -> Actor:
+        broker = dramatiq.get_broker()
+        known = {name: value for name, value in options.items() if name in broker.actor_options}
+        return dramatiq.actor(fn, actor_name=actor_name, broker=broker, **known)  # type: ignore[call-overload]
+
+    return decorator

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["EnqueueFailed", "configured_broker", "enqueue_many", "upkeep_actor"]
+__all__ = ["EnqueueFailed", "configured_broker", "enqueue_many"]
 
 
 def configured_broker() -> Any:
@@ -22,21 +22,6 @@ def configured_broker() -> Any:
     import dramatiq.broker
 
     return dramatiq.broker.global_broker
-
-
-def upkeep_actor(*, actor_name: str, **options: Any) -> Any:
-    """``@dramatiq.actor`` for usertasks' own periodic actors (the purge, the reaper), with the
-    ``options`` the global broker knows and no others: they import and run on a broker with any
-    middleware list (Dramatiq refuses an option, like ``time_limit``, that no middleware of the
-    broker declares)."""
-    import dramatiq
-
-    def decorate(fn: Any) -> Any:
-        broker = dramatiq.get_broker()
-        known = {k: v for k, v in options.items() if k in broker.actor_options}
-        return dramatiq.actor(actor_name=actor_name, broker=broker, **known)(fn)
-
-    return decorate
 
 
 class EnqueueFailed(Exception):

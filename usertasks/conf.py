@@ -73,6 +73,17 @@ DEFAULTS = {
     # publish on the queue's wake channel), instead of leaving them to Dramatiq's idle backoff
     # (up to the worker timeout, 1 s by default).
     "WAKE_CONSUMERS": True,
+    # Seconds between two runs of the reaper by the workers (one worker at a time); None: off
+    # (then run ``usertasks_reap`` from a scheduler).
+    "REAP_EVERY": 60.0,
+    # Seconds between two runs of the purge (tasks older than MAX_AGE) by the workers (one
+    # worker at a time); None: off (then run ``usertasks_purge`` from a scheduler).
+    "PURGE_EVERY": 3600.0,
+    # Seconds the lease of the worker that runs the upkeep lives without a renewal: a worker
+    # that dies holding it is replaced at most this long after.
+    "UPKEEP_LOCK_TTL": 30.0,
+    # Bearer token that may read the ``metrics`` view (besides superusers); None: superusers only.
+    "METRICS_TOKEN": None,
     # Dashboard page size.
     "PAGE_SIZE": 25,
     # Longest life of one server-sent-events stream of a status page, in seconds (the browser
@@ -95,6 +106,10 @@ class AppSettings:
                 value = "user_task_artifacts"
             else:
                 value = getattr(settings, "USER_TASKS_ARTIFACT_STORAGE", None) or value
+        if name == "MAX_AGE" and name not in user:
+            # django-user-tasks' age, for sites that switch: the workers purge by default, and
+            # must not delete sooner than the site asked for.
+            value = getattr(settings, "USER_TASKS_MAX_AGE", None) or value
         if name == "MAX_AGE" and not isinstance(value, timedelta):
             value = timedelta(seconds=value)
         return value

@@ -28,7 +28,7 @@ from django.db import OperationalError, router, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from .broker import upkeep_actor
+from .actors import maintenance_actor
 from .states import FINAL_STATES
 from .storage import delete_files_on_commit
 
@@ -257,7 +257,8 @@ def _delete(ids: list[int], cutoff: datetime | None, db: str, result: PurgeResul
     return 0, len(ids)
 
 
-@upkeep_actor(actor_name="usertasks_purge", max_retries=0, time_limit=60 * 60 * 1000)
+@maintenance_actor(actor_name="usertasks_purge", max_retries=0, time_limit=60 * 60 * 1000)
 def purge_expired_tasks() -> None:
-    """Periodic actor: one purge of the tasks older than ``MAX_AGE``.  Schedule it daily."""
+    """One purge of the tasks older than ``MAX_AGE``, for a scheduler of your own (the workers
+    already purge every ``PURGE_EVERY`` seconds)."""
     logger.info("usertasks purge: %s", purge())

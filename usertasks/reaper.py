@@ -14,9 +14,9 @@
   commit and the send) gets its callback sent.
 
 Every change is a conditional UPDATE that only applies if the row is still as it was read, so a
-task that moves meanwhile is left to its worker.  Run it every few minutes: ``manage.py
-usertasks_reap`` from cron, or the ``usertasks_reap`` actor from any scheduler (see
-``docs/guarantees.md``).
+task that moves meanwhile is left to its worker.  The workers run it every
+``USERTASKS["REAP_EVERY"]`` seconds (``usertasks.middleware.upkeep``); ``manage.py
+usertasks_reap`` and the ``usertasks_reap`` actor run it from a scheduler of your own.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from django.utils import timezone
 
 from . import transitions
 from .abort import clear_flags, get_backend
-from .broker import configured_broker, upkeep_actor
+from .actors import maintenance_actor
+from .broker import configured_broker
 from .conf import app_settings
 from .containers import completion
 from .models import EventKind, UserTaskStatus
@@ -164,7 +165,8 @@ def _send_due_callbacks(rows: Any, now: datetime, dry_run: bool, result: ReapRes
             result.callbacks.append(pk)
 
 
-@upkeep_actor(actor_name="usertasks_reap", max_retries=0, time_limit=10 * 60 * 1000)
+@maintenance_actor(actor_name="usertasks_reap", max_retries=0, time_limit=10 * 60 * 1000)
 def reap_lost_tasks() -> None:
-    """Periodic actor: one reaper pass.  Schedule it every few minutes."""
+    """One reaper pass, for a scheduler of your own (the workers already reap every
+    ``REAP_EVERY`` seconds)."""
     logger.info("usertasks reaper: %s", reap())

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from . import api, views
+from .views.metrics import metrics
 
 app_name = "usertasks"
 
@@ -12,6 +13,7 @@ urlpatterns = [
     path("<uuid:uuid>/cancel/", views.cancel, name="cancel"),
     path("<uuid:uuid>/delete/", views.delete, name="delete"),
     path("artifacts/<uuid:uuid>/", views.artifact, name="artifact"),
+    path("metrics/", metrics, name="metrics"),
     path("api/tasks/", api.task_list, name="api-list"),
     path("api/tasks/<uuid:uuid>/", api.task_detail_view, name="api-detail"),
     path("api/tasks/<uuid:uuid>/cancel/", api.task_cancel, name="api-cancel"),

@@ -4,23 +4,30 @@
   tasks through the abort poller it owns; tasks that ignore a cancel are interrupted.
 * :class:`UserTaskTracking` (``tracking``): every run's start, retry and end, written through
   the per-process writer.
+* :class:`UserTaskMetrics` (``metrics``): Prometheus metrics of the runs (when
+  ``prometheus_client`` is installed).
+* :class:`UserTaskUpkeep` (``upkeep``): runs the reaper and the purge, one worker at a time.
 
 :func:`install` puts them on a broker in their place: tracking right before Dramatiq's
 ``Retries`` (``after_*`` hooks run in reverse order, so it sees the retry decision), abort
-right before tracking (so a skipped message never shows as started).  The app does it to the
+right before tracking (so a skipped message never shows as started), metrics right after
+tracking (it sees the retry decision and the run's context), upkeep anywhere (last).  The app does it to the
 configured broker when it is ready.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from dramatiq.middleware import Retries
 
 from .abort import UserTaskAbort
+from .metrics import UserTaskMetrics
 from .tracking import UserTaskTracking
+from .upkeep import UserTaskUpkeep
 
-__all__ = ["UserTaskAbort", "UserTaskTracking", "install", "problems"]
+__all__ = ["UserTaskAbort", "UserTaskMetrics", "UserTaskTracking", "UserTaskUpkeep", "install", "problems"]
 
 
 def install(broker: Any) -> Any:
@@ -35,6 +42,11 @@ def install(broker: Any) -> Any:
             broker.add_middleware(UserTaskTracking())
     if not any(isinstance(m, UserTaskAbort) for m in broker.middleware):
         broker.add_middleware(UserTaskAbort(), before=UserTaskTracking)
+    has = {type(m) for m in broker.middleware}
+    if not any(issubclass(k, UserTaskMetrics) for k in has) and importlib.util.find_spec("prometheus_client"):
+        broker.add_middleware(UserTaskMetrics(), after=UserTaskTracking)
+    if not any(issubclass(k, UserTaskUpkeep) for k in has):
+        broker.add_middleware(UserTaskUpkeep())
     return broker
 
 
