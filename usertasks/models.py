@@ -105,9 +105,13 @@ class UserTaskStatus(models.Model):
     id = models.BigAutoField(primary_key=True)
     uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False, verbose_name=_("UUID"))
     # Indexed by ``usertasks_user_created`` (user first), so no index of its own.
+    # Null for a task started through Django's task API outside ``usertasks.on_behalf_of()``:
+    # only superusers see it.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.CASCADE,
+        null=True,
+        blank=True,
         related_name="+",
         verbose_name=_("user"),
         db_index=False,
@@ -143,6 +147,8 @@ class UserTaskStatus(models.Model):
     error = models.TextField(blank=True, default="", verbose_name=_("error"))
     error_class = models.CharField(max_length=255, blank=True, default="", verbose_name=_("error class"))
     traceback = models.TextField(blank=True, default="", verbose_name=_("traceback"))
+    # What the body of a task started through Django's task API returned (JSON).
+    return_value = models.JSONField(null=True, blank=True, verbose_name=_("return value"))
 
     created = models.DateTimeField(default=timezone.now, editable=False, verbose_name=_("created"))
     modified = models.DateTimeField(auto_now=True, verbose_name=_("modified"))
