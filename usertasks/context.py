@@ -55,7 +55,7 @@ _NOBODY = object()
 _acting_for: ContextVar[Any] = ContextVar("usertasks_on_behalf_of", default=_NOBODY)
 
 
-class on_behalf_of:  # noqa: N801  (used like a function: ``with usertasks.on_behalf_of(user):``)
+class on_behalf_of:  # (lower case: used like a function, ``with usertasks.on_behalf_of(user):``)
     """Tie the tasks enqueued through Django's task API (``usertasks.backends``) to ``user``.
 
     A context manager (``with on_behalf_of(request.user): export.enqueue(...)``) and a decorator

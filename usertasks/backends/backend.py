@@ -146,7 +146,7 @@ def owner() -> Any:
     if explicit:
         return user
     ctx = current_task()
-    if ctx is None or not ctx.tracked:
+    if ctx is None or ctx.status_id is None:
         return None
     user_id = UserTaskStatus.objects.filter(pk=ctx.status_id).values_list("user_id", flat=True).first()
     return None if user_id is None else get_user_model()._default_manager.filter(pk=user_id).first()

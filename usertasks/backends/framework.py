@@ -1,11 +1,11 @@
 """The names usertasks uses from Django's task framework: ``django.tasks`` (Django 6.0+), else
 the ``django-tasks`` backport (module ``django_tasks``)."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError
 
-try:
+if TYPE_CHECKING:  # django-stubs describes django.tasks; the backport has the same API
     from django.tasks import TaskContext, TaskResult, TaskResultStatus, task_backends
     from django.tasks.backends.base import BaseTaskBackend
     from django.tasks.base import Task, TaskError
@@ -14,22 +14,32 @@ try:
     from django.utils.json import normalize_json
 
     MODULE = "django.tasks"
-except ImportError:
+else:
     try:
-        from django_tasks import TaskContext, TaskResult, TaskResultStatus, task_backends  # type: ignore[no-redef]
-        from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
-        from django_tasks.base import Task, TaskError  # type: ignore[no-redef]
-        from django_tasks.exceptions import InvalidTaskError as InvalidTask  # type: ignore[no-redef]
-        from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef]
-        from django_tasks.signals import task_enqueued, task_finished, task_started  # type: ignore[no-redef]
-        from django_tasks.utils import normalize_json  # type: ignore[no-redef]
+        from django.tasks import TaskContext, TaskResult, TaskResultStatus, task_backends
+        from django.tasks.backends.base import BaseTaskBackend
+        from django.tasks.base import Task, TaskError
+        from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+        from django.tasks.signals import task_enqueued, task_finished, task_started
+        from django.utils.json import normalize_json
 
-        MODULE = "django_tasks"
-    except ImportError as exc:
-        raise ConfigurationError(
-            "usertasks.backends needs Django's task framework: Django 6.0 or later, or the "
-            "backport (pip install django-tasks)"
-        ) from exc
+        MODULE = "django.tasks"
+    except ImportError:
+        try:
+            from django_tasks import TaskContext, TaskResult, TaskResultStatus, task_backends
+            from django_tasks.backends.base import BaseTaskBackend
+            from django_tasks.base import Task, TaskError
+            from django_tasks.exceptions import InvalidTaskError as InvalidTask
+            from django_tasks.exceptions import TaskResultDoesNotExist
+            from django_tasks.signals import task_enqueued, task_finished, task_started
+            from django_tasks.utils import normalize_json
+
+            MODULE = "django_tasks"
+        except ImportError as exc:
+            raise ConfigurationError(
+                "usertasks.backends needs Django's task framework: Django 6.0 or later, or the "
+                "backport (pip install django-tasks)"
+            ) from exc
 
 __all__ = [
     "MODULE",

@@ -14,7 +14,7 @@ from . import framework as fw
 from .runner import storable
 
 #: The row's state -> the result's status.
-STATUS = {
+STATUS: dict[str, Any] = {
     State.PENDING: fw.TaskResultStatus.READY,
     State.IN_PROGRESS: fw.TaskResultStatus.RUNNING,
     State.RETRYING: fw.TaskResultStatus.RUNNING,
@@ -84,7 +84,7 @@ def from_row(row: UserTaskStatus, task: Any = None, *, runs: Any = None) -> Any:
             .values_list("detail", "created")
         )
     status = STATUS[row.state]
-    result = fw.TaskResult(
+    result: Any = fw.TaskResult(
         task=task,
         id=str(row.uuid),
         status=status,
