@@ -195,7 +195,7 @@ def test_return_value_not_json_ends_failed(worker, user):
     wait_result(result)
     assert result.status == Status.FAILED
     [error] = result.errors
-    assert error.exception_class_path == "usertasks.backends.runner.ReturnValueNotSerializable"
+    assert error.exception_class_path == "usertasks.backends.errors.ReturnValueNotSerializable"
     row = row_of(result)
     assert "tests.tasks_django.not_json cannot be stored as JSON" in row.error
     assert row.return_value is None
@@ -356,7 +356,7 @@ def test_a_task_enqueued_by_a_task_belongs_to_its_user(worker, user):
 # -- what every user task has ----------------------------------------------------------------
 
 
-def test_progress_artifacts_status_page_and_email(worker, user, client, mailoutbox=None):
+def test_progress_artifacts_status_page_and_dashboard(worker, user, client):
     with usertasks.on_behalf_of(user):
         result = t.progress.enqueue(50, "p")
     wait_result(result)
@@ -368,6 +368,26 @@ def test_progress_artifacts_status_page_and_email(worker, user, client, mailoutb
     assert page.status_code == 200 and b"progress" in page.content
     dashboard = client.get("/tasks/")
     assert dashboard.status_code == 200 and str(row.uuid).encode() in dashboard.content
+
+
+def test_email_to_the_user_and_none_without_one(start_worker, user, tmp_path):
+    import os
+
+    outbox = tmp_path / "mail"
+    outbox.mkdir()
+    start_worker(extra_env={"USERTASKS_TEST_EMAIL_DIR": str(outbox)})
+    nobody = t.add.enqueue(0, 0)
+    with usertasks.on_behalf_of(user):
+        result = t.add.enqueue(40, 2)
+    wait_result(nobody)
+    wait_result(result)
+
+    def mail():  # the file backend creates its file before it writes the message
+        return "".join((outbox / f).read_text() for f in os.listdir(outbox))
+
+    text = wait_for(lambda: f"/tasks/{result.id}/" in mail() and mail(), message="the email")
+    assert "alice@example.com" in text
+    assert f"/tasks/{nobody.id}/" not in text
 
 
 def test_cancel_pending_never_runs(start_worker, user, redis):
@@ -442,3 +462,23 @@ def test_refresh_updates_in_place(worker, user):
     before = result.status
     wait_result(result)
     assert before == Status.READY and result.status == Status.SUCCESSFUL and result.return_value == 7
+
+
+def test_reaper_ends_a_task_whose_worker_died(start_worker, user, redis):
+    from usertasks.reaper import reap
+
+    w = start_worker()
+    with usertasks.on_behalf_of(user):
+        result = t.wait_steps.enqueue("lost")
+    wait_for(lambda: effect(redis, "dj-started:lost"), message="task started")
+    wait_for(lambda: row_of(result).state == State.IN_PROGRESS, message="In Progress")
+    w.kill()
+    redis.flushdb()  # the broker lost the message too
+    fast = {"BASE_URL": "http://testserver", "PROGRESS_INTERVAL": 0.1, "STALE_AFTER": 1, "PENDING_TIMEOUT": 1}
+    with override_settings(USERTASKS=fast):
+        wait_for(lambda: reap().worker_lost, timeout=15, interval=0.2, message="the reaper to act")
+    result.refresh()
+    assert result.status == Status.FAILED
+    [error] = result.errors
+    assert error.exception_class_path == "usertasks.exceptions.UserTasksError"
+    assert "stopped unexpectedly" in error.traceback

@@ -1,5 +1,6 @@
 """Status rows as Django ``TaskResult`` objects, and the run of one task on a worker."""
 
+import json
 import traceback
 import uuid
 from dataclasses import replace
@@ -11,7 +12,7 @@ from django.utils.module_loading import import_string
 from ..models import EventKind, UserTaskEvent, UserTaskStatus
 from ..states import State
 from . import framework as fw
-from .runner import storable
+from .errors import ReturnValueNotSerializable
 
 #: The row's state -> the result's status.
 STATUS: dict[str, Any] = {
@@ -101,6 +102,18 @@ def from_row(row: UserTaskStatus, task: Any = None, *, runs: Any = None) -> Any:
     if status == fw.TaskResultStatus.SUCCESSFUL:
         fw.set_field(result, "_return_value", row.return_value)
     return result
+
+
+def storable(path: str, value: Any, normalize: Any) -> Any:
+    """``value`` as the JSON that will be stored, or :class:`ReturnValueNotSerializable`."""
+    try:
+        normalized = normalize(value)
+        json.dumps(normalized, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ReturnValueNotSerializable(
+            f"The return value of {path} cannot be stored as JSON ({type(value).__name__}): {exc}"
+        ) from None
+    return normalized
 
 
 def run(ctx: Any, path: str, args: list[Any], kwargs: dict[str, Any], alias: str) -> None:

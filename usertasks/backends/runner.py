@@ -7,38 +7,21 @@ Django's task framework until a task runs, so every worker can register the acto
 (``usertasks.tasks`` imports it) whether the framework is installed or not.
 """
 
-import json
 from typing import Any
 
 from django.conf import settings
 
 from ..actors import user_task
-from ..exceptions import UserTasksError
+from .errors import ReturnValueNotSerializable
 
-__all__ = ["ACTOR_NAME", "ReturnValueNotSerializable", "declare_queues", "run_django_task"]
+__all__ = ["ACTOR_NAME", "declare_queues", "run_django_task"]
 
 ACTOR_NAME = "usertasks.django_task"
-
-
-class ReturnValueNotSerializable(UserTasksError, TypeError):
-    """The task's return value cannot be stored as JSON."""
 
 
 def _task_name(path: str, args: Any = None, kwargs: Any = None, backend: Any = None) -> str:
     # Django's own name of a task: its function's name.
     return path.rsplit(".", 1)[-1]
-
-
-def storable(path: str, value: Any, normalize: Any) -> Any:
-    """``value`` as the JSON that will be stored, or :class:`ReturnValueNotSerializable`."""
-    try:
-        normalized = normalize(value)
-        json.dumps(normalized, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ReturnValueNotSerializable(
-            f"The return value of {path} cannot be stored as JSON ({type(value).__name__}): {exc}"
-        ) from None
-    return normalized
 
 
 @user_task(
