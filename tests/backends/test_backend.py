@@ -482,3 +482,23 @@ def test_reaper_ends_a_task_whose_worker_died(start_worker, user, redis):
     [error] = result.errors
     assert error.exception_class_path == "usertasks.exceptions.UserTasksError"
     assert "stopped unexpectedly" in error.traceback
+
+
+def test_status_page_shows_return_value_and_traceback_to_staff_only(worker, user, client, django_user_model):
+    with usertasks.on_behalf_of(user):
+        ok = t.echo.enqueue(marker="<b>returned</b>")
+        bad = t.fail.enqueue("page")
+    wait_result(ok)
+    wait_result(bad)
+    client.force_login(user)
+    page = client.get(row_of(ok).get_absolute_url()).content.decode()
+    assert "returned" not in page
+    page = client.get(row_of(bad).get_absolute_url()).content.decode()
+    assert "Bad input: page" in page and "Traceback (most recent call last)" not in page
+    staff = django_user_model.objects.create_superuser("staff", "staff@example.com", "pw")
+    client.force_login(staff)
+    page = client.get(row_of(ok).get_absolute_url()).content.decode()
+    assert "Return value (staff only)" in page
+    assert "&lt;b&gt;returned&lt;/b&gt;" in page and "<b>returned</b>" not in page  # escaped
+    page = client.get(row_of(bad).get_absolute_url()).content.decode()
+    assert "Traceback (most recent call last)" in page
