@@ -10,7 +10,6 @@ from usertasks import current_task
 
 from .tasks import mark, r
 
-
 try:
     from django.tasks import task
 except ImportError:

@@ -47,7 +47,7 @@ def wait_result(result, timeout=30):
 
 def test_the_framework_in_use():
     expected = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
-    assert framework.MODULE == expected
+    assert expected == framework.MODULE
     backend = t.add.get_backend()
     assert isinstance(backend, UserTasksBackend)
     assert backend.supports_defer and backend.supports_get_result and backend.supports_async_task
@@ -68,7 +68,7 @@ def test_enqueue_then_run_then_get_result(worker, user, redis):
     assert result.enqueued_at is not None and result.started_at is None and result.finished_at is None
     assert result.errors == [] and result.worker_ids == [] and result.attempts == 0
     with pytest.raises(ValueError, match="not finished"):
-        result.return_value
+        _ = result.return_value
     row = row_of(result)
     assert row.user == user and row.state == State.PENDING
     assert row.task_class == "tests.tasks_django.add" and row.name == "add"
@@ -127,7 +127,6 @@ def test_get_result_through_another_backend_alias_does_not_exist():
 
 def test_get_result_of_another_task_is_a_mismatch():
     result = t.add.enqueue(1, 1)
-    mismatch = getattr(framework, "TaskResultMismatch", None)
     from importlib import import_module
 
     mismatch = import_module(f"{framework.MODULE}.exceptions").TaskResultMismatch
@@ -179,7 +178,7 @@ def test_failure_has_errors_with_class_path_and_traceback(worker, user, redis):
     wait_result(result)
     assert result.status == Status.FAILED
     with pytest.raises(ValueError, match="failed"):
-        result.return_value
+        _ = result.return_value
     [error] = result.errors
     assert error.exception_class_path == "builtins.ValueError"
     assert error.exception_class is ValueError
