@@ -51,8 +51,10 @@ def current_task() -> TaskContext | None:
     return _current.get()
 
 
-_NOBODY = object()
-_acting_for: ContextVar[Any] = ContextVar("usertasks_on_behalf_of", default=_NOBODY)
+# ``(user, enclosing node)`` of the innermost ``on_behalf_of`` block, ``None`` outside any: a
+# block's exit restores the enclosing value of the context it runs in, so one instance may be
+# entered by several threads or coroutines at once.
+_acting_for: ContextVar[tuple[Any, Any] | None] = ContextVar("usertasks_on_behalf_of", default=None)
 
 
 class on_behalf_of:  # (lower case: used like a function, ``with usertasks.on_behalf_of(user):``)
@@ -67,14 +69,14 @@ class on_behalf_of:  # (lower case: used like a function, ``with usertasks.on_be
         if user is not None and (not getattr(user, "is_authenticated", False) or getattr(user, "pk", None) is None):
             raise ValueError("on_behalf_of() needs a saved, authenticated user (or None)")
         self.user = user
-        self._tokens: list[Any] = []
 
     def __enter__(self) -> Any:
-        self._tokens.append(_acting_for.set(self.user))
+        _acting_for.set((self.user, _acting_for.get()))
         return self.user
 
     def __exit__(self, *exc_info: Any) -> None:
-        _acting_for.reset(self._tokens.pop())
+        node = _acting_for.get()
+        _acting_for.set(None if node is None else node[1])
 
     def __call__(self, func: Any) -> Any:
         user = self.user
@@ -98,8 +100,8 @@ class on_behalf_of:  # (lower case: used like a function, ``with usertasks.on_be
 def acting_for() -> tuple[bool, Any]:
     """``(True, user)`` inside :class:`on_behalf_of` (``user`` may be ``None``), else
     ``(False, None)``."""
-    user = _acting_for.get()
-    return (False, None) if user is _NOBODY else (True, user)
+    node = _acting_for.get()
+    return (False, None) if node is None else (True, node[0])
 
 
 class TaskContext:

@@ -501,3 +501,29 @@ def test_status_page_shows_return_value_and_traceback_to_staff_only(worker, user
     assert "&lt;b&gt;returned&lt;/b&gt;" in page and "<b>returned</b>" not in page  # escaped
     page = client.get(row_of(bad).get_absolute_url()).content.decode()
     assert "Traceback (most recent call last)" in page
+
+
+def test_one_on_behalf_of_entered_by_many_threads(user):
+    from usertasks.context import acting_for
+
+    shared = usertasks.on_behalf_of(user)
+    inside, release, seen, errors = threading.Barrier(4), threading.Event(), [], []
+
+    def run():
+        try:
+            with shared:
+                inside.wait(5)
+                release.wait(5)
+                seen.append(acting_for())
+            seen.append(acting_for())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(seen, key=lambda pair: pair[0]) == [(False, None)] * 4 + [(True, user)] * 4
