@@ -92,6 +92,11 @@ DRAMATIQ_BROKER = {
 }
 DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 
+# Django's task API (demo/tasks.py ``count_words``) on usertasks: Dramatiq workers, status pages.
+if django.VERSION < (6, 0):
+    INSTALLED_APPS.append("django_tasks")  # the backport (pip install django-tasks)
+TASKS = {"default": {"BACKEND": "usertasks.backends.UserTasksBackend"}}
+
 USERTASKS = {
     "BASE_URL": os.environ.get("USERTASKS_DEMO_BASE_URL", "http://127.0.0.1:8000"),
     "BASE_TEMPLATE": "demo/base.html",

@@ -50,3 +50,27 @@ def import_enrolments(task):
     time.sleep(0.5)
     task.step(message="Checking the rows")
     raise ValueError("Row 17: 'not-an-email' is not an email address.")
+
+
+# One task declared with Django's own task API (``django.tasks``, or the ``django-tasks``
+# backport before Django 6.0), run by usertasks' backend (``TASKS`` in demo/settings.py).
+try:
+    from django.tasks import task
+except ImportError:  # Django < 6.0
+    from django_tasks import task
+
+
+@task(takes_context=True)
+def count_words(context, chapters=40, delay=0.1):
+    """Count the words of a course's chapters; returns the totals (stored as JSON)."""
+    from usertasks import current_task
+
+    progress = current_task()  # usertasks' side of the run: progress, cancel, artifacts
+    progress.set_total_steps(chapters)
+    words = 0
+    for chapter in range(1, chapters + 1):
+        time.sleep(delay)
+        words += random.randint(800, 2400)
+        progress.step(message=f"Chapter {chapter} of {chapters} (attempt {context.attempt})")
+    progress.add_artifact("Summary", text=f"{words} words in {chapters} chapters.")
+    return {"chapters": chapters, "words": words}

@@ -160,6 +160,18 @@ if os.environ.get("USERTASKS_TEST_BROKER") == "dramatiq-redis":  # worker proces
 if os.environ.get("USERTASKS_TEST_BROKER") == "rabbitmq":  # worker processes of tests/test_rabbitmq.py
     DRAMATIQ_BROKER = dict(DRAMATIQ_BROKER, BROKER="dramatiq.brokers.rabbitmq.RabbitmqBroker", OPTIONS={
         "url": os.environ.get("USERTASKS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")})
+# Django's task API (tests/backends/): django.tasks on Django 6.0+, else the django-tasks backport.
+try:
+    import django.tasks  # noqa: F401
+except ImportError:
+    INSTALLED_APPS.append("django_tasks")
+TASKS = {
+    "default": {"BACKEND": "usertasks.backends.UserTasksBackend", "QUEUES": ["default", "django-tasks"]},
+    "retrying": {
+        "BACKEND": "usertasks.backends.UserTasksBackend",
+        "OPTIONS": {"MAX_RETRIES": 2, "MIN_BACKOFF": 10, "MAX_BACKOFF": 50, "UNIQUE": ["tests.tasks_django.unique_sleep"]},
+    },
+}
 DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .actors import UserTaskActor, user_task
-from .context import TaskContext, current_task
+from .context import TaskContext, current_task, on_behalf_of
 from .exceptions import Aborted, ArgumentsNotSerializable, EnqueueError, UserTasksError
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "UserTaskActor",
     "UserTasksError",
     "current_task",
+    "on_behalf_of",
     "pipeline",
     "user_task",
 ]

@@ -7,6 +7,8 @@ values exactly when the task ends.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import os
 import socket
@@ -47,6 +49,59 @@ def _run_token() -> str:
 def current_task() -> TaskContext | None:
     """The :class:`TaskContext` of the user task running in this thread, or ``None``."""
     return _current.get()
+
+
+# ``(user, enclosing node)`` of the innermost ``on_behalf_of`` block, ``None`` outside any: a
+# block's exit restores the enclosing value of the context it runs in, so one instance may be
+# entered by several threads or coroutines at once.
+_acting_for: ContextVar[tuple[Any, Any] | None] = ContextVar("usertasks_on_behalf_of", default=None)
+
+
+class on_behalf_of:  # (lower case: used like a function, ``with usertasks.on_behalf_of(user):``)
+    """Tie the tasks enqueued through Django's task API (``usertasks.backends``) to ``user``.
+
+    A context manager (``with on_behalf_of(request.user): export.enqueue(...)``) and a decorator
+    of plain and ``async`` functions.  The user is held in a ``ContextVar``: it applies to the
+    code inside the block and what it awaits, never to other threads or other requests.
+    ``on_behalf_of(None)`` enqueues tasks tracked without a user (only superusers see them)."""
+
+    def __init__(self, user: Any) -> None:
+        if user is not None and (not getattr(user, "is_authenticated", False) or getattr(user, "pk", None) is None):
+            raise ValueError("on_behalf_of() needs a saved, authenticated user (or None)")
+        self.user = user
+
+    def __enter__(self) -> Any:
+        _acting_for.set((self.user, _acting_for.get()))
+        return self.user
+
+    def __exit__(self, *exc_info: Any) -> None:
+        node = _acting_for.get()
+        _acting_for.set(None if node is None else node[1])
+
+    def __call__(self, func: Any) -> Any:
+        user = self.user
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with on_behalf_of(user):
+                    return await func(*args, **kwargs)
+
+            return run_async
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with on_behalf_of(user):
+                return func(*args, **kwargs)
+
+        return run
+
+
+def acting_for() -> tuple[bool, Any]:
+    """``(True, user)`` inside :class:`on_behalf_of` (``user`` may be ``None``), else
+    ``(False, None)``."""
+    node = _acting_for.get()
+    return (False, None) if node is None else (True, node[0])
 
 
 class TaskContext:

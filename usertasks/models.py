@@ -109,9 +109,14 @@ class UserTaskStatus(models.Model):
     id = models.BigAutoField(primary_key=True)
     uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False, verbose_name=_("UUID"))
     # Indexed by ``usertasks_user_created`` (user first), so no index of its own.
+    # Null for a task started through Django's task API outside ``usertasks.on_behalf_of()``:
+    # only superusers see it.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.CASCADE,
+        # No user: a task started through Django's task API outside ``on_behalf_of()``.
+        null=True,
+        blank=True,
         # The names django-user-tasks' model gave them (``user.usertaskstatus_set``,
         # ``User.objects.filter(usertaskstatus__state=...)``); the compatibility layer's.
         related_name="usertaskstatus_set",
@@ -150,6 +155,8 @@ class UserTaskStatus(models.Model):
     error = models.TextField(blank=True, default="", verbose_name=_("error"))
     error_class = models.CharField(max_length=255, blank=True, default="", verbose_name=_("error class"))
     traceback = models.TextField(blank=True, default="", verbose_name=_("traceback"))
+    # What the body of a task started through Django's task API returned (JSON).
+    return_value = models.JSONField(null=True, blank=True, verbose_name=_("return value"))
 
     created = models.DateTimeField(default=timezone.now, editable=False, verbose_name=_("created"))
     modified = models.DateTimeField(auto_now=True, verbose_name=_("modified"))

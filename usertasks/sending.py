@@ -35,6 +35,7 @@ class Prepared:
     parent: UserTaskStatus | None = None
     unique_key: str | None = None
     row_options: dict[str, Any] = field(default_factory=dict)
+    task_class: str | None = None  # the row's ``task_class`` (default: the actor's name)
 
 
 def check_user(user):
@@ -165,9 +166,9 @@ def _row_values(p, now):
     """The values of a new row of ``p`` besides its user, its parent and its uuid."""
     return {
         "task_id": p.message.message_id,
-        "task_class": p.actor.actor_name,
+        "task_class": p.task_class or p.actor.actor_name,
         "name": p.name,
-        "queue_name": p.actor.queue_name,
+        "queue_name": p.message.queue_name,
         "total_steps": p.total_steps,
         "unique_key": p.unique_key,
         "options": p.row_options,

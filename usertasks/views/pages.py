@@ -1,5 +1,7 @@
 """The HTML pages: dashboard, status page, cancel, delete, artifact download."""
 
+import json
+
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.db.models import prefetch_related_objects
@@ -87,6 +89,8 @@ def status_page(request, uuid):
             "can_delete": status.is_final and policy.can_delete(request.user, status),
             "can_download": policy.can_download(request.user, status),
             "show_traceback": policy.can_see_traceback(request.user, status),
+            # What a task of Django's task API returned (usertasks.backends), as JSON.
+            "return_value": "" if status.return_value is None else json.dumps(status.return_value, indent=2),
             "stream_url": reverse("usertasks:api-events", args=[status.uuid])
             if app_settings.LIVE_STREAM_SECONDS
             else "",
