@@ -634,8 +634,7 @@ def count_children_sql(connection, counters, returning):
         column = {f.attname: qn(f.column) for f in UserTaskStatus._meta.concrete_fields}
         column["pk"] = column["id"]
         adds = [
-            f"{column[c]} = {column[c]} + %s"
-            for c in (*counters, "children_retried", "completed_steps", "total_steps")
+            f"{column[c]} = {column[c]} + %s" for c in (*counters, "children_retried", "completed_steps", "total_steps")
         ]
         sets = ", ".join([*adds, f"{column['modified']} = %s", f"{column['heartbeat']} = %s"])
         table = qn(UserTaskStatus._meta.db_table)

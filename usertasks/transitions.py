@@ -372,15 +372,14 @@ def _counts_bases(rows: Rows, contexts: Iterable[Any]) -> dict[int, Any]:
 def _settle_counts(concerned: dict[int, Any], reported: dict[int, tuple[Any, Any]]) -> None:
     """After the commit: what each run's counters and steps now stand at, in its row and on
     its container."""
-    for key, ctx in concerned.items():
+    for ctx in concerned.values():
         if ctx.planned is not None and not ctx.fanout:
             ctx.counts_stored = ctx.planned[2]
     for ctx, (share, counts) in reported.values():
         ctx.share_reported = share
-        if counts is not None:
-            ctx.counts_reported = counts
-            if ctx.fanout:
-                ctx.counts_stored = counts
+        ctx.counts_reported = counts
+        if ctx.fanout:
+            ctx.counts_stored = counts
 
 
 def _start_fields(ctx: Any, at: datetime) -> dict[str, Any]:
@@ -507,7 +506,7 @@ class _Counts:
         self.by_parent: dict[int, dict[str, Any]] = {}
         #: id(ctx) -> (ctx, (its share of steps, its counts) as added to its container by this
         #: batch), settled on the contexts once the batch has committed.
-        self.reported: dict[int, tuple[Any, tuple[tuple[int, int], dict[str, int] | None]]] = {}
+        self.reported: dict[int, tuple[Any, tuple[tuple[int, int], dict[str, int]]]] = {}
 
     def _entry(self, parent_id: int) -> dict[str, Any]:
         return self.by_parent.setdefault(
@@ -555,7 +554,7 @@ class _Counts:
         if delta:
             entry = self._entry(target)
             entry["tallies"] = counting.merge(entry["tallies"], delta)
-        self.reported[id(ctx)] = (ctx, (share, counts if delta or previous else None))
+        self.reported[id(ctx)] = (ctx, (share, counts if delta else counts0))
 
     def apply(self, rows: Rows) -> None:
         for parent_id in sorted(self.by_parent):
@@ -572,7 +571,8 @@ def child_ended(rows: Rows, parent_id: int, child_id: int | None, state: str, ba
     if key is None:
         return
     if batch is None:
-        children_ended(rows, parent_id, child_id=child_id, **{key: 1})
+        one: dict[str, Any] = {key: 1}
+        children_ended(rows, parent_id, child_id=child_id, **one)
     else:
         batch.add(parent_id, child_id, key)
 
