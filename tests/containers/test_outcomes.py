@@ -108,3 +108,30 @@ def test_a_plain_tasks_counts_are_stored_with_its_progress(start_worker, user, r
     wait_final(status)
     assert status.state == State.SUCCEEDED
     assert status.counts == {"succeeded": 200, "failed": 4}
+
+
+def test_a_real_pipeline_and_fan_out_show_their_stages_and_failures(start_worker, user, redis, client):
+    from usertasks import pipeline
+
+    from .. import tasks_fanout as tf
+
+    start_worker(processes=1, threads=4)
+    pipe = pipeline(user, [tf.stage.message("a"), tf.stage_fail.message("b"), tf.stage.message("c")])
+    fan = tf.fan_parent.send_for(user, 12, label="fo", fail_at=[2, 9])
+    wait_final(pipe, timeout=60)
+    wait_final(fan, timeout=60)
+    client.force_login(user)
+    data = client.get(reverse("usertasks:api-detail", args=[pipe.uuid])).json()
+    assert [(s["name"], s["state"]) for s in data["stages"]] == [
+        ("Stage a", "Succeeded"), ("Failing stage b", "Failed"), ("Stage c", "Canceled"),
+    ]
+    assert data["stages"][1]["error"] == "stage b broke"
+    assert data["failed_children"]["count"] == 1
+    html = client.get(pipe.get_absolute_url()).content.decode()
+    assert "Failing stage b</a> <span class=\"ut-state ut-state-failed\">Failed</span>" in html
+    data = client.get(reverse("usertasks:api-detail", args=[fan.uuid])).json()
+    assert data["failed_children"]["count"] == 2
+    assert sorted((c["name"], c["error"]) for c in data["failed_children"]["shown"]) == [
+        ("Child 2", "child 2 refused"), ("Child 9", "child 9 refused"),
+    ]
+    assert all(client.get(c["url"]).status_code == 200 for c in data["failed_children"]["shown"])
