@@ -56,10 +56,14 @@ def email_batch(task, i, per_batch, label=""):
 
 @user_task(name="Counted retry {label}", max_retries=1, min_backoff=10, max_backoff=20)
 def counted_retry(task, label=""):
-    """Counts 3 sent on its first attempt, which then fails; 2 sent and 1 skipped on its second."""
+    """Counts 3 sent on its first attempt, which fails half-way through its 4 steps; 2 sent and
+    1 skipped on its second, which takes its 4 steps."""
+    task.set_total_steps(4)
     if r().incr(f"flaky:counted:{label}") == 1:
+        task.step(2)
         task.count(sent=3)
         raise RuntimeError("first attempt fails")
+    task.step(4)
     task.count(sent=2, skipped=1)
 
 

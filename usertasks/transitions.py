@@ -536,6 +536,9 @@ class _Counts:
         container's own counts go to its own row the same way."""
         if ctx is None or ctx.planned is None:
             return
+        target = ctx.status_id if ctx.fanout else ctx.parent_id
+        if target is None:
+            return  # a top-level task's counters are in its own row, written with its progress
         previous = self.reported.get(id(ctx))
         share0, counts0 = previous[1] if previous else (ctx.share_reported, ctx.counts_reported)
         completed, total, counts = ctx.planned
@@ -543,10 +546,7 @@ class _Counts:
             declared = (ctx.options or {}).get("total_steps")
             total = declared if type(declared) is int else None
         share = (0, 0) if ctx.fanout else counting.share(completed, total, state)
-        target = ctx.status_id if ctx.fanout else ctx.parent_id
         delta = {k: n - counts0.get(k, 0) for k, n in counts.items() if n != counts0.get(k, 0)}
-        if target is None:
-            return
         if share != share0 and not ctx.fanout:
             entry = self._entry(target)
             entry["steps"] += share[0] - share0[0]

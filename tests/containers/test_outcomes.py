@@ -90,6 +90,9 @@ def test_counts_are_kept_across_retries(start_worker, user, redis):
     assert status.children_retried == 6
     # 3 sent by each first attempt (which failed), 2 sent and 1 skipped by each second one.
     assert status.counts == {"sent": 30, "skipped": 6}
+    # The steps of a failed attempt were given back before the retry reported its own: 6
+    # children of 4 steps, not counted twice.
+    assert (status.completed_steps, status.total_steps) == (24, 24)
     for counts in UserTaskStatus.objects.filter(parent=status).values_list("counts", flat=True):
         assert counts == {"sent": 5, "skipped": 1}
 
