@@ -22,12 +22,16 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .conf import app_settings
+from .containers.counting import ordered
 from .models import UserTaskStatus
 from .permissions import get_policy
+from .states import State
 
 FILTERS = ("active", "finished", "failed", "canceled")
 MAX_PAGE_SIZE = 100
 EVENTS_SHOWN = 100
+#: Failed children of a container listed (the first ones to fail), and stages of a pipeline.
+CHILDREN_SHOWN = 100
 # Event kinds whose detail is an internal (the worker's identity): shown to staff only.
 STAFF_ONLY_DETAIL = ("started", "worker_lost", "requeued")
 
@@ -87,6 +91,8 @@ def task_detail(status, user, policy=None):
             }
             if status.is_container
             else None,
+            "counts": dict(ordered(status.counts)),
+            **container_contents(status, user, policy),
             "can_cancel": status.is_active and policy.can_cancel(user, status),
             "can_delete": status.is_final and policy.can_delete(user, status),
             "artifacts": [
@@ -108,12 +114,46 @@ def task_detail(status, user, policy=None):
                     "time": _iso(e.created),
                     "attempt": e.attempt,
                     "detail": e.detail if staff or e.kind not in STAFF_ONLY_DETAIL else "",
+                    "actor": e.actor.get_username() if e.actor is not None else None,
                 }
-                for e in list(status.events.order_by("-created", "-id")[:EVENTS_SHOWN])[::-1]
+                for e in list(status.events.select_related("actor").order_by("-created", "-id")[:EVENTS_SHOWN])[::-1]
             ],
         }
     )
     return data
+
+
+def container_contents(status, user, policy):
+    """What a container holds, for its status page and its JSON (at most three queries, whatever
+    the number of children): ``failed_children`` (``count``, and the first
+    :data:`CHILDREN_SHOWN` to fail, each with its name, its error and, where ``user`` may see
+    it, the URL of its page) and, for a pipeline, its ``stages`` in order with their states.
+    Both are ``None`` for a task that is not a container."""
+    if not status.is_container:
+        return {"failed_children": None, "stages": None}
+    fields = ("pk", "uuid", "name", "state", "error", "finished")
+    failed = list(status.failed_children().values(*fields)[:CHILDREN_SHOWN]) if status.children_failed else []
+    stages = list(status.stages().values(*fields)[:CHILDREN_SHOWN]) if status.is_pipeline else []
+    ids = {c["pk"] for c in failed + stages}
+    visible = set()
+    if ids:
+        visible = set(policy.visible(user, UserTaskStatus.objects.filter(pk__in=ids)).values_list("pk", flat=True))
+
+    def item(child):
+        return {
+            "uuid": str(child["uuid"]),
+            "name": child["name"],
+            "state": child["state"],
+            "state_text": str(State(child["state"]).label),
+            "error": child["error"],
+            "finished": _iso(child["finished"]),
+            "url": reverse("usertasks:status", args=[child["uuid"]]) if child["pk"] in visible else None,
+        }
+
+    return {
+        "failed_children": {"count": max(status.children_failed, len(failed)), "shown": [item(c) for c in failed]},
+        "stages": [item(c) for c in stages] if status.is_pipeline else None,
+    }
 
 
 def visible_tasks(user):

@@ -31,6 +31,9 @@ _current: ContextVar[TaskContext | None] = ContextVar("usertasks_current_task", 
 _HOST = socket.gethostname()
 
 
+#: The longest name of an outcome counter (``TaskContext.count``).
+MAX_COUNTER_NAME = 64
+
 _runs = itertools.count(1)
 _process: tuple[int | None, str] = (None, "")  # (pid, random prefix of this process's run tokens)
 
@@ -155,6 +158,15 @@ class TaskContext:
         self.started_written = False  # that op has committed
         self.row_gone = False  # the start found the row final or missing
         self.ended = False  # the end of the run has been stored (see UserTaskTracking)
+        # Outcome counters (``count()``), and what the writer has stored of them and of this
+        # run's steps (``usertasks.transitions``): the row's counters before this run, and what
+        # this run has added to its container so far.
+        self.counts: dict[str, int] = {}
+        self.counts_base: dict[str, int] | None = None
+        self.counts_stored: dict[str, int] = {}  # of ``counts``, in the task's own row
+        self.counts_reported: dict[str, int] = {}  # of ``counts``, added to the container
+        self.share_reported: tuple[int, int] = (0, 0)  # steps added to the container
+        self.planned: tuple[int, int | None, dict[str, int]] | None = None  # the write being made
 
     @property
     def tracked(self) -> bool:
@@ -192,6 +204,21 @@ class TaskContext:
         self.dirty = False
         message = None if self.message is None else clip(self.message, app_settings.MESSAGE_MAX_LENGTH)
         return self.completed, self.total, message
+
+    def count(self, **counters: int) -> None:
+        """Add to the task's outcome counters (``task.count(succeeded=48, failed=1, skipped=1)``;
+        the names are free, the values non-negative integers).  They are stored with the
+        progress (no I/O here), kept across retries, shown on the status page and summed into
+        the task's container (``status.counts``).  See ``docs/api.md``."""
+        for name, n in counters.items():
+            if not name or len(name) > MAX_COUNTER_NAME:
+                raise ValueError(f"counter names are 1 to {MAX_COUNTER_NAME} characters long: {name!r}")
+            if type(n) is not int or n < 0:  # bool is an int, and never meant as a count
+                raise ValueError(f"count({name}=...) takes a non-negative integer, not {n!r}")
+        counts = self.counts
+        for name, n in counters.items():
+            counts[name] = counts.get(name, 0) + n
+        self.dirty = True
 
     # -- cancel -------------------------------------------------------------------------------
 

@@ -192,6 +192,10 @@ class UserTaskStatus(models.Model):
     children_skipped = models.PositiveBigIntegerField(default=0)
     children_retried = models.PositiveBigIntegerField(default=0)
 
+    # Outcome counters (``task.count(succeeded=..., failed=..., skipped=...)``): name -> int.  A
+    # container's are the sums of its children's.
+    counts = models.JSONField(default=dict, blank=True, verbose_name=_("counts"))
+
     # Per-task options (notify, abort_grace, fan-out policy and callback, ...).
     options = models.JSONField(default=dict, blank=True, verbose_name=_("options"))
 

@@ -625,7 +625,7 @@ _count_sql: dict[tuple[Any, ...], str] = {}
 
 def count_children_sql(connection, counters, returning):
     """``UPDATE <status> SET <each of counters> = ... + %s, children_retried = ... + %s,
-    completed_steps = ... + %s, modified = %s, heartbeat = %s WHERE id = %s RETURNING
+    completed_steps = ... + %s, total_steps = ... + %s, modified = %s, heartbeat = %s WHERE id = %s RETURNING
     <returning>``: a container's counters in one statement (``usertasks.containers.counting``).
     Cached per database vendor."""
     from .models import UserTaskStatus
@@ -636,7 +636,9 @@ def count_children_sql(connection, counters, returning):
         qn = connection.ops.quote_name
         column = {f.attname: qn(f.column) for f in UserTaskStatus._meta.concrete_fields}
         column["pk"] = column["id"]
-        adds = [f"{column[c]} = {column[c]} + %s" for c in (*counters, "children_retried", "completed_steps")]
+        adds = [
+            f"{column[c]} = {column[c]} + %s" for c in (*counters, "children_retried", "completed_steps", "total_steps")
+        ]
         sets = ", ".join([*adds, f"{column['modified']} = %s", f"{column['heartbeat']} = %s"])
         table = qn(UserTaskStatus._meta.db_table)
         text = _count_sql[key] = (

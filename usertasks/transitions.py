@@ -264,23 +264,29 @@ def apply(
     db = using or router.db_for_write(UserTaskStatus)
     rows = UserTaskStatus.objects.using(db)
     stmts = sql.Statements.get(connections[db])
+    dirty = list(dirty)
     if not dirty and not beating and _one_statement(changes, stmts.connection):
+        bases = _counts_bases(rows, [c.ctx for c in changes])
         plans = [_PLAN[c.kind](c) for c in changes]
         events = [e for c in changes for e in (c.start.events if c.start is not None else []) + c.events]
         changed = stmts.update_many_with_events(plans, events)
         _settle(
             changes, [_POST[c.kind](rows, c, where["pk"] in changed, None) for c, (_, where) in zip(changes, plans)]
         )
+        _settle_counts(bases, {})
         return
     events, applied = [], []
     with transaction.atomic(using=db):
         batch = _Counts()  # children's ends are counted on their containers once per batch
+        bases = _counts_bases(rows, [c.ctx for c in changes if c.kind in ("start", "end")] + dirty)
         results = {}
         for kind in ("start", "end"):  # starts first, so a run's start lands before its end
             group = [c for c in changes if c.kind == kind]
             if group:
                 for c, ok in zip(group, stmts.update_many([_PLAN[kind](c) for c in group])):
                     results[id(c)] = _POST[kind](rows, c, ok, batch)
+                    if ok:
+                        batch.share(c.ctx, State.IN_PROGRESS if kind == "start" else c.fields["state"])
         for c in changes:
             ok = results[id(c)] if id(c) in results else _APPLY[c.kind](rows, c, batch)
             applied.append(ok)
@@ -290,7 +296,8 @@ def apply(
                 events.extend(c.events)
         now = timezone.now()
         for ctx in dirty:
-            stmts.update(_progress(ctx, modified=now), pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker)
+            if stmts.update(_progress(ctx, modified=now), pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker):
+                batch.share(ctx, State.IN_PROGRESS)
         if beating:
             # In Progress, or a custom state (a Celery task's set_state): still running.
             ids = [c.status_id for c in beating]
@@ -299,6 +306,7 @@ def apply(
             sql.insert(events, db)
         batch.apply(rows)
     _settle(changes, applied)
+    _settle_counts(bases, batch.reported)
 
 
 def _settle(changes: list[Change], applied: list[bool]) -> None:
@@ -331,7 +339,9 @@ def _one_statement(changes: list[Change], connection: Any) -> bool:
 
 def _progress(ctx: Any, **extra: Any) -> dict[str, Any]:
     completed, total, message = ctx.snapshot()
-    if ctx.fanout:  # a container's steps are its children's
+    counts = dict(ctx.counts) if ctx.counts else {}
+    ctx.planned = (completed, total, counts)
+    if ctx.fanout:  # a container's steps are its children's (and so are most of its counts)
         fields = {} if message is None else {"message": message}
         fields.update(extra)
         return fields
@@ -340,7 +350,39 @@ def _progress(ctx: Any, **extra: Any) -> dict[str, Any]:
         fields["total_steps"] = total
     if message is not None:
         fields["message"] = message
+    if counts and counts != ctx.counts_stored and ctx.counts_base is not None:
+        # Only this run writes the row's counters: what it counted, on top of the earlier runs'.
+        fields["counts"] = UserTaskStatus._meta.get_field("counts").get_db_prep_save(
+            counting.merge(ctx.counts_base, counts), connections[router.db_for_write(UserTaskStatus)]
+        )
     return fields
+
+
+def _counts_bases(rows: Rows, contexts: Iterable[Any]) -> dict[int, Any]:
+    """The outcome counters stored before this run, for the runs that counted something and
+    have not read them yet (one query for the batch; they go under ``ctx.counts_base``).
+    Returns the contexts concerned by id, for :func:`_settle_counts`."""
+    concerned = {id(c): c for c in contexts if c is not None and c.tracked and (c.counts or c.counts_reported)}
+    missing = [c for c in concerned.values() if c.counts_base is None]
+    if missing:
+        stored = dict(rows.filter(pk__in={c.status_id for c in missing}).values_list("pk", "counts"))
+        for c in missing:
+            found = stored.get(c.status_id)
+            c.counts_base = dict(found) if isinstance(found, dict) else {}
+    return concerned
+
+
+def _settle_counts(concerned: dict[int, Any], reported: dict[int, tuple[Any, Any]]) -> None:
+    """After the commit: what each run's counters and steps now stand at, in its row and on
+    its container."""
+    for ctx in concerned.values():
+        if ctx.planned is not None and not ctx.fanout:
+            ctx.counts_stored = ctx.planned[2]
+    for ctx, (share, counts) in reported.values():
+        ctx.share_reported = share
+        ctx.counts_reported = counts
+        if ctx.fanout:
+            ctx.counts_stored = counts
 
 
 def _start_fields(ctx: Any, at: datetime) -> dict[str, Any]:
@@ -437,6 +479,9 @@ def _apply_body_done(rows: Rows, change: Change, batch: _Counts | None) -> bool:
     )
     if not n:
         return False
+    if ctx.counts and batch is not None:  # what the body counted itself, with its children's
+        ctx.planned = (0, None, dict(ctx.counts))
+        batch.share(ctx, State.IN_PROGRESS)
     complete_container(rows, counting.info(rows, ctx.status_id))
     return True
 
@@ -462,14 +507,57 @@ class _Counts:
 
     def __init__(self) -> None:
         self.by_parent: dict[int, dict[str, Any]] = {}
+        #: id(ctx) -> (ctx, (its share of steps, its counts) as added to its container by this
+        #: batch), settled on the contexts once the batch has committed.
+        self.reported: dict[int, tuple[Any, tuple[tuple[int, int], dict[str, int]]]] = {}
+
+    def _entry(self, parent_id: int) -> dict[str, Any]:
+        return self.by_parent.setdefault(
+            parent_id,
+            {
+                "succeeded": 0,
+                "failed": 0,
+                "canceled": 0,
+                "skipped": 0,
+                "retried": 0,
+                "steps": 0,
+                "total": 0,
+                "tallies": {},
+                "child_id": None,
+            },
+        )
 
     def add(self, parent_id: int, child_id: int | None, key: str) -> None:
-        entry = self.by_parent.setdefault(
-            parent_id, {"succeeded": 0, "failed": 0, "canceled": 0, "skipped": 0, "retried": 0, "child_id": None}
-        )
+        entry = self._entry(parent_id)
         entry[key] += 1
         if key != "retried":
             entry["child_id"] = child_id
+
+    def share(self, ctx: Any, state: str) -> None:
+        """A write of run ``ctx`` (its task now in ``state``) committed with this batch: add to
+        its container the steps and counts it did not add yet (``counting.share``).  A
+        container's own counts go to its own row the same way."""
+        if ctx is None or ctx.planned is None:
+            return
+        target = ctx.status_id if ctx.fanout else ctx.parent_id
+        if target is None:
+            return  # a top-level task's counters are in its own row, written with its progress
+        previous = self.reported.get(id(ctx))
+        share0, counts0 = previous[1] if previous else (ctx.share_reported, ctx.counts_reported)
+        completed, total, counts = ctx.planned
+        if total is None:
+            declared = (ctx.options or {}).get("total_steps")
+            total = declared if type(declared) is int else None
+        share = (0, 0) if ctx.fanout else counting.share(completed, total, state)
+        delta = {k: n - counts0.get(k, 0) for k, n in counts.items() if n != counts0.get(k, 0)}
+        if share != share0 and not ctx.fanout:
+            entry = self._entry(target)
+            entry["steps"] += share[0] - share0[0]
+            entry["total"] += share[1] - share0[1]
+        if delta:
+            entry = self._entry(target)
+            entry["tallies"] = counting.merge(entry["tallies"], delta)
+        self.reported[id(ctx)] = (ctx, (share, counts if delta else counts0))
 
     def apply(self, rows: Rows) -> None:
         for parent_id in sorted(self.by_parent):
@@ -486,7 +574,8 @@ def child_ended(rows: Rows, parent_id: int, child_id: int | None, state: str, ba
     if key is None:
         return
     if batch is None:
-        children_ended(rows, parent_id, child_id=child_id, **{key: 1})
+        one: dict[str, Any] = {key: 1}
+        children_ended(rows, parent_id, child_id=child_id, **one)
     else:
         batch.add(parent_id, child_id, key)
 
@@ -501,20 +590,24 @@ def children_ended(
     skipped: int = 0,
     retried: int = 0,
     child_id: int | None = None,
+    steps: int = 0,
+    total: int = 0,
+    tallies: dict[str, int] | None = None,
 ) -> bool:
     """Count children of ``parent_id`` that ended (and retries), in the transaction that stored
     their ends; then what the container's rules say follows (a pipeline's next stage, a
-    fail-fast cancel), and the container's end if they were the last.  ``rows``: a manager or
-    queryset of status rows (its database is used), or a database alias.  Costs one
-    ``UPDATE ... RETURNING`` (plus, for the last child, the container's own end)."""
+    fail-fast cancel), and the container's end if they were the last.  ``steps`` of ``total``
+    more steps of running children, and ``tallies`` (outcome counters), are added with them.
+    ``rows``: a manager or queryset of status rows (its database is used), or a database alias.
+    Costs one ``UPDATE ... RETURNING`` (plus, for the last child, the container's own end)."""
     db = rows if rows is None or isinstance(rows, str) else rows.db
     rows = _rows(db)  # whatever was given: the plain manager of its database
     counts = {"succeeded": succeeded, "failed": failed, "canceled": canceled, "skipped": skipped}
     ended = sum(counts.values())
-    if not ended and not retried:
+    if not ended and not retried and not steps and not total and not tallies:
         return False
     now = timezone.now()
-    info = counting.count(rows, parent_id, counts, retried, now)
+    info = counting.count(rows, parent_id, counts, retried, now, steps=steps, total=total, tallies=tallies)
     if not ended or info is None or info["state"] not in ACTIVE_STATES:
         return False
     follow = counting.after_children(info, child_id, succeeded=succeeded, failed=failed, canceled=canceled)
@@ -545,6 +638,7 @@ def complete_container(rows: Rows, info: dict[str, Any] | None) -> bool:
     options = info["options"] or {}
     now = timezone.now()
     fields = {"state": state, "finished": now, "modified": now, "unique_key": None, "worker": "", "message": summary}
+    fields["completed_steps"] = F("total_steps")  # every child has ended: all its steps are done
     spec_key = completion.spec_key(options)
     callback = (options.get(spec_key) or {}).get("on_complete")
     if callback:
@@ -571,8 +665,13 @@ def complete_container(rows: Rows, info: dict[str, Any] | None) -> bool:
     pk, db = info["pk"], rows.db
     transaction.on_commit(lambda: completion.finished(pk, state, callback, db), using=db)
     if info.get("parent_id") is not None:
-        # A container inside a container (a pipeline stage that fans out): count it there.
-        child_ended(rows, info["parent_id"], pk, state)
+        # A container inside a container (a pipeline stage that fans out): count it there,
+        # with the outcome counters it summed.
+        tallies = info.get("counts") or None
+        if tallies:
+            children_ended(rows, info["parent_id"], child_id=pk, tallies=tallies, **{counting.KEY_FOR[state]: 1})
+        else:
+            child_ended(rows, info["parent_id"], pk, state)
     return True
 
 

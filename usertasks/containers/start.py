@@ -24,7 +24,7 @@ from ..protocol import ALLOW_FAILURES, CHILD_OPTION, FAIL_FAST, PARENT_OPTION, P
 from ..sending import new_rows, prepare_many
 from ..states import ACTIVE_STATES
 from .completion import callback_spec
-from .counting import done
+from .counting import done, recount
 
 logger = logging.getLogger("usertasks.containers")
 
@@ -79,7 +79,9 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
         # A retry of a task that already fanned out: its children exist and were sent.
         logger.info("usertasks: task %s already started its children; not starting them again", parent.pk)
         # This run's start wrote its own (zero) progress: put the children's back.
-        rows.filter(pk=parent.pk).update(completed_steps=done(), total_steps=F("children_total"))
+        steps = recount(rows, parent.pk)
+        if steps is not None:
+            rows.filter(pk=parent.pk).update(completed_steps=steps[0], total_steps=steps[1])
         return rows.filter(parent_id=parent.pk)
 
     prepared = prepare_many(
@@ -97,6 +99,11 @@ def fan_out(ctx, child_actor, items, *, policy=ALLOW_FAILURES, on_complete=None)
         written = max(0, min(written, n))
         logger.info("usertasks: task %s resumes starting its children after %d of %d", parent.pk, written, n)
     _announce(rows, parent.pk, index, n, written, policy, callback, ctx.attempt)
+    if index < len(announced):
+        # This run's start wrote its own (zero) progress over the children's: put theirs back.
+        steps = recount(rows, parent.pk)
+        if steps is not None:
+            rows.filter(pk=parent.pk).update(completed_steps=steps[0], total_steps=steps[1])
     sizes = _chunk_sizes()
     while written < n:
         halted = _halted(rows, parent.pk, policy)
@@ -161,14 +168,20 @@ def _announce(rows, parent_id, index, n, written, policy, callback, attempt):
         spec.update(policy=policy, calls=calls, closed=index + 1 if written >= n else index)
         if callback is not None:
             spec["on_complete"] = callback
-        # total_steps first: MySQL reads the columns of a SET clause as already updated to its
-        # left, PostgreSQL and SQLite as they were before the UPDATE.
-        return {"total_steps": F("children_total") + added, "children_total": F("children_total") + added}
+        if index == 0 and first:
+            # The first call: the container's steps become its children's (the body's own
+            # progress so far is dropped).  total_steps first: MySQL reads the columns of a SET
+            # clause as already updated to its left, PostgreSQL and SQLite as they were before.
+            return {
+                "total_steps": F("children_total") + added,
+                "children_total": F("children_total") + added,
+                "completed_steps": done(),
+            }
+        # Later calls add to the steps their running children have reported meanwhile.
+        return {"total_steps": F("total_steps") + added, "children_total": F("children_total") + added}
 
     with transaction.atomic(using=rows.db):
-        cancel_requested = _update_spec(
-            rows, parent_id, change, is_container=True, completed_steps=done(), modified=now, heartbeat=now
-        )
+        cancel_requested = _update_spec(rows, parent_id, change, is_container=True, modified=now, heartbeat=now)
         if cancel_requested is not None:
             raise Aborted()  # canceled before its children were started: start none
         if first:

@@ -12,7 +12,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("usertasks", "0003_user_reverse_names"),
+        ("usertasks", "0005_counts"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -9,7 +9,9 @@ from django.http import Http404, HttpResponseForbidden, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 from django.views.decorators.http import require_GET, require_POST
 
 from ..api import FILTERS, get_visible, paginate, task_detail, user_tasks
@@ -29,7 +31,19 @@ def js_strings():
         "ms": _("%(m)d min %(s)d s"),
         "s": _("%(s)d s"),
         "stale": _("Live updates paused; reload the page."),
+        "by": _("by %(name)s"),
+        "failed_all": _("%(count)s failed."),
+        "failed_some": _("%(count)s failed; the first %(shown)s are listed."),
+        "counters": {name: str(label) for name, label in COUNTER_LABELS.items()},
     }
+
+
+#: How the page names the outcome counters it knows; others are shown as they are named.
+COUNTER_LABELS = {"succeeded": _lazy("Succeeded"), "failed": _lazy("Failed"), "skipped": _lazy("Skipped")}
+
+
+def counter_label(name):
+    return str(COUNTER_LABELS.get(name) or capfirst(name.replace("_", " ")))
 
 
 def _base_context():
@@ -81,10 +95,12 @@ def status_page(request, uuid):
     prefetch_related_objects([status], "artifacts")  # one query for the JSON and the template
     policy = get_policy()
     context = _base_context()
+    detail = task_detail(status, request.user, policy)
     context.update(
         {
             "task": status,
-            "detail": task_detail(status, request.user, policy),
+            "detail": detail,
+            "counts_shown": [(counter_label(name), n) for name, n in detail["counts"].items()],
             "can_cancel": status.is_active and policy.can_cancel(request.user, status),
             "can_delete": status.is_final and policy.can_delete(request.user, status),
             "can_download": policy.can_download(request.user, status),

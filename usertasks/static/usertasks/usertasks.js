@@ -124,6 +124,13 @@
       li.appendChild(t);
       li.appendChild(document.createTextNode(" "));
       li.appendChild(kind);
+      if (e.actor) {
+        var by = document.createElement("span");
+        by.className = "ut-event-actor";
+        by.textContent = fmt(S.by, {name: e.actor});
+        li.appendChild(document.createTextNode(" "));
+        li.appendChild(by);
+      }
       if (e.detail) {
         li.appendChild(document.createTextNode(" — "));
         var d = document.createElement("span");
@@ -133,6 +140,70 @@
       }
       list.appendChild(li);
     });
+  }
+
+  // Outcome counters, failed subtasks and stages (includes/outcome.html), rebuilt when they change.
+  function renderChild(li, c) {
+    var name = document.createElement(c.url ? "a" : "span");
+    if (c.url) { name.href = c.url; }
+    name.textContent = c.name;
+    li.appendChild(name);
+    if (c.state_text) {
+      var st = document.createElement("span");
+      st.className = "ut-state ut-state-" + c.state.toLowerCase().replace(/\s+/g, "-");
+      st.textContent = c.state_text;
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(st);
+    }
+    if (c.error) {
+      var err = document.createElement("span");
+      err.className = "ut-child-error";
+      err.textContent = c.error;
+      li.appendChild(document.createTextNode(" — "));
+      li.appendChild(err);
+    }
+  }
+
+  function rebuild(list, key, items, fill) {
+    if (!list || list.getAttribute("data-key") === key) { return; }
+    list.setAttribute("data-key", key);
+    list.textContent = "";
+    items.forEach(function (item) { fill(list, item); });
+  }
+
+  function renderOutcome(root, data) {
+    var counts = data.counts || {};
+    var names = Object.keys(counts);
+    var box = field(root, "counts_box");
+    if (box) { box.hidden = !names.length; }
+    rebuild(field(root, "counts"), JSON.stringify(counts), names, function (dl, name) {
+      var dt = document.createElement("dt");
+      var label = (S.counters || {})[name] || name.replace(/_/g, " ");
+      dt.textContent = label.charAt(0).toUpperCase() + label.slice(1);
+      var dd = document.createElement("dd");
+      dd.textContent = String(counts[name]);
+      dl.appendChild(dt);
+      dl.appendChild(dd);
+    });
+    var failed = data.failed_children;
+    var fbox = field(root, "failed_box");
+    if (failed && fbox) {
+      fbox.hidden = !failed.count;
+      setText(root, "failed_count", fmt(failed.count > failed.shown.length ? S.failed_some : S.failed_all,
+        {count: failed.count, shown: failed.shown.length}));
+      rebuild(field(root, "failed_children"), JSON.stringify(failed.shown), failed.shown, function (ul, c) {
+        var li = document.createElement("li");
+        renderChild(li, {name: c.name, url: c.url, error: c.error});
+        ul.appendChild(li);
+      });
+    }
+    if (data.stages) {
+      rebuild(field(root, "stages"), JSON.stringify(data.stages), data.stages, function (ol, c) {
+        var li = document.createElement("li");
+        renderChild(li, {name: c.name, url: c.url, error: c.error, state: c.state, state_text: c.state_text});
+        ol.appendChild(li);
+      });
+    }
   }
 
   function renderStatus(root, data) {
@@ -159,6 +230,7 @@
     if (del) { del.hidden = !data.can_delete; }
     renderArtifacts(field(root, "artifacts"), data.artifacts || []);
     renderEvents(field(root, "events"), data.events);
+    renderOutcome(root, data);
   }
 
   function poll(url, interval, onData, isDone) {

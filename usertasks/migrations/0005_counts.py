@@ -1,0 +1,18 @@
+"""Outcome counters of a task (``status.counts``): ``task.count(succeeded=..., failed=...)``."""
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("usertasks", "0003_user_reverse_names"),
+    ]
+
+    operations = [
+        migrations.AddField(
+            model_name="usertaskstatus",
+            name="counts",
+            field=models.JSONField(blank=True, default=dict, verbose_name="counts"),
+        ),
+    ]
