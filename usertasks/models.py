@@ -293,6 +293,8 @@ class UserTaskStatus(models.Model):
             and self.backend == "dramatiq"
             and self.task_class != PIPELINE_CLASS
             and isinstance(arguments, dict)
+            and isinstance(arguments.get("args"), list)
+            and isinstance(arguments.get("kwargs"), dict)
             and not arguments.get("omitted")
         )
 
