@@ -262,10 +262,9 @@ def test_rerun_in_a_rolled_back_transaction_leaves_nothing(user, redis):
     status = finish(tasks_rerun.fails_once.send_for(user, "rollback"))
     redis.flushdb()
     before = counts()
-    with pytest.raises(ZeroDivisionError):
-        with transaction.atomic():
-            status.rerun(by=user)
-            1 / 0  # noqa: B018
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        status.rerun(by=user)
+        1 / 0  # noqa: B018
     assert counts() == before
     assert not redis.keys("dramatiq:default*")
 

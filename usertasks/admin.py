@@ -163,6 +163,7 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
         confirm = self._confirm(request, queryset, "cancel_tasks", ACTIVE_STATES, _("Cancel these tasks?"))
         if confirm is not None:
             return confirm
+        finished = queryset.filter(state__in=FINAL_STATES).count()
         acted = skipped = 0
         reasons: Counter[str] = Counter()
         for status in queryset.filter(state__in=ACTIVE_STATES):
@@ -177,7 +178,6 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
             else:
                 skipped += 1
                 reasons[_("finished meanwhile")] += 1
-        finished = queryset.filter(state__in=FINAL_STATES).count()
         if finished:
             skipped += finished
             reasons[_("already finished")] += finished
@@ -193,6 +193,7 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description=gettext_lazy("Run selected tasks again"), permissions=("operate",))
     def rerun_tasks(self, request, queryset):
+        active = queryset.filter(state__in=ACTIVE_STATES).count()
         acted = skipped = 0
         reasons: Counter[str] = Counter()
         for status in queryset.filter(state__in=FINAL_STATES).select_related("user"):
@@ -203,7 +204,6 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 reasons[str(exc).rstrip(".")] += 1
                 continue
             acted += 1
-        active = queryset.filter(state__in=ACTIVE_STATES).count()
         if active:
             skipped += active
             reasons[_("not finished")] += active
@@ -221,13 +221,13 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
         confirm = self._confirm(request, queryset, "delete_tasks", FINAL_STATES, _("Delete these tasks?"))
         if confirm is not None:
             return confirm
+        active = queryset.filter(state__in=ACTIVE_STATES).count()
         acted = skipped = 0
         for status in queryset.filter(state__in=FINAL_STATES):
             if status.delete_with_files():
                 acted += 1
             else:
                 skipped += 1
-        active = queryset.filter(state__in=ACTIVE_STATES).count()
         reasons: Counter[str] = Counter()
         if active:
             reasons[_("still active")] += active
