@@ -184,12 +184,14 @@ def prepare(actor, user, args, kwargs, *, delay=None, parent=None, options=None,
 def check_encodable(actor, messages):
     """Raise :class:`ArgumentsNotSerializable` unless the broker's encoder can encode every one
     of ``messages``.  With Dramatiq's JSON encoder, many messages are checked in one
-    ``json.dumps`` (a fan-out of thousands pays one call, not one per child)."""
+    ``json.dumps`` (a fan-out of thousands pays one call, not one per child).  Returns ``True``
+    when that one call also found them strict JSON (no ``NaN``): their arguments can be stored
+    without another check (:func:`storable`)."""
     encoder = dramatiq.get_encoder()
     if len(messages) > 1 and type(encoder) is dramatiq.JSONEncoder:
         try:
-            json.dumps([(m.args, m.kwargs, m.options) for m in messages], separators=(",", ":"))
-            return
+            json.dumps([(m.args, m.kwargs, m.options) for m in messages], separators=(",", ":"), allow_nan=False)
+            return True
         except (TypeError, ValueError, OverflowError):
             pass  # find the culprit below, and say what it is
     for message in messages:
@@ -199,6 +201,7 @@ def check_encodable(actor, messages):
             raise ArgumentsNotSerializable(
                 f"Arguments of {actor.actor_name} cannot be serialised into a message: {exc}"
             ) from exc
+    return False
 
 
 def prepare_many(actor, user, calls, *, delay=None, parent=None, options=None):
@@ -219,9 +222,9 @@ def prepare_many(actor, user, calls, *, delay=None, parent=None, options=None):
         )
         for (args, kwargs), message_id in zip(calls, ids)
     ]
-    check_encodable(actor, [p.message for p in prepared])
-    for p, arguments in zip(prepared, storable([p.arguments for p in prepared])):
-        p.arguments = arguments
+    if not check_encodable(actor, [p.message for p in prepared]):
+        for p, arguments in zip(prepared, storable([p.arguments for p in prepared])):
+            p.arguments = arguments
     return prepared
 
 

@@ -3,11 +3,13 @@
 import re
 
 import pytest
+import yaml
 from django.test import Client, override_settings
 from django.urls import reverse
 
 from tests import tasks_rerun
 from tests.helpers import wait_final
+from tests.test_api import SCHEMA_PATH, validate
 from tests.tasks_web import make_task
 from usertasks.models import EventKind, UserTaskEvent, UserTaskStatus
 from usertasks.permissions import OwnerOrSuperuser
@@ -201,6 +203,8 @@ def test_api_rerun_returns_the_new_task(client, user, worker):
     assert data["uuid"] == str(again.uuid) and data["rerun_of"] == str(done.uuid)
     assert data["name"] == "Fails once api" and data["state"] in ("Pending", "In Progress", "Succeeded")
     assert response["Location"] == reverse("usertasks:api-detail", args=[again.uuid])
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        validate(yaml.safe_load(fh), "TaskDetail", data)
     assert wait_final(again).state == State.SUCCEEDED
     detail = client.get(reverse("usertasks:api-detail", args=[done.uuid])).json()
     assert detail["rerun_of"] is None
