@@ -429,5 +429,4 @@ def rerun(status, by=None):
         UserTaskEvent.objects.using(db).create(
             status_id=original.pk, kind=EventKind.RERUN, actor=_acting_user(by), detail=detail
         )
-    status.refresh_from_db()
     return row

@@ -10,6 +10,7 @@ from django.urls import reverse
 from tests import tasks_rerun
 from tests.helpers import wait_final
 from tests.test_api import SCHEMA_PATH, validate
+from tests.test_sending import dead_broker  # noqa: F401  (a fixture)
 from tests.tasks_web import make_task
 from usertasks.models import EventKind, UserTaskEvent, UserTaskStatus
 from usertasks.permissions import OwnerOrSuperuser
@@ -239,3 +240,23 @@ def test_api_rerun_of_a_unique_task_joins_the_active_one(client, user, redis):
     assert response.status_code == 200 and response.json()["uuid"] == str(active.uuid)
     page = client.post(reverse("usertasks:rerun", args=[done.uuid]), {"confirm": "yes"})
     assert page["Location"] == active.get_absolute_url()
+
+
+def test_broker_down_at_rerun_says_so(client, user, dead_broker):
+    import dramatiq
+
+    server, broker, actor = dead_broker
+    dramatiq.get_broker().declare_actor(actor)  # found by its name; sent through its own broker
+    client.force_login(user)
+    done = actor.send_for(user, label="down")
+    UserTaskStatus.objects.filter(pk=done.pk).update(state=State.FAILED)
+    server.stop()
+    response = client.post(reverse("usertasks:rerun", args=[done.uuid]), {"confirm": "yes"}, follow=True)
+    assert response.redirect_chain[-1][0] == done.get_absolute_url()
+    assert "Could not send usertasks_tests_down_noop to the broker" in response.content.decode()
+    api = client.post(reverse("usertasks:api-rerun", args=[done.uuid]))
+    assert api.status_code == 503 and "Could not send" in api.json()["detail"]
+    # The tasks that could not be sent are Failed, not left Pending.
+    reruns = UserTaskStatus.objects.filter(rerun_of=done)
+    assert reruns.count() == 2
+    assert set(reruns.values_list("state", flat=True)) == {State.FAILED}
