@@ -210,3 +210,13 @@ def test_changelist_queries_do_not_grow_with_rows(admin_client, user, other_user
     twenty, response = queries()
     assert "row 18" in response.content.decode()
     assert twenty == one
+
+
+def test_change_page_shows_the_input_and_the_original(admin_client, user, redis):
+    original = failed(user, "shown")
+    again = original.rerun(by=user)
+    html = admin_client.get(reverse("admin:usertasks_usertaskstatus_change", args=[again.pk])).content.decode()
+    assert "&quot;shown&quot;" in html  # the stored arguments, as JSON
+    assert reverse("admin:usertasks_usertaskstatus_change", args=[original.pk]) in html  # rerun_of, linked
+    html = admin_client.get(reverse("admin:usertasks_usertaskstatus_change", args=[original.pk])).content.decode()
+    assert "Run again" in html and str(again.uuid) in html  # the rerun event
