@@ -69,6 +69,12 @@ def test_fan_out_children_store_their_arguments(user, worker):
     children = {c.name: c.arguments for c in status.children.all()}
     assert children["Child 3"] == {"args": [], "kwargs": {"i": 3, "label": "args", "fail": False, "delay": 0.0}}
     assert len(children) == 5
+    # A child runs again as a task of its own, outside its container.
+    child = status.children.get(name="Child 3")
+    again = child.rerun(by=user)
+    assert again.parent_id is None and again.rerun_of_id == child.pk and again.user_id == user.pk
+    assert wait_final(again).state == State.SUCCEEDED
+    assert status.refresh().children_total == 5
 
 
 # -- sensitive arguments --------------------------------------------------------------------------
