@@ -57,6 +57,9 @@ def test_responses_match_schema(client, user, django_user_model, openapi):
     validate(openapi, "TaskDetail", canceled.json())
     assert canceled.json()["cancel_requested"] is True
     validate(openapi, "Error", client.post(reverse("usertasks:api-cancel", args=[done.uuid])).json())
+    refused = client.post(reverse("usertasks:api-rerun", args=[done.uuid]))  # no stored input
+    assert refused.status_code == 409
+    validate(openapi, "Error", refused.json())
     root = django_user_model.objects.create_superuser("root", "r@example.com", "pw")
     client.force_login(root)
     validate(openapi, "TaskDetail", client.get(reverse("usertasks:api-detail", args=[done.uuid])).json())
@@ -91,7 +94,7 @@ def test_schemathesis_finds_no_server_error(user, client, settings):
     schema = schemathesis.openapi.from_path(SCHEMA_PATH)
     schema.app = WSGIHandler()
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 6
+    assert len(operations) == 7
     calls = {"n": 0}
 
     for operation in operations:

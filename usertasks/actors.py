@@ -32,7 +32,8 @@ _NOT_GIVEN = object()
 class UserTaskActor(Actor):
     """A Dramatiq actor with :meth:`send_for`.  Created by :func:`user_task`."""
 
-    #: usertasks options (``name``, ``total_steps``, ``unique``, ``notify``, ``abort_grace``);
+    #: usertasks options (``name``, ``total_steps``, ``unique``, ``notify``, ``abort_grace``,
+    #: ``sensitive``);
     #: set by :func:`user_task`.
     usertask_options: dict[str, Any] = {}
     #: The signature of the task function without its ``task`` parameter; set by :func:`user_task`.
@@ -182,6 +183,7 @@ def user_task(
     unique: bool | Callable[..., Any] = False,
     notify: Any = _NOT_GIVEN,
     abort_grace: float | None = None,
+    sensitive: Iterable[str] = (),
     actor_class: type[UserTaskActor] = UserTaskActor,
     actor_name: str | None = None,
     queue_name: str = "default",
@@ -195,7 +197,13 @@ def user_task(
     first argument, then the arguments it was sent with.  Returns a Dramatiq actor with an extra
     :meth:`~UserTaskActor.send_for`.  Other keyword arguments are Dramatiq actor options
     (``max_retries``, ``time_limit``, ``min_backoff``, ...).
+
+    ``sensitive``: names of arguments (``("password",)``) that are never stored with the row
+    (``status.arguments``); a task that was given one cannot be run again.
     """
+    if isinstance(sensitive, str):
+        sensitive = (sensitive,)
+    sensitive = tuple(sensitive)
 
     def decorator(func: Callable[..., Any]) -> UserTaskActor:
         sig = inspect.signature(func)
@@ -203,6 +211,10 @@ def user_task(
         if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
             raise TypeError(f"{func.__qualname__}: a user task takes the task context as its first parameter")
         user_sig = sig.replace(parameters=params[1:])
+        if not any(p.kind == p.VAR_KEYWORD for p in params[1:]):
+            unknown = [s for s in sensitive if s not in user_sig.parameters]
+            if unknown:
+                raise TypeError(f"{func.__qualname__}: sensitive names no parameter: {', '.join(unknown)}")
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -251,6 +263,7 @@ def user_task(
             "unique": unique,
             "notify": None if notify is _NOT_GIVEN else notify,
             "abort_grace": abort_grace,
+            "sensitive": sensitive,
         }
         return actor
 

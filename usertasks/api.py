@@ -7,6 +7,7 @@ URL name           path (under the app's include)            methods
 ``api-detail``     ``api/tasks/<uuid>/``                     GET
 ``api-cancel``     ``api/tasks/<uuid>/cancel/``              POST
 ``api-delete``     ``api/tasks/<uuid>/delete/``              POST (also DELETE on detail)
+``api-rerun``      ``api/tasks/<uuid>/rerun/``               POST
 ``api-events``     ``api/tasks/<uuid>/events/``              GET (``text/event-stream``)
 =================  ========================================  ===========================
 
@@ -23,8 +24,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from .conf import app_settings
 from .containers.counting import ordered
+from .exceptions import EnqueueError, RerunError
 from .models import UserTaskStatus
-from .permissions import get_policy
+from .permissions import get_policy, may_rerun
 from .states import State
 
 FILTERS = ("active", "finished", "failed", "canceled")
@@ -95,6 +97,8 @@ def task_detail(status, user, policy=None):
             **container_contents(status, user, policy),
             "can_cancel": status.is_active and policy.can_cancel(user, status),
             "can_delete": status.is_final and policy.can_delete(user, status),
+            "can_rerun": status.is_rerunnable and may_rerun(policy, user, status),
+            "rerun_of": str(status.rerun_of.uuid) if status.rerun_of_id and status.rerun_of else None,
             "artifacts": [
                 {
                     "uuid": str(a.uuid),
@@ -259,6 +263,24 @@ def _delete(request, status):
 @require_POST
 def task_delete(request, uuid):
     return _delete(request, get_visible(request.user, uuid))
+
+
+@require_POST
+def task_rerun(request, uuid):
+    """Start a finished task again: 201 with the new task (200 with the identical active task
+    a unique task joined), 403 without ``can_rerun``, 409 when it cannot run again."""
+    status = get_visible(request.user, uuid)
+    if not may_rerun(get_policy(), request.user, status):
+        return _error(403, _("You may not run this task again."))
+    try:
+        new = status.rerun(by=request.user)
+    except RerunError as exc:
+        return _error(409, exc)
+    except EnqueueError as exc:
+        return _error(503, exc)
+    response = JsonResponse(task_detail(new, request.user), status=201 if new.rerun_of_id == status.pk else 200)
+    response["Location"] = reverse("usertasks:api-detail", args=[new.uuid])
+    return response
 
 
 @require_GET

@@ -16,8 +16,9 @@ class UserTasksConfig(AppConfig):
         )
         from .broker import configured_broker
         from .cancel import cancel
+        from .sending import rerun
 
-        operations.provide(cancel=cancel)
+        operations.provide(cancel=cancel, rerun=rerun)
         middleware.install(configured_broker())
 
         from .notifications import acts_on, on_task_finished

@@ -36,6 +36,14 @@ class AbortBackendError(UserTasksError):
     """The abort flag store is unreachable."""
 
 
+class RerunError(UserTasksError):
+    """The task cannot be run again."""
+
+    # Raised by ``status.rerun()`` before anything is written: the task has not finished, its
+    # input was not stored (or had sensitive arguments), its actor is gone, or its stored
+    # arguments no longer fit the actor's signature.
+
+
 class ForcedAbort(Interrupt):
     """The task ignored a cancel for longer than its ``abort_grace`` and was interrupted."""
 

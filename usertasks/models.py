@@ -21,7 +21,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import operations
 from .conf import app_settings
-from .protocol import WAITING
+from .protocol import PIPELINE_CLASS, WAITING
 from .states import FINAL_STATES, NOT_RUNNING, State, effective
 from .states import is_active as state_is_active
 from .storage import delete_files_on_commit
@@ -199,6 +199,21 @@ class UserTaskStatus(models.Model):
     # Per-task options (notify, abort_grace, fan-out policy and callback, ...).
     options = models.JSONField(default=dict, blank=True, verbose_name=_("options"))
 
+    # The task's input, ``{"args": [...], "kwargs": {...}}`` (NULL when it was not stored: Celery
+    # tasks, rows older than the field).  An actor's ``sensitive`` arguments are never stored:
+    # their names are listed under ``"omitted"`` instead, and such a task cannot be run again.
+    arguments = models.JSONField(null=True, blank=True, verbose_name=_("arguments"))
+    # The task this one runs again (``status.rerun()``).
+    rerun_of = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="reruns",
+        verbose_name=_("run again from"),
+        db_index=False,  # partial index below: most tasks are not re-runs
+    )
+
     objects = UserTaskStatusQuerySet.as_manager()
 
     #: Set by :meth:`cancel`: what the cancel did (``usertasks.cancel``: "canceled", "requested"
@@ -220,6 +235,7 @@ class UserTaskStatus(models.Model):
             # Most tasks have neither a container nor a canceler: their NULLs are left out.
             models.Index(fields=["parent"], name="usertasks_parent", condition=Q(parent__isnull=False)),
             models.Index(fields=["canceled_by"], name="usertasks_canceled_by", condition=Q(canceled_by__isnull=False)),
+            models.Index(fields=["rerun_of"], name="usertasks_rerun_of", condition=Q(rerun_of__isnull=False)),
         ]
         # Constraints rather than ``unique=True``: on PostgreSQL the latter adds a second,
         # ``LIKE``-pattern index to each column, which nothing here queries and every write
@@ -288,6 +304,31 @@ class UserTaskStatus(models.Model):
         task had already finished.  ``self`` is refreshed, and ``self.cancel_outcome`` tells
         what happened (``usertasks.cancel``).  See ``docs/cancel.md``."""
         return operations.get("cancel")(self, by=by)
+
+    @property
+    def is_rerunnable(self):
+        """Whether :meth:`rerun` can be asked of this task as stored: finished, a Dramatiq task
+        (not a pipeline), its input stored whole.  Whether its actor still exists and the
+        arguments still fit is checked by :meth:`rerun` itself."""
+        arguments = self.arguments
+        return (
+            self.is_final
+            and self.backend == "dramatiq"
+            and self.task_class != PIPELINE_CLASS
+            and isinstance(arguments, dict)
+            and isinstance(arguments.get("args"), list)
+            and isinstance(arguments.get("kwargs"), dict)
+            and not arguments.get("omitted")
+        )
+
+    def rerun(self, by=None):
+        """Start a new task with this finished task's actor, arguments and owner; returns the
+        new row (its ``rerun_of`` is this task), or, for a unique task identical to an active
+        one, that active task.  Records a ``rerun`` event here (``actor``: ``by``).  Raises
+        :class:`~usertasks.exceptions.RerunError`, having written nothing, when the task has not
+        finished, its input was not stored, its actor is gone or its arguments no longer fit
+        (``docs/web.md``)."""
+        return operations.get("rerun")(self, by=by)
 
     # -- fan-out and pipelines ----------------------------------------------------------------
 
@@ -465,6 +506,7 @@ class EventKind(models.TextChoices):
     NEVER_STARTED = "never_started", _("Never started")
     SKIPPED = "skipped", _("Skipped")
     NOTE = "note", _("Note")
+    RERUN = "rerun", _("Run again")
 
 
 class UserTaskEvent(models.Model):

@@ -1,11 +1,12 @@
 """The operations a status row offers as methods, implemented on the floors above the models.
 
-``status.cancel()`` reaches the abort store, the broker and the containers, which all import the
-models.  So that the models import nothing above the ground floor, their methods call through
-this table, and ``UserTasksConfig.ready()`` (the app's composition root) fills it before any
-request or task runs::
+``status.cancel()`` reaches the abort store, the broker and the containers, and
+``status.rerun()`` sends a task: all of these import the models.  So that the models import
+nothing above the ground floor, their methods call through this table, and
+``UserTasksConfig.ready()`` (the app's composition root) fills it before any request or task
+runs::
 
-    operations.provide(cancel=usertasks.cancel.cancel)
+    operations.provide(cancel=usertasks.cancel.cancel, rerun=usertasks.sending.rerun)
 
 ``docs/architecture.md`` draws the floors.
 """

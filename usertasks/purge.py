@@ -235,6 +235,8 @@ def _delete(ids: list[int], cutoff: datetime | None, db: str, result: PurgeResul
                 n_artifacts = artifacts.count()
                 artifacts._raw_delete(db)
                 UserTaskEvent.objects.using(db).filter(status_id__in=picked)._raw_delete(db)
+                # Re-runs of these tasks stay, pointing at nothing (``rerun_of`` is SET_NULL).
+                rows.filter(rerun_of_id__in=picked).update(rerun_of=None)
                 # The guard again, in the DELETE itself.
                 deleted = guard.filter(pk__in=picked)._raw_delete(db)
                 if deleted != len(picked):

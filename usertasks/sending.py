@@ -15,9 +15,10 @@ from django.utils import timezone
 
 from . import sql, transitions
 from .broker import EnqueueFailed, enqueue_many
-from .exceptions import ArgumentsNotSerializable, EnqueueError
+from .exceptions import ArgumentsNotSerializable, EnqueueError, RerunError
 from .models import EventKind, UserTaskEvent, UserTaskStatus
-from .protocol import STATUS_OPTION
+from .protocol import PIPELINE_CLASS, STATUS_OPTION
+from .states import FINAL_STATES
 
 logger = logging.getLogger("usertasks")
 
@@ -36,6 +37,9 @@ class Prepared:
     unique_key: str | None = None
     row_options: dict[str, Any] = field(default_factory=dict)
     task_class: str | None = None  # the row's ``task_class`` (default: the actor's name)
+    #: What the row stores as its input (``status.arguments``), or ``None``.
+    arguments: dict[str, Any] | None = None
+    rerun_of: UserTaskStatus | None = None
 
 
 def check_user(user):
@@ -56,10 +60,65 @@ def unique_key(actor, user, args, kwargs):
     else:
         arguments = actor.bind_arguments(args, kwargs)
         canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=repr)
+        if actor.usertask_options.get("sensitive"):
+            # The key is stored: a sensitive argument must not be readable in it.
+            canonical = hashlib.sha256(canonical.encode()).hexdigest()
         raw = f"{actor.actor_name}:{user.pk}:{canonical}"
     if len(raw) <= 255:
         return raw
     return raw[:190] + ":" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def stored_arguments(actor, args, kwargs):
+    """What the row stores of a call's input: ``{"args": [...], "kwargs": {...}}`` as sent.
+
+    When the call was given one of the actor's ``sensitive`` arguments, the arguments are stored
+    by parameter name without the sensitive ones, whose names are listed under ``"omitted"``:
+    such a task cannot be run again."""
+    sensitive = actor.usertask_options.get("sensitive")
+    if sensitive:
+        try:
+            given = actor._user_signature.bind(*args, **kwargs).arguments
+        except TypeError:
+            given = None  # the name's formatting has already said why the call does not fit
+        if given is not None:
+            by_name, omitted = {}, []
+            for param in actor._user_signature.parameters.values():
+                if param.name not in given:
+                    continue
+                value = given[param.name]
+                if param.kind == param.VAR_KEYWORD:
+                    for key in value:
+                        if key in sensitive:
+                            omitted.append(key)
+                        else:
+                            by_name[key] = value[key]
+                elif param.name in sensitive:
+                    omitted.append(param.name)
+                else:
+                    by_name[param.name] = list(value) if param.kind == param.VAR_POSITIONAL else value
+            if omitted:
+                return {"args": [], "kwargs": by_name, "omitted": omitted}
+    return {"args": list(args), "kwargs": dict(kwargs)}
+
+
+def storable(values):
+    """``values`` (stored arguments, one per call) with ``None`` in place of those JSON cannot
+    hold (a broker with another encoder than JSON, a NaN that PostgreSQL refuses): the task is
+    still sent, its input is not stored.  One ``json.dumps`` for the lot when all are fine."""
+    try:
+        json.dumps(values, allow_nan=False, separators=(",", ":"))
+        return values
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        pass
+    out = []
+    for value in values:
+        try:
+            json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            value = None
+        out.append(value)
+    return out
 
 
 def random_uuids(n):
@@ -95,8 +154,10 @@ def prepare(actor, user, args, kwargs, *, delay=None, parent=None, options=None,
     args = tuple(args)
     name = actor.task_name(args, kwargs)
     message = _message(actor, args, kwargs, dict(options or {}), message_id)
+    arguments = stored_arguments(actor, args, kwargs)
     if check:
         check_encodable(actor, [message])
+        (arguments,) = storable([arguments])
     total = actor.usertask_options.get("total_steps") or 0
     if callable(total):
         total = total(**actor.bind_arguments(args, kwargs))
@@ -117,18 +178,21 @@ def prepare(actor, user, args, kwargs, *, delay=None, parent=None, options=None,
         parent=parent,
         unique_key=unique_key(actor, user, args, kwargs),
         row_options=row_options,
+        arguments=arguments,
     )
 
 
 def check_encodable(actor, messages):
     """Raise :class:`ArgumentsNotSerializable` unless the broker's encoder can encode every one
     of ``messages``.  With Dramatiq's JSON encoder, many messages are checked in one
-    ``json.dumps`` (a fan-out of thousands pays one call, not one per child)."""
+    ``json.dumps`` (a fan-out of thousands pays one call, not one per child).  Returns ``True``
+    when that one call also found them strict JSON (no ``NaN``): their arguments can be stored
+    without another check (:func:`storable`)."""
     encoder = dramatiq.get_encoder()
     if len(messages) > 1 and type(encoder) is dramatiq.JSONEncoder:
         try:
-            json.dumps([(m.args, m.kwargs, m.options) for m in messages], separators=(",", ":"))
-            return
+            json.dumps([(m.args, m.kwargs, m.options) for m in messages], separators=(",", ":"), allow_nan=False)
+            return True
         except (TypeError, ValueError, OverflowError):
             pass  # find the culprit below, and say what it is
     for message in messages:
@@ -138,6 +202,7 @@ def check_encodable(actor, messages):
             raise ArgumentsNotSerializable(
                 f"Arguments of {actor.actor_name} cannot be serialised into a message: {exc}"
             ) from exc
+    return False
 
 
 def prepare_many(actor, user, calls, *, delay=None, parent=None, options=None):
@@ -158,7 +223,9 @@ def prepare_many(actor, user, calls, *, delay=None, parent=None, options=None):
         )
         for (args, kwargs), message_id in zip(calls, ids)
     ]
-    check_encodable(actor, [p.message for p in prepared])
+    if not check_encodable(actor, [p.message for p in prepared]):
+        for p, arguments in zip(prepared, storable([p.arguments for p in prepared])):
+            p.arguments = arguments
     return prepared
 
 
@@ -172,6 +239,7 @@ def _row_values(p, now):
         "total_steps": p.total_steps,
         "unique_key": p.unique_key,
         "options": p.row_options,
+        "arguments": p.arguments,
         "created": now,
         "modified": now,
         "eta": now + timedelta(milliseconds=p.delay) if p.delay else None,
@@ -180,7 +248,7 @@ def _row_values(p, now):
 
 def new_row(p, now):
     """An unsaved status row of the prepared call ``p``."""
-    return UserTaskStatus(user=p.user, parent=p.parent, **_row_values(p, now))
+    return UserTaskStatus(user=p.user, parent=p.parent, rerun_of=p.rerun_of, **_row_values(p, now))
 
 
 def new_rows(prepared, now):
@@ -199,7 +267,7 @@ def new_rows(prepared, now):
     model = type(first)
     user, parent = prepared[0].user, prepared[0].parent
     for p, row_uuid in zip(prepared[1:], random_uuids(len(prepared) - 1)):
-        if p.user is not user or p.parent is not parent:
+        if p.user is not user or p.parent is not parent or p.rerun_of is not None:
             rows.append(new_row(p, now))
             continue
         row = object.__new__(model)
@@ -295,3 +363,71 @@ def enqueue(pairs, db):
         transitions.fail_unsent(db, failed, exc)
         logger.error("usertasks: could not enqueue %s (%d task(s) failed): %s", actor.actor_name, len(failed), exc)
         raise EnqueueError(f"Could not send {actor.actor_name} to the broker: {exc}") from exc
+
+
+# -- running a finished task again ------------------------------------------------------------
+
+
+def rerun_call(status):
+    """The actor, positional and keyword arguments to run the finished task ``status`` again;
+    :class:`RerunError` saying why when it cannot be."""
+    if status.state not in FINAL_STATES:
+        raise RerunError(f"Only a finished task can be run again; this one is {status.state}.")
+    if status.backend != "dramatiq":
+        raise RerunError("Only tasks run on Dramatiq can be run again; this one was run on " + status.backend + ".")
+    if status.task_class == PIPELINE_CLASS:
+        raise RerunError("A pipeline cannot be run again as a whole; start a new one with pipeline().")
+    arguments = status.arguments
+    if arguments is None:
+        raise RerunError("The input of this task was not stored, so it cannot be run again.")
+    if arguments.get("omitted") if isinstance(arguments, dict) else False:
+        names = ", ".join(str(n) for n in arguments["omitted"])
+        raise RerunError(f"This task's sensitive arguments ({names}) were not stored, so it cannot be run again.")
+    args, kwargs = (arguments.get("args"), arguments.get("kwargs")) if isinstance(arguments, dict) else (None, None)
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise RerunError("The stored input of this task is not valid, so it cannot be run again.")
+    try:
+        actor = dramatiq.get_broker().get_actor(status.task_class)
+    except dramatiq.ActorNotFound:
+        raise RerunError(
+            f"The actor {status.task_class!r} is not registered on the broker any more (renamed or removed), "
+            "so this task cannot be run again."
+        ) from None
+    if not hasattr(actor, "send_for"):
+        raise RerunError(
+            f"The actor {status.task_class!r} is not a user task any more, so this task cannot be run again."
+        )
+    return actor, tuple(args), kwargs
+
+
+def _acting_user(by):
+    return (
+        by if by is not None and getattr(by, "pk", None) is not None and getattr(by, "is_authenticated", True) else None
+    )
+
+
+def rerun(status, by=None):
+    """``status.rerun(by=user)``: a new task with the actor, arguments and owner of the finished
+    task ``status``, sent like ``send_for()`` (a unique task identical to an active one returns
+    that one); a ``rerun`` event on ``status`` records who asked.  Everything is checked before
+    anything is written: :class:`RerunError` when the task cannot run again."""
+    db = router.db_for_write(UserTaskStatus)
+    original = UserTaskStatus.objects.using(db).select_related("user").filter(pk=status.pk).first()
+    if original is None:
+        raise RerunError("The task no longer exists.")
+    actor, args, kwargs = rerun_call(original)
+    try:
+        p = prepare(actor, original.user, args, kwargs)
+    except (TypeError, ValueError) as exc:
+        raise RerunError(f"The stored arguments of this task no longer fit {actor.actor_name}: {exc}") from exc
+    p.rerun_of = original
+    with transaction.atomic(using=db):
+        (row,) = send_prepared([p])
+        if row.rerun_of_id == original.pk:
+            detail = f"Run again as task {row.uuid}."
+        else:
+            detail = f"Joined the identical active task {row.uuid}."
+        UserTaskEvent.objects.using(db).create(
+            status_id=original.pk, kind=EventKind.RERUN, actor=_acting_user(by), detail=detail
+        )
+    return row

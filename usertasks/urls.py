@@ -12,11 +12,13 @@ urlpatterns = [
     path("<uuid:uuid>/", views.status_page, name="status"),
     path("<uuid:uuid>/cancel/", views.cancel, name="cancel"),
     path("<uuid:uuid>/delete/", views.delete, name="delete"),
+    path("<uuid:uuid>/rerun/", views.rerun, name="rerun"),
     path("artifacts/<uuid:uuid>/", views.artifact, name="artifact"),
     path("metrics/", metrics, name="metrics"),
     path("api/tasks/", api.task_list, name="api-list"),
     path("api/tasks/<uuid:uuid>/", api.task_detail_view, name="api-detail"),
     path("api/tasks/<uuid:uuid>/cancel/", api.task_cancel, name="api-cancel"),
     path("api/tasks/<uuid:uuid>/delete/", api.task_delete, name="api-delete"),
+    path("api/tasks/<uuid:uuid>/rerun/", api.task_rerun, name="api-rerun"),
     path("api/tasks/<uuid:uuid>/events/", api.task_events, name="api-events"),
 ]

@@ -22,5 +22,5 @@ class UserTaskStatusAdmin(admin.ModelAdmin):
     list_filter = ("state", "backend")
     ordering = ("-created",)
     search_fields = ("uuid", "task_id", "task_class", "name", "user__username", "user__email")
-    readonly_fields = ("parent",)
+    readonly_fields = ("parent", "rerun_of")  # a select of every task would be the alternative
     raw_id_fields = ("user", "canceled_by")

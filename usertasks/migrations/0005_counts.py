@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("usertasks", "0003_user_reverse_names"),
+        ("usertasks", "0004_arguments_rerun"),
     ]
 
     operations = [

@@ -1,4 +1,4 @@
-"""The HTML pages: dashboard, status page, cancel, delete, artifact download."""
+"""The HTML pages: dashboard, status page, cancel, delete, rerun, artifact download."""
 
 import json
 
@@ -12,12 +12,14 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy as _lazy
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ..api import FILTERS, get_visible, paginate, task_detail, user_tasks
 from ..conf import app_settings
+from ..exceptions import EnqueueError, RerunError
 from ..models import UserTaskArtifact
-from ..permissions import get_policy
+from ..permissions import get_policy, may_rerun
+from ..sending import rerun_call
 from .artifacts import serve_artifact
 
 
@@ -103,6 +105,7 @@ def status_page(request, uuid):
             "counts_shown": [(counter_label(name), n) for name, n in detail["counts"].items()],
             "can_cancel": status.is_active and policy.can_cancel(request.user, status),
             "can_delete": status.is_final and policy.can_delete(request.user, status),
+            "can_rerun": status.is_rerunnable and may_rerun(policy, request.user, status),
             "can_download": policy.can_download(request.user, status),
             "show_traceback": policy.can_see_traceback(request.user, status),
             # What a task of Django's task API returned (usertasks.backends), as JSON.
@@ -175,6 +178,41 @@ def delete(request, uuid):
         return redirect(status)
     messages.info(request, _("Task deleted."))
     return HttpResponseRedirect(_next_url(request, reverse("usertasks:dashboard")))
+
+
+@require_http_methods(["GET", "POST"])
+def rerun(request, uuid):
+    """Start a finished task again.  GET, or a POST without ``confirm=yes``, shows the
+    confirmation page (its form posts here); the confirmed POST starts the task and redirects
+    to the new task's page (403 without ``can_rerun``)."""
+    try:
+        status = get_visible(request.user, uuid)
+    except Http404:
+        return _not_found(request)
+    if not may_rerun(get_policy(), request.user, status):
+        return HttpResponseForbidden(_("You may not run this task again."))
+    if not status.is_final:
+        messages.warning(request, _("Only a finished task can be run again."))
+        return redirect(status)
+    if request.method == "GET" or not _confirmed(request):
+        try:
+            rerun_call(status)  # say now, not after the confirmation, why it cannot run again
+        except RerunError as exc:
+            messages.error(request, str(exc))
+            return redirect(status)
+        context = _base_context()
+        context.update({"task": status})
+        return render(request, "usertasks/rerun.html", context)
+    try:
+        new = status.rerun(by=request.user)
+    except (RerunError, EnqueueError) as exc:
+        messages.error(request, str(exc))
+        return redirect(status)
+    if new.rerun_of_id == status.pk:
+        messages.info(request, _("The task was started again."))
+    else:
+        messages.info(request, _("An identical task is already running: here it is."))
+    return redirect(new)
 
 
 @require_GET

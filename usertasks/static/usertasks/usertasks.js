@@ -228,6 +228,8 @@
     if (cancel) { cancel.hidden = !data.can_cancel; }
     var del = field(root, "delete_form");
     if (del) { del.hidden = !data.can_delete; }
+    var again = field(root, "rerun_form");
+    if (again) { again.hidden = !data.can_rerun; }
     renderArtifacts(field(root, "artifacts"), data.artifacts || []);
     renderEvents(field(root, "events"), data.events);
     renderOutcome(root, data);
