@@ -115,4 +115,5 @@ def test_change_page_query_count_does_not_grow_with_events(admin_client, user):
             assert admin_client.get(reverse("admin:usertasks_usertaskstatus_change", args=[row.pk])).status_code == 200
         return len(ctx.captured_queries)
 
+    count(small)  # warms the caches the page uses (content types) whatever ran before
     assert count(big) == count(small)
