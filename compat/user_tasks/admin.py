@@ -2,6 +2,8 @@
 
 from django.contrib import admin
 
+from usertasks.admin import UserTaskStatusAdmin as TaskAdmin
+
 from .models import UserTaskArtifact, UserTaskStatus
 
 
@@ -17,10 +19,12 @@ class UserTaskArtifactAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserTaskStatus)
-class UserTaskStatusAdmin(admin.ModelAdmin):
-    list_display = ("created", "uuid", "state", "user", "name", "backend")
-    list_filter = ("state", "backend")
+class UserTaskStatusAdmin(TaskAdmin):
+    """The same rows, pages and safe actions as usertasks' admin (cancel, run again, delete a
+    finished task with its stored files; no ``delete_selected``), with django-user-tasks'
+    columns."""
+
+    list_display = ("created", "uuid", "state", "user", "name", "backend")  # type: ignore[assignment]
+    list_filter = ("state", "backend")  # type: ignore[assignment]
     ordering = ("-created",)
     search_fields = ("uuid", "task_id", "task_class", "name", "user__username", "user__email")
-    readonly_fields = ("parent", "rerun_of")  # a select of every task would be the alternative
-    raw_id_fields = ("user", "canceled_by")
