@@ -23,7 +23,8 @@ A child that ends is counted on its container in the same transaction (:func:`ch
 the container's rules (``usertasks.containers``) say what follows, and the container's own end
 (:func:`complete_container`) happens in the transaction that counts its last child.  What must
 wait for the commit (messages to send, abort flags to raise or clear, ``task_finished``) is
-registered with ``transaction.on_commit`` here too.  ``docs/architecture.md`` lists every change.
+registered with ``transaction.on_commit`` here too.  The notifications of a top-level task that
+ends are recorded in its outbox (``UserTaskNotification``) in the transaction that ends it.  ``docs/architecture.md`` lists every change.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from . import sql
 from .abort import clear_flags, get_backend, set_flag
 from .broker import EnqueueFailed, enqueue_many
 from .containers import completion, counting
-from .models import EventKind, UserTaskEvent, UserTaskStatus
+from .conf import app_settings
+from .models import FROM_ROW, EventKind, UserTaskEvent, UserTaskNotification, UserTaskStatus, notify_states_for
 from .protocol import CALLBACK_DUE, STATUS_OPTION, WAITING
 from .signals import send_task_finished
 from .states import ACTIVE_STATES, ALLOWED_FROM, FINAL_STATES, State
@@ -53,6 +55,7 @@ logger = logging.getLogger("usertasks.transitions")
 __all__ = [
     "Change",
     "apply",
+    "as_started",
     "begin",
     "body_done",
     "cancel_before_start",
@@ -280,6 +283,7 @@ def apply(
             if group:
                 for c, ok in zip(group, stmts.update_many([_PLAN[kind](c) for c in group])):
                     results[id(c)] = _POST[kind](rows, c, ok, batch)
+        notices = []
         for c in changes:
             ok = results[id(c)] if id(c) in results else _APPLY[c.kind](rows, c, batch)
             applied.append(ok)
@@ -287,6 +291,9 @@ def apply(
                 if c.start is not None:
                     events.extend(c.start.events)
                 events.extend(c.events)
+                notice = _notice(c)
+                if notice is not None:
+                    notices.append(notice)
         now = timezone.now()
         for ctx in dirty:
             stmts.update(_progress(ctx, modified=now), pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker)
@@ -294,8 +301,36 @@ def apply(
             stmts.update({"heartbeat": now}, pk__in=[c.status_id for c in beating], state=State.IN_PROGRESS)
         if events:
             sql.insert(events, db)
+        _record_notifications(rows, notices)
         batch.apply(rows)
     _settle(changes, applied)
+
+
+def _notice(change: Change) -> tuple[int, str, Any] | None:
+    """``(status_id, state, notify option)`` when ``change`` (applied) made a top-level task
+    final, for its notifications; else ``None``."""
+    state = change.fields.get("state")
+    if state not in FINAL:
+        return None
+    if change.kind == "end":
+        ctx = change.ctx
+        return None if ctx.parent_id is not None else (ctx.status_id, state, (ctx.options or {}).get("notify"))
+    if change.kind == "guarded" and change.parent_id is None:
+        return ((change.where or {})["pk"], state, FROM_ROW)
+    return None
+
+
+def _notifies(change: Change) -> bool:
+    """Whether ``change``, once applied, records a notification (known from the run alone)."""
+    notice = _notice(change)
+    return notice is not None and bool(app_settings.NOTIFIERS) and notice[1] in notify_states_for(notice[2])
+
+
+def _record_notifications(rows: Rows, notices: list[tuple[int, str, Any]]) -> None:
+    """In the transaction that made these top-level tasks final: their notifications, in the
+    outbox (``usertasks.notify`` delivers them once it has committed)."""
+    if notices:
+        UserTaskNotification.objects.using(rows.db).record(notices)
 
 
 def _settle(changes: list[Change], applied: list[bool]) -> None:
@@ -320,6 +355,8 @@ def _one_statement(changes: list[Change], connection: Any) -> bool:
         ctx = c.ctx
         if c.kind not in ("start", "end") or not c.events or ctx.parent_id is not None or ctx.fanout:
             return False
+        if c.kind == "end" and _notifies(c):
+            return False  # its outbox rows go in the same transaction
         if ctx.status_id in seen:
             return False
         seen.add(ctx.status_id)
@@ -355,6 +392,19 @@ def _start_fields(ctx: Any, at: datetime) -> dict[str, Any]:
 #: A run starts from the states In Progress may be entered from, or from In Progress itself (a
 #: redelivered message whose earlier run died: the newest run takes the row over).
 _START_FROM = (*ALLOWED_FROM[State.IN_PROGRESS], State.IN_PROGRESS)
+
+
+def as_started(status: UserTaskStatus, ctx: Any, at: datetime) -> None:
+    """``status`` (an instance read before the start of ``ctx``'s run is stored) as that start
+    will leave it, in memory only: what ``task.status`` shows while the writer holds the start.
+    A row the start cannot take (final already) is left as read."""
+    if status.state not in _START_FROM:
+        return
+    status.state = State.IN_PROGRESS
+    status.attempts = max(status.attempts + 1, ctx.attempt)
+    status.started = status.heartbeat = status.modified = at
+    status.worker = ctx.worker
+    status.eta = None
 
 
 def _plan_start(change: Change) -> Plan:
@@ -566,6 +616,8 @@ def complete_container(rows: Rows, info: dict[str, Any] | None) -> bool:
     ]
     UserTaskEvent.objects.using(rows.db).create(status_id=info["pk"], kind=kind, created=now, detail=clip(detail, 4000))
     pk, db = info["pk"], rows.db
+    if info.get("parent_id") is None:
+        _record_notifications(rows, [(pk, state, options.get("notify"))])
     transaction.on_commit(lambda: completion.finished(pk, state, callback, db), using=db)
     if info.get("parent_id") is not None:
         # A container inside a container (a pipeline stage that fans out): count it there.
@@ -806,6 +858,8 @@ def cancel_not_started(
     )
     if parent_id is not None:
         child_ended(rows, parent_id, pk, State.CANCELED)
+    else:
+        _record_notifications(rows, [(pk, State.CANCELED, FROM_ROW)])
     send_task_finished(pk, State.CANCELED, using=rows.db)
     return True
 
@@ -868,6 +922,8 @@ def end_lost(rows: Rows, row: Any, where: dict[str, Any], *, text: str, kind: st
         )
         if row.get("parent_id") is not None:
             child_ended(rows, row["parent_id"], row["pk"], state)
+        else:
+            _record_notifications(rows, [(row["pk"], state, FROM_ROW)])
         send_task_finished(row["pk"], state, using=rows.db)
     return state
 
@@ -933,6 +989,8 @@ def finish(
         if count_parent and status.parent_id:
             counter = counting.COUNTER_FOR[state]
             rows.filter(pk=status.parent_id).update(**{counter: F(counter) + 1})
+        if not status.parent_id:
+            _record_notifications(rows, [(status.pk, state, (status.options or {}).get("notify"))])
     status.refresh_from_db()
     if state == State.CANCELED or status.cancel_requested is not None:
         pk = status.pk

@@ -4,6 +4,8 @@
   tasks through the abort poller it owns; tasks that ignore a cancel are interrupted.
 * :class:`UserTaskTracking` (``tracking``): every run's start, retry and end, written through
   the per-process writer.
+* :class:`UserTaskNotifications` (``notify``): the thread that delivers the notifications of
+  finished tasks (``usertasks.notify``).
 
 :func:`install` puts them on a broker in their place: tracking right before Dramatiq's
 ``Retries`` (``after_*`` hooks run in reverse order, so it sees the retry decision), abort
@@ -18,9 +20,10 @@ from typing import Any
 from dramatiq.middleware import Retries
 
 from .abort import UserTaskAbort
+from .notify import UserTaskNotifications
 from .tracking import UserTaskTracking
 
-__all__ = ["UserTaskAbort", "UserTaskTracking", "install", "problems"]
+__all__ = ["UserTaskAbort", "UserTaskNotifications", "UserTaskTracking", "install", "problems"]
 
 
 def install(broker: Any) -> Any:
@@ -35,6 +38,8 @@ def install(broker: Any) -> Any:
             broker.add_middleware(UserTaskTracking())
     if not any(isinstance(m, UserTaskAbort) for m in broker.middleware):
         broker.add_middleware(UserTaskAbort(), before=UserTaskTracking)
+    if not any(isinstance(m, UserTaskNotifications) for m in broker.middleware):
+        broker.add_middleware(UserTaskNotifications())
     return broker
 
 
