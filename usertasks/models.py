@@ -523,18 +523,18 @@ class UserTaskNotificationQuerySet(models.QuerySet):
         unknown = [pk for pk, _state, notify in entries if notify is FROM_ROW]
         options = {}
         if unknown:
-            options = dict(
-                UserTaskStatus.objects.using(self.db).filter(pk__in=unknown).values_list("pk", "options")
-            )
+            options = dict(UserTaskStatus.objects.using(self.db).filter(pk__in=unknown).values_list("pk", "options"))
         now = timezone.now()
-        rows = []
+        rows: list[UserTaskNotification] = []
         for pk, state, notify in entries:
             if notify is FROM_ROW:
                 notify = (options.get(pk) or {}).get("notify")
             if state in notify_states_for(notify):
-                rows.extend(UserTaskNotification(status_id=pk, channel=c, state=state, created=now, due=now) for c in channels)
+                rows.extend(
+                    UserTaskNotification(status_id=pk, channel=c, state=state, created=now, due=now) for c in channels
+                )
         if rows:
-            self.bulk_create(rows, ignore_conflicts=True)
+            self.bulk_create(rows, ignore_conflicts=True)  # type: ignore[arg-type]
             transaction.on_commit(UserTaskNotification.recorded.set, using=self.db)
         return len(rows) // len(channels)
 

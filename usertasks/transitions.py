@@ -42,8 +42,8 @@ from django.utils import timezone
 from . import sql
 from .abort import clear_flags, get_backend, set_flag
 from .broker import EnqueueFailed, enqueue_many
-from .containers import completion, counting
 from .conf import app_settings
+from .containers import completion, counting
 from .models import FROM_ROW, EventKind, UserTaskEvent, UserTaskNotification, UserTaskStatus, notify_states_for
 from .protocol import CALLBACK_DUE, STATUS_OPTION, WAITING
 from .signals import send_task_finished

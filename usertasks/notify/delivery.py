@@ -91,11 +91,17 @@ def deliver_due(
                 text = f"Could not notify by {label} ({error}); next attempt in {delay:g} s."
             logger.warning("usertasks: task %s: %s", status.uuid, text)
             failed.append((row.pk, due, error))
-            events.append(UserTaskEvent(status_id=status.pk, kind=EventKind.NOTIFICATION_FAILED, attempt=attempt, detail=text))
+            events.append(
+                UserTaskEvent(status_id=status.pk, kind=EventKind.NOTIFICATION_FAILED, attempt=attempt, detail=text)
+            )
         else:
             sent.append(row.pk)
             label = getattr(channel, "label", None) or row.channel
-            events.append(UserTaskEvent(status_id=status.pk, kind=EventKind.NOTIFIED, attempt=attempt, detail=f"Notified by {label}."))
+            events.append(
+                UserTaskEvent(
+                    status_id=status.pk, kind=EventKind.NOTIFIED, attempt=attempt, detail=f"Notified by {label}."
+                )
+            )
     done = timezone.now()
     if sent:
         outbox.filter(pk__in=sent, claim=token).update(
@@ -145,6 +151,7 @@ class Deliverer:
     def __init__(self, *, using: str | None = None) -> None:
         self.using = using
         self.delivered = 0  # rows taken, for tests and benchmarks
+        self.rounds = 0  # looks at the outbox
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="usertasks-notify", daemon=True)
 
@@ -176,6 +183,7 @@ class Deliverer:
             except Exception:
                 logger.exception("usertasks: delivering notifications failed; trying again later")
                 self._close()
+            self.rounds += 1
             if not full:
                 wake.wait(_interval())
         self._close()

@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import http.client
 import json
-import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -91,7 +90,7 @@ class WebhookChannel(Channel):
         parts = self.parts
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=self.connect_timeout)  # type: ignore[arg-type]
+        conn = cls(parts.hostname, parts.port, timeout=self.connect_timeout)
         try:
             conn.connect()
             if conn.sock is not None:
@@ -109,7 +108,7 @@ class WebhookChannel(Channel):
             )
             response = conn.getresponse()
             response.read(65536)
-        except (OSError, socket.timeout, http.client.HTTPException) as exc:
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
             raise WebhookError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             conn.close()
