@@ -166,6 +166,8 @@ DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 USERTASKS = {"BASE_URL": "http://testserver", "PROGRESS_INTERVAL": 0.1}
 if os.environ.get("USERTASKS_TEST_NOTIFY") == "0":  # benchmarks: no emails
     USERTASKS["NOTIFY"] = False
+if os.environ.get("USERTASKS_TEST_PROGRESS_INTERVAL"):  # worker processes of tests/test_status_read.py
+    USERTASKS["PROGRESS_INTERVAL"] = float(os.environ["USERTASKS_TEST_PROGRESS_INTERVAL"])
 if os.environ.get("USERTASKS_TEST_NOTIFIERS"):  # worker processes of tests/test_notify.py
     USERTASKS["NOTIFIERS"] = os.environ["USERTASKS_TEST_NOTIFIERS"].split(",")
 if os.environ.get("USERTASKS_TEST_NOTIFY_DELIVERY") == "0":  # ... whose deliverer is off
