@@ -3,12 +3,12 @@ waiting for the writer to store that start (it holds starts until its next progr
 
 import pytest
 
+from tests import tasks_core
 from tests.helpers import wait_final
 from tests.tasks_web import make_task
 from usertasks import transitions
 from usertasks.context import TaskContext
 from usertasks.states import State
-from tests import tasks_core
 
 
 @pytest.mark.django_db(transaction=True)
