@@ -8,13 +8,14 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
-from django.db import close_old_connections, connections, router
+from django.db import IntegrityError, close_old_connections, connections, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from ..conf import app_settings
-from ..models import EventKind, UserTaskEvent, UserTaskNotification
+from ..models import EventKind, UserTaskEvent, UserTaskNotification, UserTaskStatus
 from ..text import clip
 from .channels import Channel, Notice, get_channel, should_notify, status_link
 
@@ -102,20 +103,41 @@ def deliver_due(
                     status_id=status.pk, kind=EventKind.NOTIFIED, attempt=attempt, detail=f"Notified by {label}."
                 )
             )
-    done = timezone.now()
-    if sent:
-        outbox.filter(pk__in=sent, claim=token).update(
-            sent=done, attempts=F("attempts") + 1, claim="", claimed_until=None, last_error=""
-        )
-    if skipped:
-        outbox.filter(pk__in=skipped, claim=token).delete()
-    for pk, due, error in failed:
-        outbox.filter(pk=pk, claim=token).update(
-            due=due, attempts=F("attempts") + 1, claim="", claimed_until=None, last_error=error
-        )
-    if events:
-        UserTaskEvent.objects.using(db).bulk_create(events)
+    _settle(db, token, sent, skipped, failed, events)
     return len(ids)
+
+
+def _settle(db: str, token: str, sent: list[int], skipped: list[int], failed: list[Any], events: list[Any]) -> None:
+    """Record the outcome of a batch, in one transaction: delivered rows, rows that need no
+    notification (dropped), failed ones (grouped by their next attempt), and the events."""
+    outbox = UserTaskNotification.objects.using(db)
+    done = timezone.now()
+    with transaction.atomic(using=db):
+        if sent:
+            outbox.filter(pk__in=sent, claim=token).update(
+                sent=done, attempts=F("attempts") + 1, claim="", claimed_until=None, last_error=""
+            )
+        if skipped:
+            outbox.filter(pk__in=skipped, claim=token).delete()
+        groups: dict[tuple[Any, str], list[int]] = {}
+        for pk, due, error in failed:
+            groups.setdefault((due, error), []).append(pk)
+        for (due, error), pks in groups.items():
+            outbox.filter(pk__in=pks, claim=token).update(
+                due=due, attempts=F("attempts") + 1, claim="", claimed_until=None, last_error=error
+            )
+        if events:
+            try:
+                with transaction.atomic(using=db):
+                    UserTaskEvent.objects.using(db).bulk_create(events)
+            except IntegrityError:
+                # A task deleted while its notification was being sent: keep the others' events.
+                alive = set(
+                    UserTaskStatus.objects.using(db)
+                    .filter(pk__in={e.status_id for e in events})
+                    .values_list("pk", flat=True)
+                )
+                UserTaskEvent.objects.using(db).bulk_create([e for e in events if e.status_id in alive])
 
 
 def drain(*, using: str | None = None, limit: int | None = None) -> int:
