@@ -42,6 +42,10 @@ DEFAULTS = {
     # Seconds before the first retry of a failed delivery; each further retry waits twice as
     # long, up to an hour.
     "NOTIFY_RETRY_DELAY": 30.0,
+    # While tasks run in its worker process, the deliverer rests this many times as long as its
+    # last batch took (so it takes at most 1 / (1 + NOTIFY_PACE) of the process's time from
+    # the tasks, which share one interpreter lock with it); 0: no rest.
+    "NOTIFY_PACE": 3.0,
     # Delivery attempts per task and channel before giving up.
     "NOTIFY_MAX_ATTEMPTS": 8,
     # Seconds a deliverer holds the rows of its batch; a deliverer that died releases them

@@ -6,6 +6,7 @@ from dramatiq.middleware import Middleware
 
 from ..conf import app_settings
 from ..notify import Deliverer
+from ..writer import get_writer
 
 logger = logging.getLogger("usertasks.middleware")
 
@@ -22,7 +23,7 @@ class UserTaskNotifications(Middleware):
     def after_process_boot(self, broker):
         if not app_settings.NOTIFY_DELIVERY or not app_settings.NOTIFIERS:
             return
-        self.deliverer = Deliverer().start()
+        self.deliverer = Deliverer(busy=lambda: bool(get_writer().running())).start()
 
     def before_worker_shutdown(self, broker, worker):
         deliverer, self.deliverer = self.deliverer, None

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -170,8 +171,9 @@ class Deliverer:
     #: Seconds between two :func:`prune` runs.
     PRUNE_EVERY = 3600.0
 
-    def __init__(self, *, using: str | None = None) -> None:
+    def __init__(self, *, using: str | None = None, busy: Callable[[], bool] | None = None) -> None:
         self.using = using
+        self.busy = busy  # whether tasks are running in this process (then it paces itself)
         self.delivered = 0  # rows taken, for tests and benchmarks
         self.rounds = 0  # looks at the outbox
         self._stopping = threading.Event()
@@ -193,12 +195,17 @@ class Deliverer:
         while not self._stopping.is_set():
             wake.clear()
             full = False
+            rest = 0.0
             try:
                 close_old_connections()
                 limit = int(app_settings.NOTIFY_BATCH_SIZE)
+                began = time.monotonic()
                 n = deliver_due(limit=limit, using=self.using, channels=channels)
                 self.delivered += n
                 full = n >= limit
+                if n and self.busy is not None and self.busy():
+                    # Tasks run in this process: leave them most of its time (one GIL).
+                    rest = (time.monotonic() - began) * max(float(app_settings.NOTIFY_PACE), 0.0)
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + self.PRUNE_EVERY
                     prune(using=self.using)
@@ -206,6 +213,8 @@ class Deliverer:
                 logger.exception("usertasks: delivering notifications failed; trying again later")
                 self._close()
             self.rounds += 1
+            if rest:
+                self._stopping.wait(min(rest, 5.0))
             if not full:
                 wake.wait(_interval())
         self._close()
