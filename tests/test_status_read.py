@@ -32,7 +32,10 @@ def test_a_status_read_before_the_start_is_stored_shows_the_start(user, django_a
     with django_assert_num_queries(1):
         status = ctx.status
     assert (status.state, status.attempts, status.worker, status.started) == (
-        State.IN_PROGRESS, 2, ctx.worker, ctx.start_op.at
+        State.IN_PROGRESS,
+        2,
+        ctx.worker,
+        ctx.start_op.at,
     )
     with django_assert_num_queries(0):
         assert ctx.status is status
@@ -41,3 +44,15 @@ def test_a_status_read_before_the_start_is_stored_shows_the_start(user, django_a
     ctx = TaskContext(status_id=final.pk, message_id=final.task_id, actor_name="x")
     ctx.start_op = transitions.start(ctx)
     assert ctx.status.state == State.CANCELED  # the start will be refused: shown as it is
+
+
+@pytest.mark.django_db
+def test_a_start_stored_before_the_read_is_not_counted_twice(user):
+    """The writer may commit the start between the run's look at it and its read of the row:
+    the row then carries the run's token and is shown as read."""
+    row = make_task(user, "T", "Pending")
+    ctx = TaskContext(status_id=row.pk, message_id=row.task_id, actor_name="x", attempt=1)
+    ctx.start_op = transitions.start(ctx)
+    transitions.apply([ctx.start_op])  # committed, but ``done`` is the writer's to set
+    status = ctx.status
+    assert (status.state, status.attempts, status.worker) == (State.IN_PROGRESS, 1, ctx.worker)

@@ -212,7 +212,7 @@ class TaskContext:
 
             status = UserTaskStatus.objects.get(pk=int(self.status_id or 0))
             start = getattr(self, "start_op", None)
-            if start is not None and not start.done.is_set():
+            if start is not None:
                 # The writer holds this run's start until its next tick (or the run's end): show
                 # the row as that start makes it, rather than wait for it.
                 from .transitions import as_started

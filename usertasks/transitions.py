@@ -397,8 +397,9 @@ _START_FROM = (*ALLOWED_FROM[State.IN_PROGRESS], State.IN_PROGRESS)
 def as_started(status: UserTaskStatus, ctx: Any, at: datetime) -> None:
     """``status`` (an instance read before the start of ``ctx``'s run is stored) as that start
     will leave it, in memory only: what ``task.status`` shows while the writer holds the start.
-    A row the start cannot take (final already) is left as read."""
-    if status.state not in _START_FROM:
+    A row the start has reached already (it carries this run's worker token: the start committed
+    between the caller's look and its read) or cannot take (final already) is left as read."""
+    if status.worker == ctx.worker or status.state not in _START_FROM:
         return
     status.state = State.IN_PROGRESS
     status.attempts = max(status.attempts + 1, ctx.attempt)
