@@ -9,6 +9,9 @@ Everything is chosen by environment variables (``bench/common.py`` sets them):
 ``BENCH_CONN_MAX_AGE`` Django's ``CONN_MAX_AGE`` (default 0, Django's own default).
 ``BENCH_REDIS_URL``    the broker.
 ``BENCH_WRITE_LINGER`` ``USERTASKS["WRITE_LINGER"]`` (default: the app's own), for experiments.
+``BENCH_NOTIFY``       ``0``: ``USERTASKS["NOTIFY"] = False`` (the "notifications off" variant);
+                       by default the app's defaults hold: an email on every outcome, through
+                       the outbox, built in full and dropped (``benchapp.mail``).
 """
 
 import os
@@ -77,10 +80,17 @@ DRAMATIQ_BROKER = {
     "OPTIONS": {"url": REDIS_URL},
     "MIDDLEWARE": _middleware,
 }
+ROOT_URLCONF = "bench_urls"
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
 DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = []
 
-USERTASKS = {"NOTIFY": False}
+# The defaults a user gets (an email for every finished task), with BASE_URL set as the
+# docs ask; each email is built in full (MIME bytes) by benchapp.mail, then dropped.
+USERTASKS = {"BASE_URL": "https://bench.example.com"}
+EMAIL_BACKEND = "benchapp.mail.DiscardingBackend"
+if os.environ.get("BENCH_NOTIFY") == "0":
+    USERTASKS["NOTIFY"] = False
 if os.environ.get("BENCH_WRITE_LINGER"):  # experiments: bench/run.py passes the environment on
     USERTASKS["WRITE_LINGER"] = float(os.environ["BENCH_WRITE_LINGER"])
 

@@ -3,6 +3,8 @@ configuration; settings come from the environment, see ``settings_bench.py``).
 
     python bench/throughput.py migrate
     python bench/throughput.py throughput --n 5000 --runs 3 --threads 8 [--processes 1] [--sleep]
+                                          [--case noop|status|step100|artifact] [--prefill]
+    python bench/throughput.py overload --n 20000 --case status [--processes 1]
     python bench/throughput.py sendcost [--n 200]
     python bench/throughput.py stepcost
 
@@ -54,7 +56,8 @@ def clean_tables():
 
     names = ["benchapp.Row", "django_dramatiq.Task"]
     if apps.is_installed("usertasks"):
-        names[:0] = ["usertasks.UserTaskEvent", "usertasks.UserTaskArtifact", "usertasks.UserTaskStatus"]
+        names[:0] = ["usertasks.UserTaskNotification", "usertasks.UserTaskEvent", "usertasks.UserTaskArtifact",
+                     "usertasks.UserTaskStatus"]
     for name in names:
         model = apps.get_model(name)
         qs = model._default_manager.all()
@@ -64,13 +67,17 @@ def clean_tables():
             cursor.execute("VACUUM ANALYZE")
 
 
-def make_sender(broker, n_batch=500, *, sleep=False, mode="bulk"):
+#: The raw counterpart of each case of ``--case`` (``bench/likeforlike.py``).
+RAW_CASE = {"noop": "raw_noop", "status": "raw_noop", "step100": "raw_step100", "artifact": "raw_noop"}
+
+
+def make_sender(broker, n_batch=500, *, sleep=False, mode="bulk", case="noop"):
     """A function ``send(n)`` enqueueing ``n`` messages of this variant's actor."""
     import actors_bench
 
     v = variant()
     if v == "tracked":
-        actor = actors_bench.tracked_sleep if sleep else actors_bench.tracked_noop
+        actor = actors_bench.tracked_sleep if sleep else getattr(actors_bench, f"tracked_{case}")
         user = bench_user()
         if mode == "single":
             def send(n):
@@ -82,7 +89,7 @@ def make_sender(broker, n_batch=500, *, sleep=False, mode="bulk"):
                     actor.send_many_for(user, [()] * min(n_batch, n - start))
         return send
     actor = {
-        "raw": actors_bench.raw_sleep if sleep else actors_bench.raw_noop,
+        "raw": actors_bench.raw_sleep if sleep else getattr(actors_bench, RAW_CASE[case]),
         "orm": actors_bench.orm_write,
         "admin": actors_bench.raw_noop,
     }[v]
@@ -194,7 +201,7 @@ def cmd_throughput(args):
     broker.flush_all()
     clean_tables()
     connections.close_all()
-    send = make_sender(broker, sleep=args.sleep, mode=args.enqueue)
+    send = make_sender(broker, sleep=args.sleep, mode=args.enqueue, case=args.case)
     worker = common.Worker.dramatiq(env, processes=args.processes, threads=args.threads, log=args.log)
     runs = []
     for run in (_prefilled_runs if args.prefill else _streamed_runs)(args, broker, send, worker):
@@ -206,7 +213,7 @@ def cmd_throughput(args):
         "variant": variant(), "enqueue": args.enqueue if variant() == "tracked" else "send",
         "n": args.n, "threads": args.threads, "processes": args.processes,
         "sleep_ms": args.sleep_ms if args.sleep else 0, "prefill": args.prefill, "runs": runs,
-        "median": statistics.median(rates),
+        "case": args.case, "median": statistics.median(rates),
     })
 
 
@@ -225,6 +232,7 @@ def _streamed_runs(args, broker, send, worker):
                 raise RuntimeError("the worker process died")
             run = one_run(broker, send, args.n, args.timeout, worker)
             run["checked"] = check(args.n)
+            run.update(outbox_after(args.n))
             connections.close_all()
             yield run
 
@@ -239,11 +247,119 @@ def _prefilled_runs(args, broker, send, worker):
         connections.close_all()
         try:
             run = prefilled_run(broker, args.n, args.timeout, worker)
+            run.update(outbox_after(args.n))  # the worker's deliverer at work
         finally:
             worker.stop()
         run["checked"] = check(args.n)
         connections.close_all()
         yield run
+
+
+def outbox_after(n, timeout=120):
+    """Tracked runs with notifications: how many were still undelivered when the queue had
+    drained, and how long until the outbox was empty (not part of the timed window)."""
+    from django.apps import apps
+
+    if variant() != "tracked" or not apps.is_installed("usertasks"):
+        return {}
+    from usertasks.models import UserTaskNotification
+
+    def left():
+        return UserTaskNotification.objects.filter(sent__isnull=True).count()
+
+    t0 = time.perf_counter()
+    pending_at_drain = left()
+    total = UserTaskNotification.objects.count()
+    if total:
+        try:
+            common.wait_until(lambda: left() == 0, timeout, interval=0.05, what="the outbox to empty")
+        except TimeoutError:
+            pass
+    return {"notifications": total, "undelivered_at_drain": pending_at_drain,
+            "outbox_empty_after": round(time.perf_counter() - t0, 2), "undelivered_after": left()}
+
+
+def rss_kb(session):
+    """Resident memory (kB) of the processes of ``session`` (the worker's process group)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                raw = f.read()
+            if int(raw.rsplit(")", 1)[1].split()[3]) != session:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue
+    return total
+
+
+def cmd_overload(args):
+    """``--n`` tasks enqueued (one message per send, as fast as the driver can) while a warm
+    worker runs: time until the queue has drained, the worker's RSS every half second, and the
+    writer's lag (how old the newest stored final state is while tasks are being finished)."""
+    import threading
+
+    broker = setup()
+    from django.db import connections
+    from django.db.models import Max
+
+    broker.flush_all()
+    clean_tables()
+    connections.close_all()
+    send = make_sender(broker, mode="single", case=args.case)
+    worker = common.Worker.dramatiq(dict(os.environ), processes=args.processes, threads=args.threads, log=args.log)
+    samples, lags = [], []
+    with worker:
+        send(max(50, 4 * args.threads * args.processes))
+        common.wait_until(lambda: pending(broker) == 0, 300, what="the warm-up to finish")
+        outbox_after(0)
+        clean_tables()
+        connections.close_all()
+        done = threading.Event()
+        t0 = time.perf_counter()
+
+        def sampler():
+            from django.utils import timezone
+
+            last = 0.0
+            while not done.is_set():
+                now = time.perf_counter()
+                if now - last >= 0.5:
+                    last = now
+                    samples.append((round(now - t0, 2), rss_kb(worker.proc.pid)))
+                    if variant() == "tracked":
+                        from usertasks.models import UserTaskStatus
+
+                        newest = UserTaskStatus.objects.aggregate(m=Max("finished"))["m"]
+                        if newest is not None and pending(broker):
+                            lags.append((timezone.now() - newest).total_seconds())
+                time.sleep(0.05)
+            connections.close_all()
+
+        thread = threading.Thread(target=sampler, daemon=True)
+        thread.start()
+        send(args.n)
+        t_sent = time.perf_counter()
+        common.wait_until(lambda: pending(broker) == 0, args.timeout, interval=0.01, what="the queue to drain")
+        t1 = time.perf_counter()
+        done.set()
+        thread.join()
+        checked = check(args.n)
+        extra = outbox_after(args.n)
+    rss = [kb for _, kb in samples]
+    tail = rss[len(rss) // 2:] or rss
+    common.emit({
+        "variant": variant(), "case": args.case, "n": args.n, "processes": args.processes, "threads": args.threads,
+        "seconds": t1 - t0, "enqueue_seconds": t_sent - t0, "rate": args.n / (t1 - t0), "checked": checked,
+        "rss_kb": samples, "rss_first_kb": rss[0] if rss else None, "rss_max_kb": max(rss) if rss else None,
+        "rss_growth_second_half_kb": (max(tail) - min(tail)) if tail else None,
+        "writer_lag_p50": statistics.median(lags) if lags else None, "writer_lag_max": max(lags) if lags else None,
+        **extra,
+    })
 
 
 def cmd_sendcost(args):
@@ -331,13 +447,21 @@ def main():
                    help="queue each run's tasks first, then start a fresh worker; rate between the 10 %% and 90 %% marks")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--log", default=None, help="worker output goes here")
+    p.add_argument("--case", choices=sorted(RAW_CASE), default="noop", help="what each task does")
+    p = sub.add_parser("overload")
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--case", choices=sorted(RAW_CASE), default="status")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--log", default=None)
     p = sub.add_parser("sendcost")
     p.add_argument("--n", type=int, default=100)
     p = sub.add_parser("stepcost")
     p.add_argument("--number", type=int, default=200000)
     args = parser.parse_args()
-    {"migrate": cmd_migrate, "throughput": cmd_throughput, "sendcost": cmd_sendcost, "stepcost": cmd_stepcost}[
-        args.cmd](args)
+    {"migrate": cmd_migrate, "throughput": cmd_throughput, "overload": cmd_overload, "sendcost": cmd_sendcost,
+     "stepcost": cmd_stepcost}[args.cmd](args)
 
 
 if __name__ == "__main__":

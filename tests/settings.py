@@ -178,6 +178,14 @@ DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
 USERTASKS = {"BASE_URL": "http://testserver", "PROGRESS_INTERVAL": 0.1}
 if os.environ.get("USERTASKS_TEST_NOTIFY") == "0":  # benchmarks: no emails
     USERTASKS["NOTIFY"] = False
+if os.environ.get("USERTASKS_TEST_PROGRESS_INTERVAL"):  # worker processes of tests/test_status_read.py
+    USERTASKS["PROGRESS_INTERVAL"] = float(os.environ["USERTASKS_TEST_PROGRESS_INTERVAL"])
+if os.environ.get("USERTASKS_TEST_NOTIFIERS"):  # worker processes of tests/test_notify.py
+    USERTASKS["NOTIFIERS"] = os.environ["USERTASKS_TEST_NOTIFIERS"].split(",")
+if os.environ.get("USERTASKS_TEST_NOTIFY_DELIVERY") == "0":  # ... whose deliverer is off
+    USERTASKS["NOTIFY_DELIVERY"] = False
+if os.environ.get("USERTASKS_TEST_WEBHOOK_URL"):
+    USERTASKS.update(WEBHOOK_URL=os.environ["USERTASKS_TEST_WEBHOOK_URL"], WEBHOOK_SECRET="tests-webhook-secret")
 if os.environ.get("USERTASKS_TEST_FANOUT_CHILD_EVENTS") == "1":  # worker processes of tests/test_fanout.py
     USERTASKS["FANOUT_CHILD_EVENTS"] = True
 if os.environ.get("USERTASKS_TEST_WAKE_CONSUMERS") == "0":  # bench/pickup.py: Dramatiq's polling only

@@ -1,5 +1,6 @@
-"""Emails when a task finishes: real worker, locmem backend in the worker process is not visible
-here, so the receiver is exercised both directly and end-to-end through a file-based backend."""
+"""Emails when a task finishes (the email channel of the outbox): the content and who is told,
+recorded and delivered in this process; and end to end through a worker process, whose emails
+are read from a file-based backend."""
 
 import os
 
@@ -10,15 +11,19 @@ from django.test import override_settings
 
 from tests.helpers import wait_final, wait_for
 from tests.tasks_web import make_task
+from usertasks.models import FROM_ROW, UserTaskNotification
 from usertasks.notifications import build_message, notify_states, send_notification
-from usertasks.signals import task_finished
+from usertasks.notify import drain
 from usertasks.states import State
 
 pytestmark = pytest.mark.django_db
 
 
 def finish(status, state):
-    task_finished.send(sender=type(status), status=status, state=state)
+    """As the transaction that ends ``status`` does: record its notifications; then deliver."""
+    status.save()
+    UserTaskNotification.objects.record([(status.pk, state, FROM_ROW)])
+    drain()
 
 
 def test_email_has_text_html_and_absolute_link(user):
@@ -82,7 +87,7 @@ def test_global_setting(user):
     with override_settings(USERTASKS={"BASE_URL": "http://x", "NOTIFY": ["Failed", "Canceled"]}):
         assert notify_states(task) == {State.FAILED, State.CANCELED}
         finish(task, State.SUCCEEDED)
-        assert mail.outbox == []
+        assert mail.outbox == [] and not UserTaskNotification.objects.exists()
         task.options = {"notify": True}  # the task's own option wins
         finish(task, State.SUCCEEDED)
     assert len(mail.outbox) == 1
@@ -135,35 +140,42 @@ def test_worker_emails_once_the_task_is_final(start_worker, user, tmp_path):
     assert "Web notify ok" not in text
 
 
-def test_a_finished_run_that_does_not_email_costs_no_query(user):
-    """The worker's task_finished carries hints (status_id, parent_id, notify); the built-in
-    notifier decides from them, so the row is never loaded for a task that does not email."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
+def test_the_outbox_is_recorded_in_the_transaction_that_ends_the_task(user):
+    """The writer's batch that stores a run's final state records its notification too: both
+    or neither (here the batch is rolled back after the fact)."""
+    from django.db import transaction
 
+    from usertasks import transitions
     from usertasks.context import TaskContext
-    from usertasks.middleware.tracking import _finished
+    from usertasks.models import EventKind, UserTaskStatus
 
-    from usertasks.notifications import on_task_finished
+    loud = make_task(user, "Loud run", "In Progress", worker="w1")
+    quiet = make_task(user, "Quiet run", "In Progress", worker="w2", options={"notify": False})
 
-    status = make_task(user, "Quiet run", "Succeeded", options={"notify": False})
-    ctx = TaskContext(status_id=status.pk, message_id=status.task_id, actor_name="x", options={"notify": False})
-    # Only the built-in notifier: other suites' receivers (e.g. user_task_stopped) read the row.
-    saved = task_finished.receivers[:]
-    task_finished.receivers = []
-    task_finished.sender_receivers_cache.clear()
-    task_finished.connect(on_task_finished)
-    try:
-        with CaptureQueriesContext(connection) as queries:
-            _finished(ctx, State.SUCCEEDED)
-    finally:
-        task_finished.receivers = saved
-        task_finished.sender_receivers_cache.clear()
-    assert len(queries) == 0
-    assert not mail.outbox
+    def end(row, notify):
+        ctx = TaskContext(status_id=row.pk, message_id=row.task_id, actor_name="x", options={"notify": notify})
+        ctx.worker = row.worker
+        return transitions.end(ctx, State.SUCCEEDED, EventKind.SUCCEEDED)
 
-    loud = make_task(user, "Loud run", "Succeeded", options={"notify": True})
-    ctx = TaskContext(status_id=loud.pk, message_id=loud.task_id, actor_name="x", options={"notify": True})
-    with override_settings(USERTASKS={"BASE_URL": "http://testserver"}):
-        _finished(ctx, State.SUCCEEDED)
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), transaction.atomic():
+        transitions.apply([end(loud, None), end(quiet, False)])
+        assert UserTaskNotification.objects.filter(status=loud).count() == 1
+        raise Rollback
+    assert not UserTaskNotification.objects.exists()
+    assert UserTaskStatus.objects.get(pk=loud.pk).state == State.IN_PROGRESS
+
+    transitions.apply([end(loud, None), end(quiet, False)])
+    (row,) = UserTaskNotification.objects.all()
+    assert (row.status_id, row.channel, row.state, row.sent) == (
+        loud.pk, "usertasks.notify.email.EmailChannel", State.SUCCEEDED, None
+    )
+    assert mail.outbox == []  # nothing is sent by the thread that stored the state
+    drain()
     assert len(mail.outbox) == 1 and "Loud run" in mail.outbox[0].subject
+    assert UserTaskNotification.objects.get().sent is not None
+    assert list(loud.events.filter(kind=EventKind.NOTIFIED).values_list("detail", flat=True)) == ["Notified by email."]
+    drain()
+    assert len(mail.outbox) == 1  # once

@@ -20,9 +20,3 @@ class UserTasksConfig(AppConfig):
 
         operations.provide(cancel=cancel, rerun=rerun)
         middleware.install(configured_broker())
-
-        from .notifications import acts_on, on_task_finished
-        from .signals import ACTS, NOTIFIER_UID, task_finished
-
-        task_finished.connect(on_task_finished, dispatch_uid=NOTIFIER_UID)
-        ACTS[NOTIFIER_UID] = acts_on

@@ -28,6 +28,35 @@ DEFAULTS = {
     # Default for the ``notify`` task option: True (every outcome except a cancel by the
     # requester), False, or a collection of final states, e.g. {"Succeeded", "Failed"}.
     "NOTIFY": True,
+    # Notification channels: dotted paths of channel classes (docs/notifications.md).  Each
+    # finished task that notifies gets one outbox row per channel, delivered by the workers.
+    "NOTIFIERS": ["usertasks.notify.email.EmailChannel"],
+    # Whether worker processes run a delivery thread for the outbox (False: deliver with the
+    # usertasks_notify command, e.g. from a process of its own).
+    "NOTIFY_DELIVERY": True,
+    # Outbox rows a deliverer takes per batch.
+    "NOTIFY_BATCH_SIZE": 100,
+    # Seconds an idle deliverer sleeps between two looks at the outbox (it is woken at once
+    # by a commit of its own process that recorded notifications).
+    "NOTIFY_POLL_INTERVAL": 2.0,
+    # Seconds before the first retry of a failed delivery; each further retry waits twice as
+    # long, up to an hour.
+    "NOTIFY_RETRY_DELAY": 30.0,
+    # While tasks run in its worker process, the deliverer rests this many times as long as its
+    # last batch took (so it takes at most 1 / (1 + NOTIFY_PACE) of the process's time from
+    # the tasks, which share one interpreter lock with it); 0: no rest.
+    "NOTIFY_PACE": 3.0,
+    # Delivery attempts per task and channel before giving up.
+    "NOTIFY_MAX_ATTEMPTS": 8,
+    # Seconds a deliverer holds the rows of its batch; a deliverer that died releases them
+    # after this long.
+    "NOTIFY_LEASE": 300.0,
+    # Webhook channel (usertasks.notify.webhook.WebhookChannel): the URL it POSTs to, the
+    # secret of the HMAC-SHA256 signature, and its connect and read timeouts in seconds.
+    "WEBHOOK_URL": None,
+    "WEBHOOK_SECRET": None,
+    "WEBHOOK_CONNECT_TIMEOUT": 5.0,
+    "WEBHOOK_READ_TIMEOUT": 10.0,
     # Default for the ``abort_grace`` task option (seconds from a cancel to a forced stop).
     "ABORT_GRACE": 10.0,
     # Abort flag store: a dotted path, or None to pick Redis when the broker is a RedisBroker

@@ -292,10 +292,15 @@ class TaskContext:
         if self._status is None and self.tracked:
             from .models import UserTaskStatus
 
+            status = UserTaskStatus.objects.get(pk=int(self.status_id or 0))
             start = getattr(self, "start_op", None)
-            if start is not None:  # read the row as this run's start made it, not as it was queued
-                start.done.wait(30)
-            self._status = UserTaskStatus.objects.get(pk=int(self.status_id or 0))
+            if start is not None:
+                # The writer holds this run's start until its next tick (or the run's end): show
+                # the row as that start makes it, rather than wait for it.
+                from .transitions import as_started
+
+                as_started(status, self, start.at)
+            self._status = status
         return self._status
 
     def __repr__(self) -> str:

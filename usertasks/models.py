@@ -6,6 +6,7 @@ table serves Dramatiq tasks and tasks started through the Celery compatibility l
 """
 
 import os
+import threading
 import uuid as uuid_lib
 from datetime import timedelta
 
@@ -26,7 +27,7 @@ from .states import FINAL_STATES, NOT_RUNNING, State, effective
 from .states import is_active as state_is_active
 from .storage import delete_files_on_commit
 
-__all__ = ["State", "UserTaskArtifact", "UserTaskEvent", "UserTaskStatus", "artifact_storage"]
+__all__ = ["State", "UserTaskArtifact", "UserTaskEvent", "UserTaskNotification", "UserTaskStatus", "artifact_storage"]
 
 
 class UserTaskStatusQuerySet(models.QuerySet):
@@ -507,6 +508,8 @@ class EventKind(models.TextChoices):
     SKIPPED = "skipped", _("Skipped")
     NOTE = "note", _("Note")
     RERUN = "rerun", _("Run again")
+    NOTIFIED = "notified", _("Notified")
+    NOTIFICATION_FAILED = "notification_failed", _("Notification failed")
 
 
 class UserTaskEvent(models.Model):
@@ -551,3 +554,109 @@ class UserTaskEvent(models.Model):
         """An unsaved event of a run, built with positional arguments (in the order of the
         fields above): half the cost of keyword ones, for the two events every run writes."""
         return cls(None, status_id, kind, timezone.now(), attempt, detail, None)  # type: ignore[misc]
+
+
+def notify_states_for(value):
+    """The final states that notify, for a task's ``notify`` option (``None``: the setting
+    ``USERTASKS["NOTIFY"]``)."""
+    if value is None:
+        value = app_settings.NOTIFY
+    if value is True:
+        return set(FINAL_STATES)
+    if not value:
+        return set()
+    if isinstance(value, str):
+        value = [value]
+    return {State(v) for v in value if v in State.values}
+
+
+#: ``notify`` given to :meth:`UserTaskNotificationQuerySet.record` when the caller does not know
+#: the task's option: it is read from the rows.
+FROM_ROW = object()
+
+
+class UserTaskNotificationQuerySet(models.QuerySet):
+    def record(self, entries):
+        """In the current transaction (the one that makes the tasks final): one row per task
+        and channel of ``USERTASKS["NOTIFIERS"]`` for each ``(status_id, state, notify)`` of
+        ``entries`` whose outcome notifies (``notify``: the task's option, or :data:`FROM_ROW`).
+        Only top-level tasks are given (children never notify).  A row already recorded for a
+        task and channel is kept as it is.  Returns how many entries notify."""
+        channels = list(app_settings.NOTIFIERS or ())
+        if not channels or not entries:
+            return 0
+        unknown = [pk for pk, _state, notify in entries if notify is FROM_ROW]
+        options = {}
+        if unknown:
+            options = dict(UserTaskStatus.objects.using(self.db).filter(pk__in=unknown).values_list("pk", "options"))
+        now = timezone.now()
+        rows: list[UserTaskNotification] = []
+        for pk, state, notify in entries:
+            if notify is FROM_ROW:
+                notify = (options.get(pk) or {}).get("notify")
+            if state in notify_states_for(notify):
+                rows.extend(
+                    UserTaskNotification(status_id=pk, channel=c, state=state, created=now, due=now) for c in channels
+                )
+        if rows:
+            self.bulk_create(rows, ignore_conflicts=True)  # type: ignore[arg-type]
+            transaction.on_commit(UserTaskNotification.recorded.set, using=self.db)
+        return len(rows) // len(channels)
+
+    def due(self, now=None):
+        """Rows to deliver now: not delivered, not given up, due, and not claimed by a
+        deliverer (or its claim has lapsed)."""
+        now = now or timezone.now()
+        return self.filter(sent__isnull=True, due__lte=now).filter(
+            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+        )
+
+
+class UserTaskNotification(models.Model):
+    """The outbox of notifications: one row per finished task and channel, recorded in the
+    transaction that stored the final state and delivered afterwards by a deliverer
+    (``usertasks.notify``), so a notification survives a worker that dies after the commit.
+
+    ``status`` has no database constraint (the purge deletes rows in bulk); a row whose task is
+    gone is dropped by the deliverer."""
+
+    id = models.BigAutoField(primary_key=True)
+    status = models.ForeignKey(
+        UserTaskStatus,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="notifications",
+        verbose_name=_("task"),
+    )
+    #: Dotted path of the channel class (an entry of ``USERTASKS["NOTIFIERS"]``).
+    channel = models.CharField(max_length=255, verbose_name=_("channel"))
+    #: The final state the task entered.
+    state = models.CharField(max_length=20, choices=State.choices, verbose_name=_("state"))
+    created = models.DateTimeField(default=timezone.now, verbose_name=_("created"))
+    #: When the next delivery attempt is due; ``None`` once given up.
+    due = models.DateTimeField(null=True, blank=True, verbose_name=_("due"))
+    sent = models.DateTimeField(null=True, blank=True, verbose_name=_("sent"))
+    attempts = models.PositiveIntegerField(default=0, verbose_name=_("attempts"))
+    last_error = models.TextField(blank=True, default="", verbose_name=_("last error"))
+    #: A deliverer's claim on the row: its token, until when it holds it.
+    claim = models.CharField(max_length=32, blank=True, default="", verbose_name=_("claim"))
+    claimed_until = models.DateTimeField(null=True, blank=True, verbose_name=_("claimed until"))
+
+    objects = UserTaskNotificationQuerySet.as_manager()
+
+    #: Set once a transaction that recorded notifications has committed (wakes the deliverer of
+    #: this process).
+    recorded = threading.Event()
+
+    class Meta:
+        verbose_name = _("user task notification")
+        verbose_name_plural = _("user task notifications")
+        constraints = [
+            models.UniqueConstraint(fields=["status", "channel"], name="usertasks_notification_once"),
+        ]
+        indexes = [
+            models.Index(fields=["sent", "due"], name="usertasks_notification_due"),
+        ]
+
+    def __str__(self):
+        return f"{self.channel} for task {self.status_id} ({'sent' if self.sent else 'pending'})"

@@ -1,111 +1,70 @@
-"""Email the requester when a task finishes.
+"""Notifications of finished tasks: the email of the built-in email channel, and who is told.
 
-Connected to :data:`usertasks.signals.task_finished` in ``UserTasksConfig.ready()`` (the signal
-is sent by the tracking middleware once the final state is stored).  Which outcomes notify is
-decided by the task's ``notify`` option (kept in ``status.options["notify"]`` when given on the
-decorator) or else by ``USERTASKS["NOTIFY"]``:
+A finished task's notifications are recorded in an outbox with its final state and delivered by
+``usertasks.notify`` (see ``docs/notifications.md``).  Which outcomes notify is decided by the
+task's ``notify`` option (kept in ``status.options["notify"]`` when given on the decorator) or
+else by ``USERTASKS["NOTIFY"]``:
 
 * ``True``: every outcome, except a cancel made by the requester themselves;
 * ``False``: none;
 * a collection of states, e.g. ``{"Succeeded", "Failed"}``: exactly those.
 
-Rows with a parent (fan-out children) never email: their container does.  Templates:
+Rows with a parent (fan-out children) never notify: their container does.  Templates:
 ``usertasks/email/finished_subject.txt``, ``finished.txt`` and ``finished.html``.
 """
 
 import logging
 
-from django.conf import settings
-from django.core.mail import EmailMultiAlternatives
-from django.template.loader import render_to_string
-from django.utils import translation
-
-from .conf import app_settings
-from .states import FINAL_STATES, State
+from .models import notify_states_for
+from .notify import should_notify, status_link
+from .notify.email import EmailChannel
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "acts_on",
+    "build_message",
+    "notify_states",
+    "notify_states_for",
+    "on_task_finished",
+    "send_notification",
+    "should_notify",
+    "status_link",
+]
+
 
 def notify_states(status):
-    """The set of final states for which ``status`` emails its requester."""
+    """The set of final states for which ``status`` notifies its requester."""
     return notify_states_for((status.options or {}).get("notify"))
 
 
-def notify_states_for(value):
-    """The final states that notify, for a task ``notify`` option (``None``: the setting)."""
-    if value is None:
-        value = app_settings.NOTIFY
-    if value is True:
-        return set(FINAL_STATES)
-    if not value:
-        return set()
-    if isinstance(value, str):
-        value = [value]
-    return {State(v) for v in value if v in State.values}
-
-
-def should_notify(status, state):
-    if status.parent_id is not None:
-        return False
-    if state not in notify_states(status):
-        return False
-    options = status.options or {}
-    explicit = options.get("notify") if options.get("notify") is not None else app_settings.NOTIFY
-    # Not when they canceled it themselves: there is nothing to tell them.
-    return not (
-        state == State.CANCELED
-        and explicit is True
-        and status.canceled_by_id is not None
-        and status.canceled_by_id == status.user_id
-    )
-
-
-def status_link(status):
-    base = (app_settings.BASE_URL or "").rstrip("/")
-    return base + status.get_absolute_url()
-
-
 def build_message(status, state=None):
-    """The :class:`~django.core.mail.EmailMultiAlternatives` for ``status`` (not sent)."""
-    user = status.user
-    state = state or status.state
-    language = getattr(user, "language", None) or getattr(settings, "LANGUAGE_CODE", "en")
-    with translation.override(language):
-        context = {
-            "task": status,
-            "state": State(state),
-            "state_text": State(state).label,
-            "user": user,
-            "link": status_link(status),
-            "artifacts": list(status.artifacts.all()),
-        }
-        subject = " ".join(render_to_string("usertasks/email/finished_subject.txt", context).split())
-        text = render_to_string("usertasks/email/finished.txt", context)
-        html = render_to_string("usertasks/email/finished.html", context)
-    message = EmailMultiAlternatives(subject=subject, body=text, to=[user.email])
-    message.attach_alternative(html, "text/html")
-    return message
+    """The :class:`~django.core.mail.EmailMultiAlternatives` the email channel sends for
+    ``status`` (not sent)."""
+    return EmailChannel().message(status, state)
 
 
 def send_notification(status, state=None):
-    """Email ``status.user`` about ``status`` if the options say so; returns whether sent."""
+    """Email ``status.user`` about ``status`` now, on this thread, if the options say so;
+    returns whether sent.  (Workers do not call it: they deliver through the outbox.)"""
     state = state or status.state
     if not should_notify(status, state):
         return False
     if not getattr(status.user, "email", ""):
         return False
-    build_message(status, state).send()
+    EmailChannel().message(status, state).send()
     return True
 
 
 def acts_on(parent_id, state, notify):
-    """Whether :func:`on_task_finished` may email for a run with these hints."""
+    """Whether :func:`on_task_finished` would email for a run with these hints."""
     return parent_id is None and state in notify_states_for(notify)
 
 
 def on_task_finished(sender, status, state, parent_id=None, notify=None, **kwargs):
-    """Receiver of :data:`usertasks.signals.task_finished`.  Decides from the signal's hints
-    first, so a task that does not email never loads its row."""
+    """A :data:`usertasks.signals.task_finished` receiver that emails at once, on the thread
+    that sends the signal.  Not connected by default (the outbox delivers the email channel's
+    notifications off the threads that run tasks); kept for code that connects it itself."""
     if parent_id is not None:
         return
     if "status_id" in kwargs and state not in notify_states_for(notify):

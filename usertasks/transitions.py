@@ -23,7 +23,8 @@ A child that ends is counted on its container in the same transaction (:func:`ch
 the container's rules (``usertasks.containers``) say what follows, and the container's own end
 (:func:`complete_container`) happens in the transaction that counts its last child.  What must
 wait for the commit (messages to send, abort flags to raise or clear, ``task_finished``) is
-registered with ``transaction.on_commit`` here too.  ``docs/architecture.md`` lists every change.
+registered with ``transaction.on_commit`` here too.  The notifications of a top-level task that
+ends are recorded in its outbox (``UserTaskNotification``) in the transaction that ends it.  ``docs/architecture.md`` lists every change.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from django.utils import timezone
 from . import sql
 from .abort import clear_flags, get_backend, set_flag
 from .broker import EnqueueFailed, enqueue_many
+from .conf import app_settings
 from .containers import completion, counting
-from .models import EventKind, UserTaskEvent, UserTaskStatus
+from .models import FROM_ROW, EventKind, UserTaskEvent, UserTaskNotification, UserTaskStatus, notify_states_for
 from .protocol import CALLBACK_DUE, STATUS_OPTION, WAITING
 from .signals import send_task_finished, test_case_commit_point
 from .states import ACTIVE_STATES, ALLOWED_FROM, FINAL_STATES, NOT_RUNNING, STANDARD_STATES, State
@@ -53,6 +55,7 @@ logger = logging.getLogger("usertasks.transitions")
 __all__ = [
     "Change",
     "apply",
+    "as_started",
     "begin",
     "body_done",
     "cancel_before_start",
@@ -287,6 +290,7 @@ def apply(
                     results[id(c)] = _POST[kind](rows, c, ok, batch)
                     if ok:
                         batch.share(c.ctx, State.IN_PROGRESS if kind == "start" else c.fields["state"])
+        notices = []
         for c in changes:
             ok = results[id(c)] if id(c) in results else _APPLY[c.kind](rows, c, batch)
             applied.append(ok)
@@ -294,6 +298,9 @@ def apply(
                 if c.start is not None:
                     events.extend(c.start.events)
                 events.extend(c.events)
+                notice = _notice(c)
+                if notice is not None:
+                    notices.append(notice)
         now = timezone.now()
         for ctx in dirty:
             if stmts.update(_progress(ctx, modified=now), pk=ctx.status_id, state=State.IN_PROGRESS, worker=ctx.worker):
@@ -304,9 +311,37 @@ def apply(
             stmts.update({"heartbeat": now}, pk__in=ids, state__notin=NOT_RUNNING)
         if events:
             sql.insert(events, db)
+        _record_notifications(rows, notices)
         batch.apply(rows)
     _settle(changes, applied)
     _settle_counts(bases, batch.reported)
+
+
+def _notice(change: Change) -> tuple[int, str, Any] | None:
+    """``(status_id, state, notify option)`` when ``change`` (applied) made a top-level task
+    final, for its notifications; else ``None``."""
+    state = change.fields.get("state")
+    if state not in FINAL:
+        return None
+    if change.kind == "end":
+        ctx = change.ctx
+        return None if ctx.parent_id is not None else (ctx.status_id, state, (ctx.options or {}).get("notify"))
+    if change.kind == "guarded" and change.parent_id is None:
+        return ((change.where or {})["pk"], state, FROM_ROW)
+    return None
+
+
+def _notifies(change: Change) -> bool:
+    """Whether ``change``, once applied, records a notification (known from the run alone)."""
+    notice = _notice(change)
+    return notice is not None and bool(app_settings.NOTIFIERS) and notice[1] in notify_states_for(notice[2])
+
+
+def _record_notifications(rows: Rows, notices: list[tuple[int, str, Any]]) -> None:
+    """In the transaction that made these top-level tasks final: their notifications, in the
+    outbox (``usertasks.notify`` delivers them once it has committed)."""
+    if notices:
+        UserTaskNotification.objects.using(rows.db).record(notices)
 
 
 def _settle(changes: list[Change], applied: list[bool]) -> None:
@@ -331,6 +366,8 @@ def _one_statement(changes: list[Change], connection: Any) -> bool:
         ctx = c.ctx
         if c.kind not in ("start", "end") or not c.events or ctx.parent_id is not None or ctx.fanout:
             return False
+        if c.kind == "end" and _notifies(c):
+            return False  # its outbox rows go in the same transaction
         if ctx.status_id in seen:
             return False
         seen.add(ctx.status_id)
@@ -400,6 +437,20 @@ def _start_fields(ctx: Any, at: datetime) -> dict[str, Any]:
 #: A run starts from the states In Progress may be entered from, or from In Progress itself (a
 #: redelivered message whose earlier run died: the newest run takes the row over).
 _START_FROM = (*ALLOWED_FROM[State.IN_PROGRESS], State.IN_PROGRESS)
+
+
+def as_started(status: UserTaskStatus, ctx: Any, at: datetime) -> None:
+    """``status`` (an instance read before the start of ``ctx``'s run is stored) as that start
+    will leave it, in memory only: what ``task.status`` shows while the writer holds the start.
+    A row the start has reached already (it carries this run's worker token: the start committed
+    between the caller's look and its read) or cannot take (final already) is left as read."""
+    if status.worker == ctx.worker or status.state not in _START_FROM:
+        return
+    status.state = State.IN_PROGRESS
+    status.attempts = max(status.attempts + 1, ctx.attempt)
+    status.started = status.heartbeat = status.modified = at
+    status.worker = ctx.worker
+    status.eta = None
 
 
 def _plan_start(change: Change) -> Plan:
@@ -663,6 +714,8 @@ def complete_container(rows: Rows, info: dict[str, Any] | None) -> bool:
     ]
     UserTaskEvent.objects.using(rows.db).create(status_id=info["pk"], kind=kind, created=now, detail=clip(detail, 4000))
     pk, db = info["pk"], rows.db
+    if info.get("parent_id") is None:
+        _record_notifications(rows, [(pk, state, options.get("notify"))])
     transaction.on_commit(lambda: completion.finished(pk, state, callback, db), using=db)
     if info.get("parent_id") is not None:
         # A container inside a container (a pipeline stage that fans out): count it there,
@@ -911,6 +964,8 @@ def cancel_not_started(
     )
     if parent_id is not None:
         child_ended(rows, parent_id, pk, State.CANCELED)
+    else:
+        _record_notifications(rows, [(pk, State.CANCELED, FROM_ROW)])
     send_task_finished(pk, State.CANCELED, using=rows.db)
     return True
 
@@ -973,6 +1028,8 @@ def end_lost(rows: Rows, row: Any, where: dict[str, Any], *, text: str, kind: st
         )
         if row.get("parent_id") is not None:
             child_ended(rows, row["parent_id"], row["pk"], state)
+        else:
+            _record_notifications(rows, [(row["pk"], state, FROM_ROW)])
         send_task_finished(row["pk"], state, using=rows.db)
     return state
 
@@ -1040,6 +1097,8 @@ def finish(
         if count_parent and status.parent_id:
             counter = counting.COUNTER_FOR[state]
             rows.filter(pk=status.parent_id).update(**{counter: F(counter) + 1})
+        if not status.parent_id:
+            _record_notifications(rows, [(status.pk, state, (status.options or {}).get("notify"))])
     status.refresh_from_db()
     if state == State.CANCELED or status.cancel_requested is not None:
         pk = status.pk

@@ -82,8 +82,8 @@ def test_a_failing_acknowledgement_does_not_stop_the_others(caplog):
 
 
 def test_receivers_act_from_the_hints_alone(monkeypatch):
-    """With the built-in notifier and the compat bridge (both declared in ACTS), a run that
-    does not email and has no user_task_stopped listener needs nothing after its commit; any
+    """With the compat bridge (declared in ACTS) and notifications in the outbox (no receiver),
+    a run with no user_task_stopped listener needs nothing after its commit; any
     undeclared receiver, or a user_task_stopped listener, makes the worker wait again."""
     from user_tasks import user_task_stopped
     from user_tasks.models import UserTaskStatus as CompatStatus
@@ -94,7 +94,8 @@ def test_receivers_act_from_the_hints_alone(monkeypatch):
     monkeypatch.setattr(user_task_stopped, "receivers", [])  # tests.tasks_compat listens, if imported
     assert not receivers_act(parent_id=None, state=State.SUCCEEDED, notify=False)
     assert not receivers_act(parent_id=7, state=State.FAILED, notify=True)  # children never email
-    assert receivers_act(parent_id=None, state=State.FAILED, notify=["Failed"])  # this one emails
+    # Its email is in the outbox, committed with the state: nothing waits for the commit.
+    assert not receivers_act(parent_id=None, state=State.FAILED, notify=["Failed"])
 
     def listener(**kwargs):
         pass

@@ -7,6 +7,8 @@
 * :class:`UserTaskMetrics` (``metrics``): Prometheus metrics of the runs (when
   ``prometheus_client`` is installed).
 * :class:`UserTaskUpkeep` (``upkeep``): runs the reaper and the purge, one worker at a time.
+* :class:`UserTaskNotifications` (``notify``): the thread that delivers the notifications of
+  finished tasks (``usertasks.notify``).
 
 :func:`install` puts them on a broker in their place: tracking right before Dramatiq's
 ``Retries`` (``after_*`` hooks run in reverse order, so it sees the retry decision), abort
@@ -24,10 +26,19 @@ from dramatiq.middleware import Retries
 
 from .abort import UserTaskAbort
 from .metrics import UserTaskMetrics
+from .notify import UserTaskNotifications
 from .tracking import UserTaskTracking
 from .upkeep import UserTaskUpkeep
 
-__all__ = ["UserTaskAbort", "UserTaskMetrics", "UserTaskTracking", "UserTaskUpkeep", "install", "problems"]
+__all__ = [
+    "UserTaskAbort",
+    "UserTaskMetrics",
+    "UserTaskNotifications",
+    "UserTaskTracking",
+    "UserTaskUpkeep",
+    "install",
+    "problems",
+]
 
 
 def install(broker: Any) -> Any:
@@ -47,6 +58,8 @@ def install(broker: Any) -> Any:
         broker.add_middleware(UserTaskMetrics(), after=UserTaskTracking)
     if not any(issubclass(k, UserTaskUpkeep) for k in has):
         broker.add_middleware(UserTaskUpkeep())
+    if not any(isinstance(m, UserTaskNotifications) for m in broker.middleware):
+        broker.add_middleware(UserTaskNotifications())
     return broker
 
 
