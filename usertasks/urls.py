@@ -1,6 +1,6 @@
 """``path("tasks/", include("usertasks.urls"))``; URL names under the ``usertasks`` namespace."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import api, views
 
@@ -17,4 +17,5 @@ urlpatterns = [
     path("api/tasks/<uuid:uuid>/cancel/", api.task_cancel, name="api-cancel"),
     path("api/tasks/<uuid:uuid>/delete/", api.task_delete, name="api-delete"),
     path("api/tasks/<uuid:uuid>/events/", api.task_events, name="api-events"),
+    re_path(r"^api/(?P<path>.*)$", api.not_found, name="api_not_found"),  # JSON 404, not Django's page
 ]

@@ -1,12 +1,15 @@
 """The HTML pages: dashboard, status page, cancel, delete, artifact download."""
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.db.models import prefetch_related_objects
 from django.http import Http404, HttpResponseForbidden, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
@@ -27,6 +30,10 @@ def js_strings():
         "ms": _("%(m)d min %(s)d s"),
         "s": _("%(s)d s"),
         "stale": _("Live updates paused; reload the page."),
+        "succeeded_in": _("Succeeded in %(duration)s"),
+        "failed_with": _("Failed: %(error)s"),
+        "language": get_language() or settings.LANGUAGE_CODE,
+        "time_zone": timezone.get_current_timezone_name(),
     }
 
 
