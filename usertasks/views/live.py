@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+from typing import Any
 
 from django.db import connections
 from django.http import HttpResponse, StreamingHttpResponse
@@ -89,7 +90,7 @@ class _Watch:
 
     def __init__(self, model, pk, render, loop):
         self.model, self.pk, self.render, self.loop = model, pk, render, loop
-        self.queue = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self.last = None
 
     def deliver(self, chunk, done):
@@ -144,12 +145,12 @@ class _Hub:
             connections.close_all()
 
     def _tick(self, watches):
-        by_model = {}
+        by_model: dict[Any, list[_Watch]] = {}
         for watch in watches:
             by_model.setdefault(watch.model, []).append(watch)
         for model, group in by_model.items():
             pks = sorted({w.pk for w in group})
-            snaps = {}
+            snaps: dict[Any, tuple] = {}
             for i in range(0, len(pks), IN_CHUNK):
                 rows = model.objects.filter(pk__in=pks[i : i + IN_CHUNK]).values_list("pk", *SNAPSHOT_FIELDS)
                 snaps.update((row[0], row[1:]) for row in rows)
@@ -162,7 +163,7 @@ class _Hub:
             if not changed:
                 continue
             changed_pks = sorted({w.pk for w in changed})
-            statuses = {}
+            statuses: dict[Any, Any] = {}
             for i in range(0, len(changed_pks), IN_CHUNK):
                 batch = model.objects.filter(pk__in=changed_pks[i : i + IN_CHUNK]).prefetch_related("artifacts")
                 statuses.update((s.pk, s) for s in batch)
