@@ -189,9 +189,9 @@ def _csrf_refusal(request):
 
 
 def api_view(*methods):
-    """The API's view decorator: only ``methods`` (else a JSON 405 with ``Allow``), a logged-in
-    user (else a JSON 403, whatever the task), Django's CSRF check for the unsafe methods (a JSON
-    403 when it fails), and a JSON 404 for :class:`Http404`."""
+    """The API's view decorator: only ``methods`` (else a JSON 405 with ``Allow``), Django's CSRF
+    check for the unsafe methods (a JSON 403 when it fails), and a JSON 404 for
+    :class:`Http404` (a task the user may not see, anonymous users included)."""
     allowed = [m.upper() for m in methods]
 
     def decorator(view):
@@ -201,8 +201,6 @@ def api_view(*methods):
                 response = _error(405, _("Method %(method)s is not allowed here.") % {"method": request.method})
                 response["Allow"] = ", ".join(allowed)
                 return response
-            if not request.user.is_authenticated:
-                return _error(403, _("Authentication required."))
             if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
                 reason = _csrf_refusal(request)
                 if reason is not None:
@@ -241,6 +239,8 @@ def _query_int(request, name, default, low, high=None):
 
 @api_view("GET")
 def task_list(request):
+    if not request.user.is_authenticated:
+        return _error(403, _("Authentication required."))
     filter_name = request.GET.get("filter") or ""
     if filter_name and filter_name not in FILTERS:
         return _error(400, _("Unknown filter."))

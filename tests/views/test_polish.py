@@ -60,7 +60,7 @@ def test_api_errors_are_json(client, user, other_user, settings, debug):
     assert response["Allow"] == "POST"
     response = client.put(reverse("usertasks:api-list"))
     assert_json_error(response, 405)
-    # 403: a failed CSRF check, and anonymous users (whatever the task).
+    # 403: a failed CSRF check; the list without a session.
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(user)
     response = strict.post(reverse("usertasks:api-delete", args=[mine.uuid]))
@@ -68,9 +68,11 @@ def test_api_errors_are_json(client, user, other_user, settings, debug):
     assert "CSRF" in response.json()["detail"]
     assert_json_error(strict.delete(reverse("usertasks:api-detail", args=[mine.uuid])), 403)
     anonymous = Client()
-    for path in (reverse("usertasks:api-list"), reverse("usertasks:api-detail", args=[mine.uuid]),
-                 reverse("usertasks:api-detail", args=[theirs.uuid]), reverse("usertasks:api-events", args=[mine.uuid])):
-        assert_json_error(anonymous.get(path), 403)
+    assert_json_error(anonymous.get(reverse("usertasks:api-list")), 403)
+    # Anonymous users, like everyone the policy does not let see a task: 404.
+    for path in (reverse("usertasks:api-detail", args=[mine.uuid]), reverse("usertasks:api-events", args=[mine.uuid])):
+        assert_json_error(anonymous.get(path), 404)
+    assert_json_error(anonymous.post(reverse("usertasks:api-cancel", args=[mine.uuid])), 404)
     # The pages keep their HTML 404.
     assert b"<html" in client.get(theirs.get_absolute_url()).content
 
