@@ -19,10 +19,11 @@ import functools
 import json
 import uuid as uuid_lib
 
+from django.conf import settings
 from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
@@ -217,7 +218,17 @@ def api_view(*methods):
 
 def not_found(request, path=""):
     """A path under ``api/`` that names nothing: a JSON 404 (never Django's page, which lists
-    the URL patterns when ``DEBUG`` is on)."""
+    the URL patterns when ``DEBUG`` is on).  A GET of an API path without its final slash is
+    redirected to it, as ``APPEND_SLASH`` would have done."""
+    if not request.path_info.endswith("/") and getattr(settings, "APPEND_SLASH", True):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not not_found:
+            if request.method in ("GET", "HEAD"):
+                return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+            return _error(404, _("Not found: this URL ends with a slash."))
     return _error(404, _("Not found."))
 
 

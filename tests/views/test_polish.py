@@ -51,6 +51,10 @@ def test_api_errors_are_json(client, user, other_user, settings, debug):
         response = client.get(path)
         assert_json_error(response, 404)
         assert b"urlpatterns" not in response.content and b"usertasks:" not in response.content
+    # An API path without its final slash: redirected for GET (as APPEND_SLASH does), else a JSON 404.
+    response = client.get(reverse("usertasks:api-detail", args=[mine.uuid]).rstrip("/"))
+    assert response.status_code == 301 and response["Location"].endswith(f"/tasks/api/tasks/{mine.uuid}/")
+    assert_json_error(client.post(reverse("usertasks:api-cancel", args=[mine.uuid]).rstrip("/")), 404)
     # 405, with Allow.
     response = client.post(reverse("usertasks:api-detail", args=[mine.uuid]))
     assert_json_error(response, 405)
