@@ -143,15 +143,20 @@ async def open_streams(port, paths, cookie):
     ``status`` event."""
     import asyncio
 
+    # At most 20 requests are being set up at once: each holds a database connection until its
+    # stream has started (then none), and PostgreSQL allows 100 connections by default.
+    starting = asyncio.Semaphore(20)
+
     async def one(path):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: sessionid={cookie}\r\n"
-                     "Accept: text/event-stream\r\n\r\n".encode())
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        assert b"text/event-stream" in head
-        await read_status(reader)
+        async with starting:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: sessionid={cookie}\r\n"
+                         "Accept: text/event-stream\r\n\r\n".encode())
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert b"text/event-stream" in head
+            await read_status(reader)
         return reader, writer
 
     return await asyncio.gather(*(one(p) for p in paths))
