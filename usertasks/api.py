@@ -11,16 +11,22 @@ URL name           path (under the app's include)            methods
 ``api-events``     ``api/tasks/<uuid>/events/``              GET (``text/event-stream``)
 =================  ========================================  ===========================
 
-The API uses the session (and its CSRF protection for POST), like the pages.
+The API uses the session (and its CSRF protection for POST and DELETE), like the pages.  Every
+error is JSON, ``{"detail": "..."}``: 400, 403 (also a failed CSRF check), 404 (also a path under
+``api/`` that names nothing), 405 (with ``Allow``), 409; never Django's HTML error pages.
 """
 
+import functools
 import json
+import uuid as uuid_lib
 
+from django.conf import settings
 from django.core.paginator import EmptyPage, PageNotAnInteger, Paginator
-from django.http import Http404, HttpResponse, JsonResponse
-from django.urls import reverse
+from django.http import Http404, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.urls import Resolver404, resolve, reverse
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.csrf import csrf_exempt
 
 from .conf import app_settings
 from .containers.counting import ordered
@@ -185,8 +191,6 @@ def user_tasks(user, filter_name=None, uuids=None):
 
 
 def parse_uuids(values):
-    import uuid as uuid_lib
-
     out = []
     for value in values[:MAX_PAGE_SIZE]:
         try:
@@ -211,17 +215,104 @@ def paginate(request, qs, default_size):
         return paginator.page(paginator.num_pages)
 
 
-@require_GET
+class _CsrfCheck(CsrfViewMiddleware):
+    """Django's own CSRF check, answering the reason of a refusal instead of its HTML page."""
+
+    def _reject(self, request, reason):
+        return reason
+
+
+def _csrf_protected_view(request):  # what the check is asked about: a view with no exemption
+    return HttpResponse()
+
+
+def _csrf_refusal(request):
+    """``None`` when ``request`` passes Django's CSRF check, else the reason it does not."""
+    check = _CsrfCheck(lambda r: HttpResponse())
+    check.process_request(request)
+    return check.process_view(request, _csrf_protected_view, (), {})
+
+
+def api_view(*methods):
+    """The API's view decorator: only ``methods`` (else a JSON 405 with ``Allow``), Django's CSRF
+    check for the unsafe methods (a JSON 403 when it fails), and a JSON 404 for
+    :class:`Http404` (a task the user may not see, anonymous users included)."""
+    allowed = [m.upper() for m in methods]
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method not in allowed:
+                response = _error(405, _("Method %(method)s is not allowed here.") % {"method": request.method})
+                response["Allow"] = ", ".join(allowed)
+                return response
+            if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
+                reason = _csrf_refusal(request)
+                if reason is not None:
+                    return _error(403, _("CSRF check failed: %(reason)s") % {"reason": reason})
+            try:
+                return view(request, *args, **kwargs)
+            except Http404:
+                return _error(404, _("No such task."))
+
+        return csrf_exempt(wrapper)
+
+    return decorator
+
+
+def not_found(request, path=""):
+    """A path under ``api/`` that names nothing: a JSON 404 (never Django's page, which lists
+    the URL patterns when ``DEBUG`` is on).  A GET of an API path without its final slash is
+    redirected to it, as ``APPEND_SLASH`` would have done."""
+    if not request.path_info.endswith("/") and getattr(settings, "APPEND_SLASH", True):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not not_found:
+            if request.method in ("GET", "HEAD"):
+                return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+            return _error(404, _("Not found: this URL ends with a slash."))
+    return _error(404, _("Not found."))
+
+
+def _query_int(request, name, default, low, high=None):
+    """An integer query parameter within ``[low, high]``; :class:`ValueError` with the reason."""
+    raw = request.GET.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(_("%(name)s must be an integer.") % {"name": name}) from None
+    if value < low or (high is not None and value > high):
+        if high is None:
+            raise ValueError(_("%(name)s must be at least %(low)d.") % {"name": name, "low": low})
+        raise ValueError(_("%(name)s must be between %(low)d and %(high)d.") % {"name": name, "low": low, "high": high})
+    return value
+
+
+@api_view("GET")
 def task_list(request):
     if not request.user.is_authenticated:
         return _error(403, _("Authentication required."))
     filter_name = request.GET.get("filter") or ""
     if filter_name and filter_name not in FILTERS:
         return _error(400, _("Unknown filter."))
-    uuids = parse_uuids(request.GET.getlist("uuid"))
-    if request.GET.getlist("uuid") and not uuids:
-        return JsonResponse({"count": 0, "page": 1, "num_pages": 1, "page_size": 0, "results": []})
-    page = paginate(request, user_tasks(request.user, filter_name, uuids), app_settings.PAGE_SIZE)
+    try:
+        number = _query_int(request, "page", 1, 1)
+        size = _query_int(request, "page_size", None, 1, MAX_PAGE_SIZE)
+    except ValueError as error:
+        return _error(400, error)
+    raw_uuids = request.GET.getlist("uuid")
+    if len(raw_uuids) > MAX_PAGE_SIZE:
+        return _error(400, _("At most %(n)d uuid parameters.") % {"n": MAX_PAGE_SIZE})
+    uuids = parse_uuids(raw_uuids)
+    if len(uuids) != len(raw_uuids):
+        return _error(400, _("uuid must be a UUID."))
+    size = size or max(1, min(int(app_settings.PAGE_SIZE), MAX_PAGE_SIZE))
+    paginator = Paginator(user_tasks(request.user, filter_name, uuids), size)
+    page = paginator.page(min(number, paginator.num_pages))
     return JsonResponse(
         {
             "count": page.paginator.count,
@@ -233,7 +324,7 @@ def task_list(request):
     )
 
 
-@require_http_methods(["GET", "DELETE"])
+@api_view("GET", "DELETE")
 def task_detail_view(request, uuid):
     status = get_visible(request.user, uuid)
     if request.method == "DELETE":
@@ -241,7 +332,7 @@ def task_detail_view(request, uuid):
     return JsonResponse(task_detail(status, request.user))
 
 
-@require_POST
+@api_view("POST")
 def task_cancel(request, uuid):
     status = get_visible(request.user, uuid)
     if not get_policy().can_cancel(request.user, status):
@@ -260,12 +351,12 @@ def _delete(request, status):
     return HttpResponse(status=204)
 
 
-@require_POST
+@api_view("POST")
 def task_delete(request, uuid):
     return _delete(request, get_visible(request.user, uuid))
 
 
-@require_POST
+@api_view("POST")
 def task_rerun(request, uuid):
     """Start a finished task again: 201 with the new task (200 with the identical active task
     a unique task joined), 403 without ``can_rerun``, 409 when it cannot run again."""
@@ -283,7 +374,7 @@ def task_rerun(request, uuid):
     return response
 
 
-@require_GET
+@api_view("GET")
 def task_events(request, uuid):
     """Server-sent events: one ``status`` event (the detail JSON) per change."""
     from .views import live

@@ -1,6 +1,6 @@
 """``path("tasks/", include("usertasks.urls"))``; URL names under the ``usertasks`` namespace."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import api, views
 from .views.metrics import metrics
@@ -21,4 +21,5 @@ urlpatterns = [
     path("api/tasks/<uuid:uuid>/delete/", api.task_delete, name="api-delete"),
     path("api/tasks/<uuid:uuid>/rerun/", api.task_rerun, name="api-rerun"),
     path("api/tasks/<uuid:uuid>/events/", api.task_events, name="api-events"),
+    re_path(r"^api/(?P<path>.*)$", api.not_found, name="api_not_found"),  # JSON 404, not Django's page
 ]

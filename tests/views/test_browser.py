@@ -6,6 +6,7 @@ Skipped only when Playwright or Chromium (``/usr/bin/chromium``, Debian's ``chro
 missing; ``make test`` installs Chromium when it can."""
 
 import os
+import re
 import shutil
 
 import pytest
@@ -165,5 +166,87 @@ def test_pages_work_with_javascript_off(django_db_setup, browser, live_server, u
     page.wait_for_url(live_server.url + task.get_absolute_url())
     task.refresh_from_db()
     assert task.cancel_requested is not None
+    context.close()
+    close_db_connections()
+
+
+LONG_WORD = "W" * 5000
+
+
+@pytest.mark.parametrize("width", [1100, 375])
+def test_long_words_wrap_and_the_console_stays_clean(django_db_setup, browser, live_server, user, width):
+    """A 5,000-character word in every user text: the page is exactly as wide as the viewport;
+    no console error (the favicon is served); the times read the same before and after a live
+    update; user text the script writes is isolated; a Pending task shows no stray separator."""
+    from tests.tasks_web import make_task
+    from usertasks.artifacts import create_artifact
+    from usertasks.models import UserTaskEvent, UserTaskStatus
+
+    failed = make_task(user, "Long " + LONG_WORD, "Failed", message=LONG_WORD, error="Error " + LONG_WORD)
+    create_artifact(failed.pk, LONG_WORD, text=LONG_WORD)
+    create_artifact(failed.pk, LONG_WORD, url="https://example.com/" + "u" * 1500)
+    UserTaskEvent.objects.create(status=failed, kind="note", detail=LONG_WORD)
+    running = make_task(user, "Running " + LONG_WORD, "In Progress", total_steps=4, completed_steps=1)
+    pending = make_task(user, "Waiting", "Pending")
+
+    context = browser.new_context(viewport={"width": width, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30000)
+    errors = []
+    page.on("console", lambda msg: errors.append(f"{msg.text} {msg.location.get('url')}") if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Requests cut short by leaving a page (an open event stream, say) are not errors.
+    page.on("requestfailed", lambda request: errors.append(f"failed: {request.url} {request.failure}")
+            if "ERR_ABORTED" not in (request.failure or "") else None)
+    page.on("response", lambda response: errors.append(f"{response.status}: {response.url}")
+            if response.status >= 400 else None)
+    page.goto(live_server.url + "/accounts/login/?next=/tasks/")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", "pw")
+    page.click("button[type=submit]")
+    page.wait_for_url(live_server.url + "/tasks/")
+    errors.clear()  # the demo's login page is not one of ours (it links no icon)
+    page.reload()
+
+    for url in (failed.get_absolute_url(), running.get_absolute_url(), "/tasks/"):
+        page.goto(live_server.url + url)
+        page.wait_for_load_state("load")
+        sizes = page.evaluate("() => [document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth]")
+        wide = page.evaluate("""(w) => Array.from(document.querySelectorAll('body *'))
+            .filter(el => el.getBoundingClientRect().right > w + 0.5).slice(0, 5)
+            .map(el => el.tagName + '.' + el.className + ' ' + Math.round(el.getBoundingClientRect().right))""", width)
+        assert sizes[0] == width and sizes[1] <= width, (url, sizes, wide)
+
+    # Live update of the running task: its history gets an event whose detail is the long
+    # word and a time formatted like the others; the script's user text is isolated.
+    page.goto(live_server.url + running.get_absolute_url())
+    page.wait_for_function("() => document.querySelector('[data-field=state_text]')")
+    UserTaskEvent.objects.create(status=running, kind="note", detail="\u062a\u0635\u062f\u064a\u0631 " + LONG_WORD)
+    UserTaskStatus.objects.filter(pk=running.pk).update(completed_steps=3, message="three " + LONG_WORD)
+    page.wait_for_function("() => Number(document.querySelector('[role=progressbar]').getAttribute('aria-valuenow')) === 75")
+    page.wait_for_function("() => document.querySelectorAll('.ut-event-detail').length >= 1")
+    assert page.evaluate("() => document.documentElement.scrollWidth") == width
+    isolated = page.evaluate("""() => Array.from(document.querySelectorAll(
+        '.ut-event-detail, [data-field=message], [data-field=name], .ut-artifact-name'))
+        .every(el => el.closest('bdi, [dir]') !== null)""")
+    assert isolated
+    times = page.evaluate("() => Array.from(document.querySelectorAll('time')).map(t => [t.getAttribute('datetime'), t.textContent])")
+    assert times
+    expected = page.evaluate("""(values) => values.map(v => new Intl.DateTimeFormat(document.documentElement.lang,
+        {dateStyle: 'medium', timeStyle: 'medium', timeZone: 'UTC'}).format(new Date(v)))""", [t[0] for t in times])
+    assert [t[1] for t in times] == expected
+    assert not any(re.search(r"\d{4}-\d\d-\d\dT", text) for _, text in times)
+
+    # A Pending task with no total: no separator between the (empty) percent and steps.
+    page.goto(live_server.url + pending.get_absolute_url())
+    separator = page.evaluate("""() => {
+        const steps = document.querySelector('[data-field=steps]');
+        return getComputedStyle(steps, '::before').content; }""")
+    assert separator in ("none", "normal", ""), separator
+    box = page.evaluate("() => document.querySelector('.ut-progress-text').getBoundingClientRect().width")
+    text = page.evaluate("() => document.querySelector('.ut-progress-text').innerText.trim()")
+    assert text == "", (text, box)
+
+    assert errors == [], "\n".join(errors)
     context.close()
     close_db_connections()

@@ -7,12 +7,14 @@ from django.utils.encoding import iri_to_uri
 
 from ..conf import app_settings
 from ..models import ArtifactStorage
+from ..text import strip_bidi_controls
 
 
 def download_name(artifact):
-    """The file name offered to the browser: the stored base name (never a path)."""
-    name = os.path.basename((artifact.file.name or "").replace("\\", "/")) or "artifact"
-    return name
+    """The file name offered to the browser: the stored base name (never a path), without the
+    characters that reorder text on screen (U+202E would show ``exe.txt`` as ``txt.exe``)."""
+    name = os.path.basename((artifact.file.name or "").replace("\\", "/"))
+    return strip_bidi_controls(name).strip() or "artifact"
 
 
 def _presigned(storage, name, filename):

@@ -2,14 +2,17 @@
 
 import json
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.db.models import prefetch_related_objects
 from django.http import Http404, HttpResponseForbidden, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import capfirst
+from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy as _lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -37,6 +40,10 @@ def js_strings():
         "failed_all": _("%(count)s failed."),
         "failed_some": _("%(count)s failed; the first %(shown)s are listed."),
         "counters": {name: str(label) for name, label in COUNTER_LABELS.items()},
+        "succeeded_in": _("Succeeded in %(duration)s"),
+        "failed_with": _("Failed: %(error)s"),
+        "language": get_language() or settings.LANGUAGE_CODE,
+        "time_zone": timezone.get_current_timezone_name(),
     }
 
 

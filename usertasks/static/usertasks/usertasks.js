@@ -24,6 +24,65 @@
     return fmt(S.s || "%(s)d s", {s: s});
   }
 
+  /* One time format for the page: Intl.DateTimeFormat in the page's language and the server's
+   * current time zone (the server renders the same elements with Django's locale formats when
+   * there is no script). */
+  var timeFormat = (function () {
+    var lang = S.language || document.documentElement.lang || undefined;
+    var options = {dateStyle: "medium", timeStyle: "medium"};
+    try { return new Intl.DateTimeFormat(lang, Object.assign({timeZone: S.time_zone || undefined}, options)); }
+    catch (e) {
+      try { return new Intl.DateTimeFormat(lang, options); } catch (e2) { return null; }
+    }
+  })();
+
+  function formatTime(iso) {
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) { return iso; }
+    return timeFormat ? timeFormat.format(d) : d.toLocaleString();
+  }
+
+  function machineTime(iso) {
+    var d = new Date(iso);
+    return isNaN(d.getTime()) ? iso : d.toISOString();
+  }
+
+  function timeElement(iso) {
+    var t = document.createElement("time");
+    t.setAttribute("datetime", machineTime(iso));
+    t.textContent = formatTime(iso);
+    return t;
+  }
+
+  function formatTimes(root) {
+    Array.prototype.forEach.call(root.querySelectorAll("time[datetime]"), function (t) {
+      var text = formatTime(t.getAttribute("datetime"));
+      if (t.textContent !== text) { t.textContent = text; }
+    });
+  }
+
+  /* User text goes into elements that isolate its direction (<bdi>, dir="auto"). */
+  function userText(tag, className, text) {
+    var el = document.createElement(tag);
+    if (className) { el.className = className; }
+    if (tag !== "bdi") { el.setAttribute("dir", "auto"); }
+    el.textContent = text;
+    return el;
+  }
+
+  function outcome(d) {
+    if (d.state === "Succeeded" && d.elapsed_seconds !== null && d.elapsed_seconds !== undefined) {
+      return fmt(S.succeeded_in, {duration: duration(d.elapsed_seconds)});
+    }
+    if (d.state === "Failed" && d.error) {
+      var line = String(d.error).split(/\r?\n/).filter(function (l) { return l.trim(); })[0] || "";
+      line = line.trim();
+      if (line.length > 200) { line = line.slice(0, 199) + "\u2026"; }
+      return fmt(S.failed_with, {error: line});
+    }
+    return d.state_text;
+  }
+
   function field(root, name) { return root.querySelector('[data-field="' + name + '"]'); }
 
   function setText(root, name, value) {
@@ -36,12 +95,9 @@
     if (!el) { return; }
     if (!iso) { el.textContent = "–"; return; }
     var t = el.querySelector("time");
-    if (t && t.getAttribute("datetime") === iso) { return; }
+    if (t && t.getAttribute("datetime") === machineTime(iso)) { return; }
     el.textContent = "";
-    t = document.createElement("time");
-    t.setAttribute("datetime", iso);
-    t.textContent = new Date(iso).toLocaleString();
-    el.appendChild(t);
+    el.appendChild(timeElement(iso));
   }
 
   function updateBar(bar, data) {
@@ -85,23 +141,17 @@
       var li = document.createElement("li");
       li.className = "ut-artifact ut-artifact-" + a.kind;
       if (a.kind === "text") {
-        var name = document.createElement("span");
-        name.className = "ut-artifact-name";
-        name.textContent = a.name;
-        var pre = document.createElement("pre");
-        pre.className = "ut-text";
-        pre.textContent = a.text;
-        li.appendChild(name);
-        li.appendChild(pre);
+        li.appendChild(userText("bdi", "ut-artifact-name", a.name));
+        li.appendChild(userText("pre", "ut-text", a.text));
       } else if (a.url) {
         var link = document.createElement("a");
         link.href = a.url;  /* always our own artifact URL */
-        link.textContent = a.name || a.target || S.download || "";
+        link.appendChild(userText("bdi", "", a.name || a.target || S.download || ""));
         if (a.kind === "file") { link.setAttribute("download", ""); }
         else { link.rel = "noopener noreferrer"; }
         li.appendChild(link);
       } else {
-        li.textContent = a.name;
+        li.appendChild(userText("bdi", "", a.name));
       }
       list.appendChild(li);
     });
@@ -115,9 +165,7 @@
     list.textContent = "";
     events.forEach(function (e) {
       var li = document.createElement("li");
-      var t = document.createElement("time");
-      t.setAttribute("datetime", e.time);
-      t.textContent = new Date(e.time).toLocaleString();
+      var t = timeElement(e.time);
       var kind = document.createElement("span");
       kind.className = "ut-event-kind";
       kind.textContent = e.text;
@@ -133,10 +181,7 @@
       }
       if (e.detail) {
         li.appendChild(document.createTextNode(" — "));
-        var d = document.createElement("span");
-        d.className = "ut-event-detail";
-        d.textContent = e.detail;
-        li.appendChild(d);
+        li.appendChild(userText("bdi", "ut-event-detail", e.detail));
       }
       list.appendChild(li);
     });
@@ -297,7 +342,7 @@
             if (!row) { return; }
             row.setAttribute("data-active", d.is_active ? "1" : "0");
             setState(row, field(row, "state_text"), d);
-            setText(row, "message", d.message);
+            setText(row, "message", d.is_active ? d.message : outcome(d));
             setText(row, "percent", d.percent === null ? "" : Math.round(d.percent) + "%");
             updateBar(row.querySelector("[data-ut-progress]"), d);
           });
@@ -320,6 +365,7 @@
 
   function init() {
     confirmForms();
+    formatTimes(document);
     var root = document.querySelector("[data-ut-status]");
     if (root) { liveStatus(root); }
     var table = document.querySelector("[data-ut-dashboard]");
