@@ -47,7 +47,7 @@ def test_schemathesis_every_check_passes(django_db_setup, live_server, user, cli
     client.force_login(user)
     cookie = client.cookies["sessionid"].value
     parameters = {"getTask": done.uuid, "streamTask": running.uuid, "cancelTask": running.uuid,
-                  "deleteTask": running.uuid, "deleteTaskByMethod": running.uuid}
+                  "deleteTask": running.uuid, "deleteTaskByMethod": running.uuid, "rerunTask": done.uuid}
     code, output = run_schemathesis(tmp_path, live_server.url, cookie, parameters)
     (tmp_path.parent / "schemathesis-output.txt").write_text(output)
     assert code == 0, output

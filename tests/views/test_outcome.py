@@ -140,7 +140,7 @@ def test_events_show_who_acted(client, user, django_user_model, redis):
     events = detail(client, task)["events"]
     assert [(e["kind"], e["actor"]) for e in events if e["kind"] == "canceled"] == [("canceled", "alice")]
     html = client.get(task.get_absolute_url()).content.decode()
-    assert re.search(r'Canceled</span> <span class="ut-event-actor">by alice</span>', html)
+    assert re.search(r'Canceled</span> <span class="ut-event-actor">by <bdi>alice</bdi></span>', html)
     # Events without an actor say nothing of one.
     UserTaskEvent.objects.create(status=task, kind="note", detail="x")
     assert detail(client, task)["events"][-1]["actor"] is None
