@@ -172,6 +172,10 @@ if os.environ.get("USERTASKS_TEST_WAKE_CONSUMERS") == "0":  # bench/pickup.py: D
     USERTASKS["WAKE_CONSUMERS"] = False
 if os.environ.get("USERTASKS_TEST_ABORT_REDIS_URL"):  # fault tests: abort flags on their own Redis
     USERTASKS["REDIS_URL"] = os.environ["USERTASKS_TEST_ABORT_REDIS_URL"]
+if os.environ.get("USERTASKS_TEST_SETTINGS"):  # worker processes of fault tests: a JSON object of USERTASKS keys
+    import json
+
+    USERTASKS.update(json.loads(os.environ["USERTASKS_TEST_SETTINGS"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING = {
