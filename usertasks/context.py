@@ -55,9 +55,8 @@ def _count(n: Any, what: str) -> int:
     try:
         value = operator.index(n)
     except TypeError:
-        if isinstance(n, float) and n.is_integer():
-            value = int(n)
-        elif isinstance(n, str) and n.strip().lstrip("+-").isdigit():
+        whole = isinstance(n, float) and n.is_integer()
+        if whole or (isinstance(n, str) and n.strip().lstrip("+-").isdigit()):
             value = int(n)
         else:
             raise TypeError(f"{what}: n must be a whole number of steps, got {n!r}") from None

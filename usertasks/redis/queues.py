@@ -10,6 +10,7 @@ subclass or not.
 """
 
 import logging
+from typing import Any
 
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
@@ -55,13 +56,13 @@ def held_message_ids(broker, queue_names):
     for queue in set(queue_names):
         queue = queue or "default"
         for name in (queue, dq_name(queue)):
-            redis_ids = set()
+            redis_ids: set[Any] = set()
             for worker in workers:
                 redis_ids.update(client.smembers(f"{namespace}:__acks__.{worker}.{name}"))
             redis_ids_list = sorted(redis_ids)
             for i in range(0, len(redis_ids_list), 1000):
                 for data in client.hmget(f"{namespace}:{name}.msgs", redis_ids_list[i : i + 1000]):
-                    if data is None:
+                    if not isinstance(data, bytes):
                         continue
                     try:
                         ids.add(Message.decode(data).message_id)
