@@ -323,15 +323,13 @@ class Writer:
             if stuck < timeout:
                 continue
             attempt[3] = True  # once per attempt
-            broken = _break(wrapper.connection)
+            action = _break(wrapper.connection)
             logger.error(
                 "usertasks: a status write (%d change(s)) has been stuck for %.1fs (WRITE_TIMEOUT %ss); %s",
                 count,
                 stuck,
                 timeout,
-                "dropping its database connection and retrying on a fresh one"
-                if broken
-                else "it cannot be interrupted: waiting for the database's own timeouts",
+                action or "it cannot be interrupted: waiting for the database's own timeouts",
             )
 
     def _close(self):
@@ -389,13 +387,14 @@ def _bound(wrapper, base):
 
 def _break(raw):
     """Make the I/O of the raw DB-API connection ``raw`` fail now, from another thread: shut its
-    socket down (PostgreSQL, MySQL) or interrupt it (SQLite).  Whether that could be done."""
+    socket down (PostgreSQL, MySQL) or interrupt it (SQLite).  What was done, for the log
+    (``None``: nothing could be)."""
     if raw is None:
-        return False  # still connecting: the connect timeout bounds it
+        return None  # still connecting: the connect timeout bounds it
     interrupt = getattr(raw, "interrupt", None)
     if interrupt is not None and raw.__class__.__module__.startswith("sqlite3"):
         interrupt()  # ends a running statement; a wait for a lock ends with the busy timeout
-        return True
+        return "interrupting it (a wait for a lock ends with SQLite's busy timeout), then retrying"
     fd = None
     try:
         pgconn = getattr(raw, "pgconn", None)  # psycopg 3
@@ -408,7 +407,7 @@ def _break(raw):
     except Exception as exc:
         logger.debug("usertasks writer: no socket to break: %s", exc)
     if fd is None or fd < 0:
-        return False
+        return None
     try:
         sock = socket.socket(fileno=os.dup(fd))
         try:
@@ -417,8 +416,8 @@ def _break(raw):
             sock.close()
     except OSError as exc:
         logger.debug("usertasks writer: could not shut the connection down: %s", exc)
-        return False
-    return True
+        return None
+    return "dropping its database connection and retrying on a fresh one"
 
 
 def _seconds(value):
