@@ -202,6 +202,10 @@ if os.environ.get("USERTASKS_TEST_BROKER") == "stub-bare":  # tests/test_mainten
     DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": []}
 if os.environ.get("USERTASKS_TEST_ABORT_REDIS_URL"):  # fault tests: abort flags on their own Redis
     USERTASKS["REDIS_URL"] = os.environ["USERTASKS_TEST_ABORT_REDIS_URL"]
+if os.environ.get("USERTASKS_TEST_SETTINGS"):  # worker processes of fault tests: a JSON object of USERTASKS keys
+    import json
+
+    USERTASKS.update(json.loads(os.environ["USERTASKS_TEST_SETTINGS"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING = {

@@ -71,6 +71,18 @@ DEFAULTS = {
     # Seconds the writer may hold the final states of runs no thread waits for (their messages'
     # acknowledgements wait for the commit) to commit more of them together; 0: at once.
     "WRITE_LINGER": 0.02,
+    # Seconds one batch of the writer may take (connecting included) before its watchdog logs it
+    # at ERROR, drops the database connection and retries on a fresh one; also the statement
+    # timeout (PostgreSQL) and the read and write timeouts (MySQL) of the writer's connection.
+    # None: no watchdog, no such timeouts.
+    "WRITE_TIMEOUT": 30.0,
+    # Seconds the writer waits for a new database connection (PostgreSQL, MySQL).
+    "CONNECT_TIMEOUT": 10,
+    # Seconds a Redis command of usertasks' own connections (abort flags, wake-ups, its scripts
+    # on the broker's server) may wait for its reply, and for a new connection; where the
+    # broker's options set none of their own.
+    "REDIS_SOCKET_TIMEOUT": 5.0,
+    "REDIS_CONNECT_TIMEOUT": 2.0,
     # PostgreSQL with psycopg 3: run the hot statements (the writer's batches, bulk inserts) as
     # server-side prepared statements, planned once per connection.  False behind a connection
     # pooler that cannot keep them (PgBouncer in transaction mode before 1.21, or with

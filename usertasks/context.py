@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import operator
 import os
 import socket
 import threading
@@ -19,6 +20,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import Aborted
+from .sql import MAX_COUNT, storable
 from .text import clip
 
 if TYPE_CHECKING:
@@ -47,6 +49,43 @@ def _run_token() -> str:
     if _process[0] != pid:  # first run of this process (or of a forked child)
         _process = (pid, os.urandom(4).hex())
     return f"{_HOST}:{pid}:{threading.current_thread().name}:{_process[1]}{next(_runs):x}"
+
+
+#: Longest message the status row's column holds (``MESSAGE_MAX_LENGTH`` is cut to it).
+MESSAGE_COLUMN_LENGTH = 1000
+
+
+def _count(n: Any, what: str) -> int:
+    """``n`` as a count of steps, or a clear error: a whole number from 0 to :data:`MAX_COUNT`."""
+    try:
+        value = operator.index(n)
+    except TypeError:
+        whole = isinstance(n, float) and n.is_integer()
+        if whole or (isinstance(n, str) and n.strip().lstrip("+-").isdigit()):
+            value = int(n)
+        else:
+            raise TypeError(f"{what}: n must be a whole number of steps, got {n!r}") from None
+    if value < 0:
+        raise ValueError(f"{what}: n must be >= 0, got {value} (progress only moves forward)")
+    if value > MAX_COUNT:
+        raise ValueError(f"{what}: n must be at most {MAX_COUNT}, the largest count the database stores; got {value}")
+    return value
+
+
+def _text(value: Any) -> str:
+    """A message as the row stores it: a string without NUL characters or lone surrogates, cut
+    to the column's length (``snapshot()`` cuts it to ``MESSAGE_MAX_LENGTH``)."""
+    text = value if value.__class__ is str else str(value)
+    if len(text) > MESSAGE_COLUMN_LENGTH:
+        text = clip(text, MESSAGE_COLUMN_LENGTH)
+    return storable(text)
+
+
+def _message_limit(value: Any) -> int:
+    try:
+        return min(max(int(value), 1), MESSAGE_COLUMN_LENGTH)
+    except (TypeError, ValueError):
+        return MESSAGE_COLUMN_LENGTH
 
 
 def current_task() -> TaskContext | None:
@@ -175,26 +214,36 @@ class TaskContext:
     # -- progress -----------------------------------------------------------------------------
 
     def set_total_steps(self, n: int) -> None:
-        """Set how many steps the task will take (the 100 % mark)."""
-        n = int(n)
-        if n < 0:
-            raise ValueError("total_steps must be >= 0")
-        self.total = n
+        """Set how many steps the task will take (the 100 % mark): a whole number from 0 to
+        2**63 - 1 (what the database stores); anything else raises ``ValueError`` (``TypeError``
+        for a value that is not a number) here, in the task."""
+        self.total = _count(n, "set_total_steps(n)")
         self.dirty = True
 
     def step(self, n: int = 1, message: str | None = None) -> None:
-        """Count ``n`` more steps done, optionally with a new message; raises
-        :class:`~usertasks.Aborted` once a cancel has been requested.  Costs no I/O."""
-        self.completed += n
+        """Count ``n`` more steps done (a whole number >= 0), optionally with a new message;
+        raises :class:`~usertasks.Aborted` once a cancel has been requested.  Costs no I/O.
+
+        Progress only moves forward: a negative ``n``, or one that takes the count past
+        2**63 - 1, raises ``ValueError`` here and leaves the count as it was."""
+        if n.__class__ is not int or n < 0:
+            n = _count(n, "step(n)")
+        completed = self.completed + n
+        if completed > MAX_COUNT:
+            raise ValueError(
+                f"step({n}): the count of steps done would pass {MAX_COUNT}, the largest the database stores"
+            )
+        self.completed = completed
         if message is not None:
-            self.message = message
+            self.message = _text(message)
         self.dirty = True
         if self._abort:
             raise Aborted()
 
     def set_message(self, text: str | None) -> None:
-        """Show ``text`` as the task's current activity."""
-        self.message = "" if text is None else str(text)
+        """Show ``text`` as the task's current activity (cut to ``MESSAGE_MAX_LENGTH``
+        characters with an ellipsis)."""
+        self.message = "" if text is None else _text(text)
         self.dirty = True
 
     def snapshot(self) -> tuple[int, int | None, str | None]:
@@ -202,8 +251,13 @@ class TaskContext:
         from .conf import app_settings
 
         self.dirty = False
-        message = None if self.message is None else clip(self.message, app_settings.MESSAGE_MAX_LENGTH)
-        return self.completed, self.total, message
+        message = None if self.message is None else clip(self.message, _message_limit(app_settings.MESSAGE_MAX_LENGTH))
+        completed, total = self.completed, self.total
+        if not 0 <= completed <= MAX_COUNT:  # assigned by hand: store what the column can hold
+            completed = min(max(int(completed), 0), MAX_COUNT)
+        if total is not None and not 0 <= total <= MAX_COUNT:
+            total = min(max(int(total), 0), MAX_COUNT)
+        return completed, total, message
 
     def count(self, **counters: int) -> None:
         """Add to the task's outcome counters (``task.count(succeeded=48, failed=1, skipped=1)``;

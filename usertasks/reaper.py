@@ -4,6 +4,8 @@
   had its worker die.  If its message is still in the broker (a Redis broker hands the
   messages of a dead worker to another one), the row goes back to Pending with a ``requeued``
   event and the next run takes it over; otherwise it ends Failed ("worker lost").
+  A task whose message a *live* worker holds (fetched, not acknowledged, the worker's broker
+  heartbeat fresh) is left alone: that worker's writes are held up, and it will store the end.
 * **Never started**: a task Pending (or Retrying) for ``USERTASKS["PENDING_TIMEOUT"]`` past its
   due time whose message is no longer in the broker (queue flushed, broker data lost) ends
   Failed ("never started").  Only brokers whose contents can be read are checked (Redis); with
@@ -39,12 +41,12 @@ from .conf import app_settings
 from .containers import completion
 from .models import EventKind, UserTaskStatus
 from .protocol import CALLBACK_DUE
-from .redis.queues import live_message_ids
+from .redis.queues import held_message_ids, live_message_ids
 from .states import FINAL_STATES, State
 
 logger = logging.getLogger("usertasks.reaper")
 
-__all__ = ["ReapResult", "live_message_ids", "reap", "reap_lost_tasks"]
+__all__ = ["ReapResult", "held_message_ids", "live_message_ids", "reap", "reap_lost_tasks"]
 
 WORKER_LOST = "The worker running this task stopped unexpectedly."
 NEVER_STARTED = "The task could not be started: its message was lost."
@@ -60,6 +62,7 @@ class ReapResult:
     requeued: list = field(default_factory=list)  # ids back to Pending (message still queued)
     never_started: list = field(default_factory=list)  # ids now Failed
     unchecked: int = 0  # overdue Pending tasks left alone: the broker's contents are unknown
+    held: list = field(default_factory=list)  # ids without heartbeat left alone: a live worker holds their message
     flags_cleared: int = 0
     callbacks: list = field(default_factory=list)  # ids of containers whose callback was sent
 
@@ -67,6 +70,7 @@ class ReapResult:
         return (
             f"{len(self.worker_lost)} worker lost, {len(self.requeued)} requeued, "
             f"{len(self.never_started)} never started, {self.unchecked} unchecked, "
+            f"{len(self.held)} held by live workers, "
             f"{self.flags_cleared} abort flags cleared, {len(self.callbacks)} completion callbacks sent"
         )
 
@@ -98,13 +102,14 @@ def reap(now: datetime | None = None, *, dry_run: bool = False, broker: Any = No
             "pk", "state", "attempts", "queue_name", "modified", "parent_id"
         )
     )
-    live = None
+    live = held = None
     if stale or overdue:
         try:
             live = live_message_ids(broker, [r["queue_name"] for r in stale + overdue])
+            held = held_message_ids(broker, [r["queue_name"] for r in stale]) if stale else set()
         except Exception as exc:
             logger.warning("usertasks reaper: cannot read the broker (%s); only heartbeats are used", exc)
-            live = None
+            live = held = None
         task_ids = dict(rows.filter(pk__in=[r["pk"] for r in stale + overdue]).values_list("pk", "task_id"))
 
     def fail(row: Any, where: dict[str, Any], text: str, kind: str, bucket: list[int]) -> None:
@@ -114,6 +119,11 @@ def reap(now: datetime | None = None, *, dry_run: bool = False, broker: Any = No
     for row in stale:
         # (In Progress, or a custom state of a Celery task)
         where = {"state": row["state"], "worker": row["worker"], "heartbeat": row["heartbeat"]}
+        if held is not None and task_ids.get(row["pk"]) in held:
+            # A live worker has its message and will store its end: its status writes are held
+            # up (a database that stopped answering it), its run is not lost.
+            result.held.append(row["pk"])
+            continue
         if live is not None and task_ids.get(row["pk"]) in live:
             if dry_run or transitions.requeue_lost(rows, row, where, detail=REQUEUED, now=now):
                 result.requeued.append(row["pk"])
@@ -146,6 +156,14 @@ def reap(now: datetime | None = None, *, dry_run: bool = False, broker: Any = No
 
     _send_due_callbacks(rows, now, dry_run, result)
 
+    if result.held:
+        logger.warning(
+            "usertasks reaper: %d task(s) without a heartbeat for %ss are held by live workers "
+            "(their status writes are held up); left alone: %s",
+            len(result.held),
+            app_settings.STALE_AFTER,
+            result.held[:20],
+        )
     if result.worker_lost or result.never_started or result.requeued or result.callbacks:
         logger.warning("usertasks reaper: %s", result)
     return result

@@ -5,6 +5,11 @@ times a second, some with a thousand arguments.  Through redis-py, each call che
 out of the pool and polls it, and packs every argument in Python (about 4 µs each on a busy
 process); here the command is packed in one ``bytes.join`` and sent on a connection the calling
 thread keeps for itself (per process and per connection pool: a forked child makes its own).
+
+Every connection usertasks opens to Redis has bounded waits (:func:`bounded_kwargs`): a read
+and connect timeout (``USERTASKS["REDIS_SOCKET_TIMEOUT"]``, ``["REDIS_CONNECT_TIMEOUT"]``)
+and TCP keepalives, where the client's own options set none, so a Redis that stops answering
+makes a call fail (and its caller retry) instead of hanging a thread for ever.
 """
 
 import hashlib
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["Script", "pack"]
+__all__ = ["Script", "bounded", "bounded_kwargs", "pack"]
 
 _local = threading.local()
 
@@ -33,6 +38,43 @@ def pack(args):
     return b"".join(parts)
 
 
+def bounded_kwargs(kwargs, connection_class=None):
+    """Connection keyword arguments ``kwargs`` with usertasks' Redis timeouts where they have
+    none (``socket_timeout``, ``socket_connect_timeout``) and, over TCP, keepalives."""
+    from .conf import app_settings
+
+    out = dict(kwargs)
+    for key, setting in (
+        ("socket_timeout", "REDIS_SOCKET_TIMEOUT"),
+        ("socket_connect_timeout", "REDIS_CONNECT_TIMEOUT"),
+    ):
+        value = getattr(app_settings, setting)
+        if out.get(key) is None and value is not None:
+            out[key] = float(value)
+    if connection_class is None or issubclass(connection_class, redis.connection.Connection):
+        out.setdefault("socket_keepalive", True)
+        if not out["socket_keepalive"]:
+            out["socket_keepalive"] = True
+    return out
+
+
+_bounded: "weakref.WeakKeyDictionary[redis.ConnectionPool, redis.Redis]" = weakref.WeakKeyDictionary()
+_bounded_lock = threading.Lock()
+
+
+def bounded(client):
+    """A client on the same server as ``client``, with :func:`bounded_kwargs` (one per pool of
+    ``client``, kept while that pool lives)."""
+    pool = client.connection_pool
+    with _bounded_lock:
+        found = _bounded.get(pool)
+        if found is None:
+            kwargs = bounded_kwargs(pool.connection_kwargs, pool.connection_class)
+            found = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+            _bounded[pool] = found
+        return found
+
+
 def connection(client):
     """A connection to ``client``'s server that belongs to the calling thread (made on first use,
     again after a fork or after an error dropped it)."""
@@ -43,7 +85,7 @@ def connection(client):
     pool = client.connection_pool
     conn = conns.get(pool)
     if conn is None:
-        conn = conns[pool] = pool.connection_class(**pool.connection_kwargs)
+        conn = conns[pool] = pool.connection_class(**bounded_kwargs(pool.connection_kwargs, pool.connection_class))
     return conn
 
 
@@ -75,7 +117,8 @@ class Script:
                 conn.send_packed_command([command], check_health=False)
                 return conn.read_response()
             except redis.exceptions.NoScriptError:
-                client.script_load(self.text)
+                conn.send_command("SCRIPT", "LOAD", self.text, check_health=False)
+                conn.read_response()
                 conn.send_packed_command([command], check_health=False)
                 return conn.read_response()
         except BaseException:

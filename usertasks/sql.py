@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
+import re
 import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
@@ -26,7 +27,18 @@ from django.db import DatabaseError, OperationalError, connections
 
 from .states import State
 
-__all__ = ["NextAttempt", "Statements", "arrays", "columns", "count_children_sql", "execute", "insert", "supported"]
+__all__ = [
+    "MAX_COUNT",
+    "NextAttempt",
+    "Statements",
+    "arrays",
+    "columns",
+    "count_children_sql",
+    "execute",
+    "insert",
+    "storable",
+    "supported",
+]
 
 logger = logging.getLogger("usertasks.db")
 
@@ -34,6 +46,23 @@ _UNSET = object()
 #: Set when the server refused a prepared statement (a pooler that cannot keep them): from then
 #: on this process binds parameters on the client again.
 _prepare_failed = False
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+#: The largest count a 64-bit counter column stores (steps, totals).
+MAX_COUNT = 2**63 - 1
+
+
+def storable(text: str) -> str:
+    """``text`` as every supported database stores it: NUL characters (PostgreSQL refuses them)
+    and lone surrogates (no encoding has them) become U+FFFD."""
+    if text.isascii():
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = _SURROGATES.sub("\ufffd", text)
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def execute(connection, sql, params):

@@ -71,6 +71,7 @@ __all__ = [
     "expire_before_start",
     "fail_unsent",
     "finish",
+    "refused",
     "request_cancel",
     "requeue_lost",
     "retrying",
@@ -204,8 +205,37 @@ def end(
     event of ``kind``.  A child's end is counted on its container in the same transaction."""
     events: list[UserTaskEvent] = []
     if not (ctx.quiet and kind == EventKind.SUCCEEDED):
-        events.append(UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, clip(detail, 4000)))
-    return Change("end", ctx, fields=dict(fields or {}, state=state), events=events, lazy=lazy)
+        events.append(UserTaskEvent.of_run(ctx.status_id, kind, ctx.attempt, sql.storable(clip(detail, 4000))))
+    fields = {k: sql.storable(v) if v.__class__ is str and v else v for k, v in (fields or {}).items()}
+    return Change("end", ctx, fields=dict(fields, state=state), events=events, lazy=lazy)
+
+
+def refused(change: Change, exc: BaseException) -> Change | None:
+    """The database refused ``change`` outright (a constraint, a value it cannot store): for the
+    final end of a run, the change that ends the task Failed instead, with the reason and none of
+    the run's own text (its progress counts kept, its message left as stored); ``None`` for any
+    other change."""
+    if change.kind != "end" or change.fields.get("state") not in FINAL or change.ctx is None:
+        return None
+    ctx = change.ctx
+    first = (str(exc).strip().splitlines() or [""])[0]  # the server's detail may quote the row
+    reason = clip(
+        sql.storable(
+            f"The database refused to store this task's outcome ({change.fields['state']}): "
+            f"{type(exc).__name__}: {first}"
+        ),
+        1000,
+    )
+    ctx.message = None
+    fallback = end(
+        ctx,
+        State.FAILED,
+        EventKind.FAILED,
+        fields={"error": reason, "error_class": "", "traceback": ""},
+        detail=reason,
+    )
+    fallback.start = change.start
+    return fallback
 
 
 def body_done(ctx: Any) -> Change:

@@ -18,10 +18,19 @@ cost ten times as much to build.
 Failures: a transient database error (connection lost, "database is locked") makes the writer
 close its connection and try the same batch again with a growing pause, for as long as it
 takes; a change the database refuses outright (a bug, not an outage) is retried on its own so
-it cannot hold up the others, then logged and dropped.  See ``docs/guarantees.md``.
+it cannot hold up the others; a refused final end of a run is stored as Failed with the
+reason (``transitions.refused``), anything else refused is logged and dropped.
+
+No silent stall: the writer's own connection gets bounded waits (:func:`bounded_options`:
+connect timeout, TCP keepalives, statement or socket timeouts), and a watchdog thread logs at
+ERROR any attempt at a batch that runs past ``WRITE_TIMEOUT`` and drops its connection, so the
+attempt fails and the writer retries on a fresh one.  See ``docs/guarantees.md``.
 """
 
 import logging
+import math
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -31,10 +40,12 @@ from django.db import InterfaceError, OperationalError, connections, router
 from . import transitions
 from .models import UserTaskStatus
 from .process import PerProcess
+from .signals import send_task_finished
+from .states import State
 
 logger = logging.getLogger("usertasks.writer")
 
-__all__ = ["Writer", "get_writer", "stop_writer"]
+__all__ = ["Writer", "bounded_options", "get_writer", "stop_writer"]
 
 
 class Writer:
@@ -51,8 +62,12 @@ class Writer:
         self._failing_since = None
         self._idle = True
         self.batches = 0  # for tests and benchmarks
+        self._attempt = None  # [began, connection wrapper, changes, broken] of the write under way
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="usertasks-writer", daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch, name="usertasks-writer-watchdog", daemon=True)
+        self._watchdog.start()
 
     # -- API for worker threads ----------------------------------------------------------------
 
@@ -132,6 +147,7 @@ class Writer:
                 self._stopping = True
                 self._cond.notify()
             self._thread.join(timeout)
+            self._stopped.set()
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -215,7 +231,7 @@ class Writer:
         delay = 0.05
         while True:
             try:
-                transitions.apply(ops, dirty, beating)
+                self._apply(ops, dirty, beating)
                 if self._failing_since is not None:
                     logger.warning(
                         "usertasks: database writable again after %.1fs", time.monotonic() - self._failing_since
@@ -228,9 +244,7 @@ class Writer:
                         for op in ops:
                             self._write([op], (), ())
                         return
-                    logger.exception("usertasks: dropped a state change the database refused: %r", ops)
-                    for op in ops:
-                        op.error = exc
+                    self._refused(ops, exc)
                     break
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
@@ -244,11 +258,166 @@ class Writer:
             op.done.set()
         self.batches += 1
 
+    def _refused(self, ops, exc):
+        """The database refused a change outright.  The final end of a run is stored as Failed
+        with the reason instead (``transitions.refused``), so the task never stays unfinished;
+        anything else is logged and dropped."""
+        for op in ops:
+            op.error = exc
+            fallback = transitions.refused(op, exc)
+            if fallback is None:
+                logger.error("usertasks: dropped a state change the database refused: %r", op, exc_info=exc)
+                continue
+            logger.error(
+                "usertasks: the database refused the end of task %s (%s); storing it as Failed",
+                op.ctx.status_id,
+                exc,
+                exc_info=exc,
+            )
+            try:
+                self._apply([fallback], (), ())
+            except Exception as again:
+                logger.error(
+                    "usertasks: the database refused the Failed end of task %s too: %s", op.ctx.status_id, again
+                )
+                continue
+            if fallback.applied:
+                try:
+                    send_task_finished(op.ctx.status_id, State.FAILED)
+                except Exception as failed:  # pragma: no cover - receivers' errors are logged by the signal
+                    logger.error("usertasks: task_finished for task %s: %s", op.ctx.status_id, failed)
+
+    def _apply(self, ops, dirty, beating):
+        """One attempt at a batch, watched: connecting (with the bounded waits of
+        :func:`bounded_options`) and writing must end within ``WRITE_TIMEOUT`` seconds, or the
+        watchdog drops the connection."""
+        db = router.db_for_write(UserTaskStatus)
+        wrapper = connections[db]
+        self._attempt = [time.monotonic(), wrapper, len(ops), False]
+        try:
+            if wrapper.connection is None:
+                _bound(wrapper, connections.settings[db])
+                wrapper.ensure_connection()
+            transitions.apply(ops, dirty, beating, using=db)
+        finally:
+            self._attempt = None
+
+    def _watch(self):
+        """The watchdog's thread: a batch attempt running longer than ``WRITE_TIMEOUT`` is logged
+        at ERROR and its connection dropped (the attempt then fails, and the writer retries on a
+        fresh connection)."""
+        from .conf import app_settings
+
+        while not self._stopped.is_set():
+            try:
+                timeout = app_settings.WRITE_TIMEOUT
+                timeout = None if timeout is None else float(timeout)
+            except (TypeError, ValueError):
+                timeout = None
+            self._stopped.wait(1.0 if timeout is None else min(1.0, max(timeout / 4, 0.05)))
+            attempt = self._attempt
+            if timeout is None or attempt is None or attempt[3]:
+                continue
+            began, wrapper, count, _ = attempt
+            stuck = time.monotonic() - began
+            if stuck < timeout:
+                continue
+            attempt[3] = True  # once per attempt
+            action = _break(wrapper.connection)
+            logger.error(
+                "usertasks: a status write (%d change(s)) has been stuck for %.1fs (WRITE_TIMEOUT %ss); %s",
+                count,
+                stuck,
+                timeout,
+                action or "it cannot be interrupted: waiting for the database's own timeouts",
+            )
+
     def _close(self):
         try:
             connections[router.db_for_write(UserTaskStatus)].close()
         except Exception as exc:  # a connection that is gone already
             logger.debug("usertasks writer: closing the connection: %s", exc)
+
+
+#: TCP keepalives of the writer's PostgreSQL connections (libpq parameters), where the database
+#: ``OPTIONS`` set none: probes after 30 s of silence, every 10 s, 3 unanswered ones drop it.
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def bounded_options(vendor, options, write_timeout, connect_timeout):
+    """The ``OPTIONS`` of the writer's connection to a database of ``vendor``: the site's own,
+    plus bounded waits where they set none.  PostgreSQL: ``connect_timeout``, TCP keepalives and
+    ``statement_timeout`` = ``write_timeout``; MySQL: ``connect_timeout``, ``read_timeout`` and
+    ``write_timeout``.  ``None`` when nothing is to be added (SQLite; a PostgreSQL connection
+    pool, whose connections are shared with other threads)."""
+    extra = {}
+    if vendor == "postgresql":
+        if "pool" in options:
+            return None
+        if connect_timeout:
+            extra["connect_timeout"] = max(2, math.ceil(connect_timeout))
+        extra.update(PG_KEEPALIVES)
+        given = options.get("options") or ""
+        if write_timeout and "statement_timeout" not in given:
+            extra["options"] = f"{given} -c statement_timeout={math.ceil(write_timeout * 1000)}".strip()
+    elif vendor == "mysql":
+        if connect_timeout:
+            extra["connect_timeout"] = math.ceil(connect_timeout)
+        if write_timeout:
+            extra["read_timeout"] = extra["write_timeout"] = math.ceil(write_timeout)
+    extra = {k: v for k, v in extra.items() if k == "options" or k not in options}
+    return dict(options, **extra) if extra else None
+
+
+def _bound(wrapper, base):
+    """Give the writer thread's own connection wrapper the settings of :func:`bounded_options`
+    before it connects (a copy: the other threads' connections keep the site's settings)."""
+    from .conf import app_settings
+
+    try:
+        write_timeout = app_settings.WRITE_TIMEOUT
+        write_timeout = None if write_timeout is None else float(write_timeout)
+        connect_timeout = app_settings.CONNECT_TIMEOUT
+        connect_timeout = None if connect_timeout is None else float(connect_timeout)
+    except (TypeError, ValueError):
+        write_timeout = connect_timeout = None
+    options = bounded_options(wrapper.vendor, base.get("OPTIONS") or {}, write_timeout, connect_timeout)
+    wrapper.settings_dict = base if options is None else dict(base, OPTIONS=options)
+
+
+def _break(raw):
+    """Make the I/O of the raw DB-API connection ``raw`` fail now, from another thread: shut its
+    socket down (PostgreSQL, MySQL) or interrupt it (SQLite).  What was done, for the log
+    (``None``: nothing could be)."""
+    if raw is None:
+        return None  # still connecting: the connect timeout bounds it
+    interrupt = getattr(raw, "interrupt", None)
+    if interrupt is not None and raw.__class__.__module__.startswith("sqlite3"):
+        interrupt()  # ends a running statement; a wait for a lock ends with the busy timeout
+        return "interrupting it (a wait for a lock ends with SQLite's busy timeout), then retrying"
+    fd = None
+    try:
+        pgconn = getattr(raw, "pgconn", None)  # psycopg 3
+        if pgconn is not None:
+            fd = pgconn.socket
+        elif getattr(raw, "_sock", None) is not None:  # PyMySQL
+            fd = raw._sock.fileno()
+        elif hasattr(raw, "fileno"):  # psycopg2, mysqlclient
+            fd = raw.fileno()
+    except Exception as exc:
+        logger.debug("usertasks writer: no socket to break: %s", exc)
+    if fd is None or fd < 0:
+        return None
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+    except OSError as exc:
+        logger.debug("usertasks writer: could not shut the connection down: %s", exc)
+        return None
+    return "dropping its database connection and retrying on a fresh one"
 
 
 def _seconds(value):

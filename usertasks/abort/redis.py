@@ -14,7 +14,7 @@ cancel sees the claim and treats the task as running.
 
 import time
 
-from ..rediscalls import Script
+from ..rediscalls import Script, bounded_kwargs
 from .base import AbortBackend
 
 #: Prefix of every key when ``REDIS_KEY_PREFIX`` is not set; the database's hash follows.
@@ -29,24 +29,21 @@ _CANCEL_PENDING = Script.load(__file__, "cancel_pending.lua")
 
 def _client():
     """A Redis client for the flags: ``USERTASKS["REDIS_URL"]`` when set, else the connection
-    settings of the broker when it is a ``RedisBroker``.  Short socket timeouts, so an
-    unreachable Redis cannot hold up the worker's writer thread."""
+    settings of the broker when it is a ``RedisBroker``.  With bounded waits
+    (``usertasks.rediscalls.bounded_kwargs``: ``REDIS_SOCKET_TIMEOUT``, ``REDIS_CONNECT_TIMEOUT``,
+    keepalives), so an unreachable Redis cannot hold up the worker's threads."""
     import redis
 
     from ..broker import configured_broker
     from ..conf import app_settings
     from ..exceptions import ConfigurationError
 
-    timeouts = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
     url = app_settings.REDIS_URL
-    if url:
-        return redis.Redis.from_url(url, **timeouts)
-    broker = configured_broker()
-    client = getattr(broker, "client", None)
+    client = redis.Redis.from_url(url) if url else getattr(configured_broker(), "client", None)
     if isinstance(client, redis.Redis):
-        kwargs = dict(client.connection_pool.connection_kwargs)
-        kwargs.update(timeouts)
-        pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
+        source = client.connection_pool
+        kwargs = bounded_kwargs(source.connection_kwargs, source.connection_class)
+        pool = redis.ConnectionPool(connection_class=source.connection_class, **kwargs)
         return redis.Redis(connection_pool=pool)
     raise ConfigurationError(
         "The Redis abort backend needs a RedisBroker or USERTASKS['REDIS_URL'] "

@@ -38,7 +38,7 @@ from dramatiq.errors import ConnectionClosed
 from ..abort import FIRST, get_backend, prefetch
 from ..conf import app_settings
 from ..protocol import DEFERRING_CONSUMER, PARENT_OPTION, PENDING_END, PREFETCH_CLAIM, STATUS_OPTION
-from ..rediscalls import Script
+from ..rediscalls import Script, bounded
 from .acks import MAX_PENDING, get_acker
 from .wakeup import Waker, channel
 
@@ -58,7 +58,9 @@ class Consumer(_RedisConsumer):
         super().__init__(broker, queue_name, prefetch_count, timeout)
         self.room = threading.Event()  # set whenever a message stops counting against the window
         self.waker = (
-            Waker(broker.client, channel(broker.namespace, queue_name)) if app_settings.WAKE_CONSUMERS else None
+            Waker(bounded(broker.client), channel(broker.namespace, queue_name))
+            if app_settings.WAKE_CONSUMERS
+            else None
         )
         self.acker = get_acker()
         self._claims = {}  # message id -> claim result, for the messages of the cached batch
