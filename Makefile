@@ -41,7 +41,7 @@ test: lint docs test-upstream
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
 		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \
 		|| echo "== Chromium could not be installed: the browser test will be skipped"; }
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	env -u DATABASE_URL $(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ -n "$$DATABASE_URL" ]; then \
 		echo "== again on $$DATABASE_URL"; \
 		$(BIN)/python -m pytest $(PYTEST_ARGS); \

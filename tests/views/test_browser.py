@@ -182,11 +182,12 @@ def test_long_words_wrap_and_the_console_stays_clean(django_db_setup, browser, l
     from usertasks.artifacts import create_artifact
     from usertasks.models import UserTaskEvent, UserTaskStatus
 
-    failed = make_task(user, "Long " + LONG_WORD, "Failed", message=LONG_WORD, error="Error " + LONG_WORD)
-    create_artifact(failed.pk, LONG_WORD, text=LONG_WORD)
-    create_artifact(failed.pk, LONG_WORD, url="https://example.com/" + "u" * 1500)
-    UserTaskEvent.objects.create(status=failed, kind="note", detail=LONG_WORD)
-    running = make_task(user, "Running " + LONG_WORD, "In Progress", total_steps=4, completed_steps=1)
+    # (as long as each column holds: names 255 characters, messages 1,000, on every database)
+    failed = make_task(user, "Long " + LONG_WORD[:250], "Failed", message=LONG_WORD[:900], error="Error " + LONG_WORD)
+    create_artifact(failed.pk, LONG_WORD[:255], text=LONG_WORD)
+    create_artifact(failed.pk, LONG_WORD[:255], url="https://example.com/" + "u" * 900)
+    UserTaskEvent.objects.create(status=failed, kind="note", detail=LONG_WORD[:4000])
+    running = make_task(user, "Running " + LONG_WORD[:240], "In Progress", total_steps=4, completed_steps=1)
     pending = make_task(user, "Waiting", "Pending")
 
     context = browser.new_context(viewport={"width": width, "height": 800})
@@ -222,7 +223,7 @@ def test_long_words_wrap_and_the_console_stays_clean(django_db_setup, browser, l
     page.goto(live_server.url + running.get_absolute_url())
     page.wait_for_function("() => document.querySelector('[data-field=state_text]')")
     UserTaskEvent.objects.create(status=running, kind="note", detail="\u062a\u0635\u062f\u064a\u0631 " + LONG_WORD)
-    UserTaskStatus.objects.filter(pk=running.pk).update(completed_steps=3, message="three " + LONG_WORD)
+    UserTaskStatus.objects.filter(pk=running.pk).update(completed_steps=3, message="three " + LONG_WORD[:900])
     page.wait_for_function("() => Number(document.querySelector('[role=progressbar]').getAttribute('aria-valuenow')) === 75")
     page.wait_for_function("() => document.querySelectorAll('.ut-event-detail').length >= 1")
     assert page.evaluate("() => document.documentElement.scrollWidth") == width
