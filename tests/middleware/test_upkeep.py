@@ -96,7 +96,9 @@ def test_the_upkeep_reaps_and_purges(start_worker, redis, user):
     assert UserTaskStatus.objects.filter(pk=kept.pk).exists()
     prefix = key_namespace() + "upkeep:"
     for job in ("reap", "purge"):
-        assert redis.hget(prefix + job, "runs") == b"1" and redis.hget(prefix + job, "error") == b""
+        # (a job's run is recorded once it has returned, a moment after its effect shows)
+        wait_for(lambda j=job: redis.hget(prefix + j, "runs") == b"1", message=f"the {job} to be recorded")
+        assert redis.hget(prefix + job, "error") == b""
 
 
 def test_no_upkeep_when_both_jobs_are_off(start_worker, redis, user):
