@@ -67,3 +67,26 @@ def start_worker(transactional_db, redis):
     for w in started:
         w.stop()
     redis.flushdb()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_the_test_database(django_db_setup, django_db_blocker):
+    """Before the test database is dropped: stop this process's status writer (its thread has a
+    connection of its own) and, on PostgreSQL, end the sessions a killed worker process may have
+    left, so that dropping the database is not refused ("being accessed by other users")."""
+    yield
+    from django.db import connection, connections
+
+    from usertasks import runs
+
+    runs.shutdown()
+    with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            name = connection.settings_dict["NAME"]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    [name],
+                )
+        connections.close_all()

@@ -209,7 +209,7 @@ def test_api_rerun_returns_the_new_task(client, user, worker):
     assert wait_final(again).state == State.SUCCEEDED
     detail = client.get(reverse("usertasks:api-detail", args=[done.uuid])).json()
     assert detail["rerun_of"] is None
-    assert [e["kind"] for e in detail["events"]][-1] == "rerun"
+    assert "rerun" in [e["kind"] for e in detail["events"]]  # (a "notified" event may follow)
 
 
 def test_api_rerun_errors(client, user, redis):
