@@ -72,15 +72,6 @@ def _count(n: Any, what: str) -> int:
     return value
 
 
-def _text(value: Any) -> str:
-    """A message as the row stores it: a string without NUL characters or lone surrogates, cut
-    to the column's length (``snapshot()`` cuts it to ``MESSAGE_MAX_LENGTH``)."""
-    text = value if value.__class__ is str else str(value)
-    if len(text) > MESSAGE_COLUMN_LENGTH:
-        text = clip(text, MESSAGE_COLUMN_LENGTH)
-    return storable(text)
-
-
 def _message_limit(value: Any) -> int:
     try:
         return min(max(int(value), 1), MESSAGE_COLUMN_LENGTH)
@@ -235,7 +226,7 @@ class TaskContext:
             )
         self.completed = completed
         if message is not None:
-            self.message = _text(message)
+            self.message = message  # made storable once per write, in snapshot()
         self.dirty = True
         if self._abort:
             raise Aborted()
@@ -243,7 +234,7 @@ class TaskContext:
     def set_message(self, text: str | None) -> None:
         """Show ``text`` as the task's current activity (cut to ``MESSAGE_MAX_LENGTH``
         characters with an ellipsis)."""
-        self.message = "" if text is None else _text(text)
+        self.message = "" if text is None else text
         self.dirty = True
 
     def snapshot(self) -> tuple[int, int | None, str | None]:
@@ -251,7 +242,9 @@ class TaskContext:
         from .conf import app_settings
 
         self.dirty = False
-        message = None if self.message is None else clip(self.message, _message_limit(app_settings.MESSAGE_MAX_LENGTH))
+        message = self.message
+        if message is not None:  # cut, then without what no database stores (see sql.storable)
+            message = storable(clip(message, _message_limit(app_settings.MESSAGE_MAX_LENGTH)))
         completed, total = self.completed, self.total
         if not 0 <= completed <= MAX_COUNT:  # assigned by hand: store what the column can hold
             completed = min(max(int(completed), 0), MAX_COUNT)
