@@ -22,7 +22,15 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from .exceptions import AbortBackendError, EnqueueError, RerunError
 from .models import UserTaskArtifact, UserTaskEvent, UserTaskStatus
-from .states import ACTIVE_STATES, FINAL_STATES
+from .states import FINAL_STATES
+
+
+def _is_active(row):
+    return row.is_active
+
+
+def _is_final(row):
+    return row.is_final
 
 
 class ReadOnlyMixin:
@@ -138,13 +146,13 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     # -- actions ----------------------------------------------------------------------------------
 
-    def _confirm(self, request, queryset, action, legal, question):
+    def _confirm(self, request, queryset, action, legal, question):  # legal(row): acted on
         """Unless the form was confirmed: a page listing the rows the action will act on and how
         many it will skip, whose form posts the action again with ``post=yes``."""
         if request.POST.get("post") == "yes":
             return None
         rows = list(queryset)
-        acting = [r for r in rows if r.state in legal]
+        acting = [r for r in rows if legal(r)]
         context = {
             **self.admin_site.each_context(request),
             "title": question,
@@ -160,13 +168,13 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description=gettext_lazy("Cancel selected tasks"), permissions=("operate",))
     def cancel_tasks(self, request, queryset):
-        confirm = self._confirm(request, queryset, "cancel_tasks", ACTIVE_STATES, _("Cancel these tasks?"))
+        confirm = self._confirm(request, queryset, "cancel_tasks", _is_active, _("Cancel these tasks?"))
         if confirm is not None:
             return confirm
-        finished = queryset.filter(state__in=FINAL_STATES).count()
+        finished = queryset.finished().count()
         acted = skipped = 0
         reasons: Counter[str] = Counter()
-        for status in queryset.filter(state__in=ACTIVE_STATES):
+        for status in queryset.active():  # (custom states of Celery tasks included)
             try:
                 done = status.cancel(by=request.user)
             except AbortBackendError as exc:
@@ -193,10 +201,10 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description=gettext_lazy("Run selected tasks again"), permissions=("operate",))
     def rerun_tasks(self, request, queryset):
-        active = queryset.filter(state__in=ACTIVE_STATES).count()
+        active = queryset.active().count()
         acted = skipped = 0
         reasons: Counter[str] = Counter()
-        for status in queryset.filter(state__in=FINAL_STATES).select_related("user"):
+        for status in queryset.finished().select_related("user"):
             try:
                 status.rerun(by=request.user)
             except (RerunError, EnqueueError) as exc:
@@ -218,12 +226,12 @@ class UserTaskStatusAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description=gettext_lazy("Delete selected finished tasks and their files"), permissions=("delete",))
     def delete_tasks(self, request, queryset):
-        confirm = self._confirm(request, queryset, "delete_tasks", FINAL_STATES, _("Delete these tasks?"))
+        confirm = self._confirm(request, queryset, "delete_tasks", _is_final, _("Delete these tasks?"))
         if confirm is not None:
             return confirm
-        active = queryset.filter(state__in=ACTIVE_STATES).count()
+        active = queryset.active().count()
         acted = skipped = 0
-        for status in queryset.filter(state__in=FINAL_STATES):
+        for status in queryset.finished():
             if status.delete_with_files():
                 acted += 1
             else:

@@ -73,3 +73,13 @@ def test_cancel_stops_it_and_purge_leaves_it_until_it_ends(user, redis):
     assert status.cancel_requested is not None and status.state == "Updating"
     with pytest.raises(Exception, match="canceled"):
         status.increment_completed_steps()
+
+
+@pytest.mark.urls("tests.compat.urls")
+def test_the_admin_cancels_it_as_an_active_task(admin_client, user, redis):
+    status = updating(user)
+    url = reverse("admin:user_tasks_usertaskstatus_changelist")
+    response = admin_client.post(url, {"action": "cancel_tasks", "_selected_action": [status.pk], "post": "yes"})
+    assert response.status_code == 302
+    status.refresh_from_db()
+    assert status.cancel_requested is not None
