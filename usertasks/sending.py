@@ -64,6 +64,12 @@ def unique_key(actor, user, args, kwargs):
             # The key is stored: a sensitive argument must not be readable in it.
             canonical = hashlib.sha256(canonical.encode()).hexdigest()
         raw = f"{actor.actor_name}:{user.pk}:{canonical}"
+    return fit_key(raw)
+
+
+def fit_key(raw):
+    """A dedupe key as the ``unique_key`` column holds it: ``raw`` when it fits in 255
+    characters, else its start and a hash of the whole."""
     if len(raw) <= 255:
         return raw
     return raw[:190] + ":" + hashlib.sha256(raw.encode()).hexdigest()

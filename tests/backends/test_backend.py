@@ -58,20 +58,22 @@ def test_the_framework_in_use():
 
 
 def test_enqueue_then_run_then_get_result(worker, user, redis):
-    with usertasks.on_behalf_of(user):
-        result = t.add.enqueue(1, 2)
-    assert isinstance(result, framework.TaskResult)
-    assert result.status == Status.READY and not result.is_finished
-    assert result.task is t.add or result.task.func is t.add.func
-    assert result.args == [1, 2] and result.kwargs == {}
-    assert result.backend == "default"
-    assert result.enqueued_at is not None and result.started_at is None and result.finished_at is None
-    assert result.errors == [] and result.worker_ids == [] and result.attempts == 0
-    with pytest.raises(ValueError, match="not finished"):
-        _ = result.return_value
-    row = row_of(result)
-    assert row.user == user and row.state == State.PENDING
-    assert row.task_class == "tests.tasks_django.add" and row.name == "add"
+    # Inside a transaction the message waits for the commit: the row is seen before any run.
+    with transaction.atomic():
+        with usertasks.on_behalf_of(user):
+            result = t.add.enqueue(1, 2)
+        assert isinstance(result, framework.TaskResult)
+        assert result.status == Status.READY and not result.is_finished
+        assert result.task is t.add or result.task.func is t.add.func
+        assert result.args == [1, 2] and result.kwargs == {}
+        assert result.backend == "default"
+        assert result.enqueued_at is not None and result.started_at is None and result.finished_at is None
+        assert result.errors == [] and result.worker_ids == [] and result.attempts == 0
+        with pytest.raises(ValueError, match="not finished"):
+            _ = result.return_value
+        row = row_of(result)
+        assert row.user == user and row.state == State.PENDING
+        assert row.task_class == "tests.tasks_django.add" and row.name == "add"
     wait_result(result)
     assert result.status == Status.SUCCESSFUL
     assert result.return_value == 3

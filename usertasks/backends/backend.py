@@ -1,7 +1,6 @@
 """``UserTasksBackend``: Django's task framework (``django.tasks`` or the ``django-tasks``
 backport) on Dramatiq workers, tracked in usertasks' tables."""
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -16,7 +15,7 @@ from django.utils import timezone
 from ..context import acting_for, current_task
 from ..exceptions import ArgumentsNotSerializable
 from ..models import UserTaskStatus
-from ..sending import Prepared, check_encodable, send_prepared
+from ..sending import Prepared, check_encodable, fit_key, send_prepared
 from . import framework as fw
 from . import results, runner
 
@@ -155,7 +154,4 @@ def owner() -> Any:
 def unique_key(task: Any, user: Any, args: list[Any], kwargs: dict[str, Any]) -> str:
     """The dedupe key of a call: task, user and arguments."""
     canonical = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
-    raw = f"{runner.ACTOR_NAME}:{task.module_path}:{getattr(user, 'pk', None) or '-'}:{canonical}"
-    if len(raw) <= 255:
-        return raw
-    return raw[:190] + ":" + hashlib.sha256(raw.encode()).hexdigest()
+    return fit_key(f"{runner.ACTOR_NAME}:{task.module_path}:{getattr(user, 'pk', None) or '-'}:{canonical}")
